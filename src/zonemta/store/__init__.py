@@ -1,0 +1,27 @@
+"""Queue storage: the contract (:mod:`zonemta.store.base`) and its backends."""
+
+from zonemta.store.base import (
+    BodyWriter,
+    Delivery,
+    DeliveryKey,
+    LeaseLost,
+    MessageRecord,
+    NewDelivery,
+    RowState,
+    Store,
+    StoreError,
+    ZoneCounts,
+)
+
+__all__ = [
+    "BodyWriter",
+    "Delivery",
+    "DeliveryKey",
+    "LeaseLost",
+    "MessageRecord",
+    "NewDelivery",
+    "RowState",
+    "Store",
+    "StoreError",
+    "ZoneCounts",
+]

@@ -1,0 +1,222 @@
+"""The queue storage contract: every backend implements :class:`Store` and passes
+``tests/store_contract.py`` unchanged.
+
+Vocabulary
+----------
+* A **message** is stored once: envelope sender, the header block, metadata and the body
+  (as chunks). Its id is a queue id made by ``zonemta.engine.ids``.
+* A **delivery** is one row per recipient (``message_id``, ``seq``) with its zone, state,
+  lease, next-attempt time, attempt count and last response.
+* A **lease** is how an engine claims a delivery: ``lease_owner`` (the instance id) and
+  ``lease_until`` (epoch seconds). An expired lease is as good as none.
+
+Durability: every ``async`` method that changes data returns only after the change is
+committed durably (fsync'd). Times are wall-clock epoch seconds (float) passed in by the
+caller, so tests control them.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (I/O error, database unreachable, ...).
+
+    Callers answer submitters with a temporary failure and retry later.
+    """
+
+
+class LeaseLost(StoreError):
+    """The delivery is no longer leased by this owner (expired, taken over, or removed)."""
+
+
+class RowState(enum.Enum):
+    """What a delivery row says between attempts. The in-memory delivery state machine has
+    more states (``zonemta.statemachine``); these are the ones that are stored."""
+
+    QUEUED = "queued"  # never tried, or released without an attempt counted
+    DEFERRED = "deferred"  # tried, failed temporarily, waiting for next_attempt
+    LOCKED = "locked"  # leased by an engine instance
+
+
+@attrs.frozen
+class DeliveryKey:
+    message_id: str
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.message_id}.{self.seq:03x}"
+
+
+@attrs.frozen
+class MessageRecord:
+    """A stored message, apart from its body.
+
+    ``headers`` is the header block exactly as it will be sent (each line ending in CRLF),
+    without the empty line that separates it from the body. ``meta`` holds JSON-able
+    facts about the submission (interface, client address, HELO name, user, transport
+    type, ``body_8bit``, ``smtputf8``, DKIM body hash, ...).
+    """
+
+    id: str
+    mail_from: str
+    headers: bytes
+    body_size: int
+    received_at: float
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class NewDelivery:
+    seq: int
+    recipient: str
+    domain: str
+    zone: str
+    next_attempt: float
+
+
+@attrs.frozen
+class Delivery:
+    """A delivery row as the store returns it."""
+
+    message_id: str
+    seq: int
+    recipient: str
+    domain: str
+    zone: str
+    state: RowState
+    attempts: int
+    created: float
+    next_attempt: float
+    first_failure: float | None = None
+    last_response: str | None = None
+    lease_owner: str | None = None
+    lease_until: float | None = None
+
+    @property
+    def key(self) -> DeliveryKey:
+        return DeliveryKey(self.message_id, self.seq)
+
+
+@attrs.frozen
+class ZoneCounts:
+    """Pending deliveries of a zone: ``active`` are due now (or leased), ``deferred`` wait
+    for a later ``next_attempt``."""
+
+    active: int
+    deferred: int
+
+
+class BodyWriter(abc.ABC):
+    """Receives one message body in chunks. Memory held is bounded by the backend's chunk
+    size whatever the message size. Either :meth:`Store.commit_message` consumes it, or
+    :meth:`abort` discards what was written; never both."""
+
+    message_id: str
+    size: int
+
+    @abc.abstractmethod
+    async def write(self, chunk: bytes) -> None:
+        """Append ``chunk`` to the body. Raises :class:`StoreError`."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Discard everything written so far. Safe to call twice; never raises StoreError
+        (failures are logged and left to orphan collection)."""
+
+
+class Store(abc.ABC):
+    """One queue backend. All methods may raise :class:`StoreError`."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or open the storage, ready for use. Idempotent schema creation."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Finish pending writes and release resources."""
+
+    @abc.abstractmethod
+    def new_body(self, message_id: str) -> BodyWriter:
+        """A writer for the body of a message that is being received."""
+
+    @abc.abstractmethod
+    async def commit_message(
+        self, message: MessageRecord, body: BodyWriter, deliveries: Sequence[NewDelivery]
+    ) -> None:
+        """Store message, the rest of its body and its deliveries atomically and durably.
+
+        On any failure nothing of the message remains visible (its body is discarded) and
+        StoreError is raised. ``deliveries`` is not empty."""
+
+    @abc.abstractmethod
+    async def lease(
+        self,
+        zone: str,
+        *,
+        owner: str,
+        now: float,
+        lease_until: float,
+        limit: int,
+        skip_domains: Collection[str] = (),
+    ) -> list[Delivery]:
+        """Claim up to ``limit`` deliveries of ``zone`` that are due (``next_attempt <= now``)
+        and not leased (or whose lease expired before ``now``), oldest due first, skipping
+        recipient domains in ``skip_domains``. Returned rows are LOCKED by ``owner``."""
+
+    @abc.abstractmethod
+    async def renew(self, keys: Sequence[DeliveryKey], *, owner: str, lease_until: float) -> None:
+        """Extend leases held by ``owner``; keys no longer held are ignored."""
+
+    @abc.abstractmethod
+    async def release(self, key: DeliveryKey, *, owner: str, next_attempt: float) -> None:
+        """Give a leased delivery back without counting an attempt (shutdown, lease not
+        used). It becomes QUEUED (or DEFERRED if it had attempts) at ``next_attempt``."""
+
+    @abc.abstractmethod
+    async def defer(
+        self, key: DeliveryKey, *, owner: str, now: float, next_attempt: float, response: str
+    ) -> None:
+        """Record a failed attempt: attempts+1, state DEFERRED, lease cleared, ``first_failure``
+        set to ``now`` if unset. Raises :class:`LeaseLost` if ``owner`` does not hold it."""
+
+    @abc.abstractmethod
+    async def complete(self, key: DeliveryKey, *, owner: str) -> None:
+        """The delivery ended (delivered or bounced): remove its row, and the message and
+        body when no delivery of it remains. Raises :class:`LeaseLost` if not held."""
+
+    @abc.abstractmethod
+    async def next_due(self, zone: str) -> float | None:
+        """The earliest ``next_attempt`` among unleased deliveries of ``zone``, if any."""
+
+    @abc.abstractmethod
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        """The stored message (without body), or None."""
+
+    @abc.abstractmethod
+    def read_body(self, message_id: str) -> AsyncIterator[bytes]:
+        """The body's chunks in order. Raises StoreError if the message does not exist."""
+
+    @abc.abstractmethod
+    async def deliveries_of(self, message_id: str) -> list[Delivery]:
+        """All pending deliveries of a message, by seq."""
+
+    @abc.abstractmethod
+    async def recover_leases(self, owner: str) -> int:
+        """At start: every lease held by ``owner`` returns to the queue (a previous process
+        with this instance id died). Returns how many."""
+
+    @abc.abstractmethod
+    async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:
+        """Pending deliveries per zone."""
+
+    @abc.abstractmethod
+    async def remove_orphans(self) -> int:
+        """Remove bodies and messages that no delivery references (aborted receptions,
+        crashes). Returns how many messages' data were removed."""

@@ -1,0 +1,1 @@
+"""Transports: sans-IO SMTP protocol objects (``transport.smtp``) and their trio drivers."""
