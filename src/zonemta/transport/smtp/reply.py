@@ -18,8 +18,8 @@ def _check_code(_instance: object, _attribute: object, value: int) -> None:
 
 
 def _check_lines(_instance: object, _attribute: object, value: tuple[str, ...]) -> None:
-    if not value:
-        raise ValueError("an SMTP reply needs at least one line")
+    if not isinstance(value, tuple) or not value:
+        raise ValueError("an SMTP reply needs a non-empty tuple of lines")
     for line in value:
         if "\r" in line or "\n" in line:
             raise ValueError(f"SMTP reply text must not contain CR or LF: {line!r}")
@@ -33,7 +33,7 @@ class Reply:
     """
 
     code: int = attrs.field(validator=_check_code)
-    lines: tuple[str, ...] = attrs.field(converter=tuple, validator=_check_lines)
+    lines: tuple[str, ...] = attrs.field(validator=_check_lines)
     enhanced: str | None = None
 
     @classmethod

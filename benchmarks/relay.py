@@ -1,0 +1,362 @@
+"""``python -m benchmarks.relay``: relay a bounded load through zonemta (and Postfix) to a sink.
+
+For each system: start a fresh sink, start the system relaying to it, wait for its 220,
+offer the load, wait until every accepted message reached the sink (or ``--timeout``), then
+stop everything. Prints a table (side by side with ratios under ``--compare postfix``) and
+writes ``--json``. See ``benchmarks/README.md`` for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import attrs
+import trio
+
+from benchmarks import ports, procstat, report
+from benchmarks.inject import Injector, LoadPlan
+from benchmarks.postfix import PostfixInstance, postfix_version
+from benchmarks.sinkctl import SinkProcess, SinkThread
+from benchmarks.zonemta_relay import ZonemtaRelay, build_config, find_zonemta, load_toml
+
+SYSTEMS = ("zonemta", "postfix", "direct")
+#: How often peak memory is sampled during a run.
+MEMORY_SAMPLE_INTERVAL_S = 0.5
+#: How long a started relay may take to greet.
+READY_TIMEOUT_S = 60.0
+
+_MEMORY_METHODS = {
+    "zonemta": "peak_rss_mb = VmHWM (kernel peak RSS) of the relay process, summed over its "
+    "process tree; peak_pss_mb = peak of PSS summed over the tree, sampled every 0.5 s",
+    "postfix": "peak_rss_mb = peak_pss_mb = peak of PSS (smaps_rollup) summed over every "
+    "Postfix process, sampled every 0.5 s (RSS would double-count shared pages)",
+    "direct": "no relay: injector straight into the sink",
+}
+
+
+@attrs.frozen
+class Params:
+    """Everything that defines one benchmark invocation."""
+
+    messages: int
+    size: int
+    connections: int
+    per_connection: int
+    rate: float | None
+    timeout: float
+    profile: bool
+    config: Path | None
+    target: str | None
+    target_pid: int | None
+    sink_port: int
+    sink_mode: str
+    workdir: Path | None
+    keep: bool
+
+    def plan(self) -> LoadPlan:
+        return LoadPlan(
+            messages=self.messages,
+            size=self.size,
+            connections=self.connections,
+            per_connection=self.per_connection,
+            rate=self.rate,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The parameters as recorded in the JSON file."""
+        return {
+            "messages": self.messages,
+            "size_bytes": self.size,
+            "connections": self.connections,
+            "messages_per_connection": self.per_connection,
+            "rate_per_s": self.rate,
+            "timeout_s": self.timeout,
+            "profile": self.profile,
+            "config": None if self.config is None else str(self.config),
+            "target": self.target,
+            "sink_mode": self.sink_mode,
+        }
+
+
+class _Run:
+    """One system's measurement inside the harness's trio loop."""
+
+    def __init__(
+        self,
+        system: str,
+        params: Params,
+        host: str,
+        port: int,
+        sink: SinkProcess | SinkThread,
+        root_pid: int | None,
+    ) -> None:
+        self.system = system
+        self.params = params
+        self.host = host
+        self.port = port
+        self.sink = sink
+        self.root_pid = root_pid
+        self.accepted: dict[int, float] = {}
+        self.sampler = None if root_pid is None else procstat.MemorySampler(root_pid)
+
+    async def _sample_memory(self) -> None:
+        assert self.sampler is not None
+        while True:
+            self.sampler.sample()
+            await trio.sleep(MEMORY_SAMPLE_INTERVAL_S)
+
+    async def _progress(self, injector: Injector) -> None:
+        total = max(1, self.params.messages)
+        width = 30
+        while True:
+            delivered = len(self.sink.arrivals)
+            filled = min(width, width * delivered // total)
+            sys.stdout.write(
+                f"\r{self.system:8} [{'#' * filled}{'.' * (width - filled)}] "
+                f"accepted {injector.accepted}/{total} delivered {delivered}/{total} "
+            )
+            sys.stdout.flush()
+            await trio.sleep(0.2)
+
+    async def measure(self) -> report.RunRecord:
+        """Offer the load and wait for delivery, bounded by ``params.timeout``."""
+        injector = Injector(self.host, self.port, self.params.plan(), self.accepted.__setitem__)
+        cpu_before = None if self.root_pid is None else procstat.tree_cpu_seconds(self.root_pid)
+        started = time.monotonic()
+        notes: list[str] = []
+        with trio.move_on_after(self.params.timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.sink.pump)
+                if self.sampler is not None:
+                    nursery.start_soon(self._sample_memory)
+                if sys.stdout.isatty():
+                    nursery.start_soon(self._progress, injector)
+                await injector.run()
+                while True:  # the sink's counts change under us: poll them
+                    if len(self.sink.arrivals) >= len(self.accepted) and all(
+                        str(n) in self.sink.arrivals for n in self.accepted
+                    ):
+                        break
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        if sys.stdout.isatty():
+            sys.stdout.write("\n")
+        cpu_s = None
+        if self.root_pid is not None and cpu_before is not None:
+            cpu_s = procstat.tree_cpu_seconds(self.root_pid) - cpu_before
+        if self.sampler is not None:
+            self.sampler.sample()
+        if scope.cancelled_caught:
+            notes.append(f"timed out after {self.params.timeout} s")
+        if self.sink.total > len(self.sink.arrivals) + self.sink.anonymous:
+            notes.append(f"{self.sink.total - len(self.sink.arrivals)} duplicate deliveries")
+        if self.sink.anonymous:
+            notes.append(f"{self.sink.anonymous} messages at the sink without X-Bench-Id")
+        arrived = {
+            str(n): self.sink.arrivals[str(n)]
+            for n in self.accepted
+            if str(n) in self.sink.arrivals
+        }
+        return report.RunRecord(
+            system=self.system,
+            offered=self.params.messages,
+            accepted=injector.accepted,
+            rejected=injector.rejected,
+            failed=injector.failed,
+            delivered=len(arrived),
+            started=started,
+            last_accept=max(self.accepted.values(), default=None),
+            last_delivery=max(arrived.values(), default=None),
+            latencies_s=tuple(report.latencies(self.accepted, arrived)),
+            cpu_s=cpu_s,
+            peak_rss_kb=self._peak_rss_kb(),
+            peak_pss_kb=None if self.sampler is None else self.sampler.peak_pss_kb,
+            memory_method=_MEMORY_METHODS.get(self.system, ""),
+            sink_connections=self.sink.connections,
+            sessions=injector.sessions,
+            complete=not scope.cancelled_caught and len(arrived) == self.params.messages,
+            notes=tuple(notes),
+        )
+
+    def _peak_rss_kb(self) -> int | None:
+        if self.sampler is None:
+            return None
+        if self.system == "postfix":
+            return self.sampler.peak_pss_kb
+        return self.sampler.peak_hwm_kb
+
+
+def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRecord, list[str]]:
+    """Start a sink and ``system``, measure one load, stop both; returns the record and notes.
+
+    Everything started here is stopped before returning, also on errors and Ctrl-C.
+    Raises the start-up errors of the system (PostfixError, ZonemtaError, TimeoutError).
+    """
+    notes: list[str] = []
+    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        sink: SinkProcess | SinkThread = (
+            SinkThread(params.sink_port)
+            if params.sink_mode == "thread"
+            else SinkProcess(params.sink_port)
+        )
+        stack.callback(sink.stop)
+        sink_port = sink.start()
+        host, port, root_pid = ports.LOOPBACK, sink_port, None
+        if system == "postfix":
+            port = ports.free_port()
+            instance = PostfixInstance(
+                workdir,
+                port=port,
+                relay_port=sink_port,
+                message_size_limit=max(10_240_000, params.size * 2 + 1024 * 1024),
+            )
+            stack.callback(instance.stop)
+            instance.start()
+            ports.wait_for_greeting(host, port, READY_TIMEOUT_S)
+            root_pid = instance.master_pid()
+            notes.append(f"postfix {postfix_version()}")
+        elif system == "zonemta" and params.target is not None:
+            host, port = ports.parse_target(params.target)
+            root_pid = params.target_pid
+            notes.append(f"running relay at {params.target}; it must deliver to the sink port")
+        elif system == "zonemta":
+            port = ports.free_port()
+            extra = load_toml(params.config) if params.config is not None else None
+            config = build_config(
+                queue_dir=workdir / "queue", port=port, sink_port=sink_port, extra=extra
+            )
+            relay = ZonemtaRelay(workdir, config, profile=params.profile)
+            stack.callback(relay.stop)
+            relay.start()
+            ports.wait_for_greeting(host, port, READY_TIMEOUT_S, check=relay.check_running)
+            root_pid = relay.pid
+        record = trio.run(_Run(system, params, host, port, sink, root_pid).measure)
+        if system == "zonemta" and params.target is None and params.profile:
+            relay.stop()
+            if relay.profile_path is not None and relay.profile_path.exists():
+                saved = Path.cwd() / relay.profile_path.name
+                shutil.copyfile(relay.profile_path, saved)
+                notes.append(f"profile saved to {saved}")
+            else:
+                notes.append(f"no profile written; relay log: {relay.log_tail(5)}")
+    return record, notes
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.relay",
+        description="Relay a bounded SMTP load through zonemta (and Postfix) to a loopback sink.",
+    )
+    add = parser.add_argument
+    add("--messages", type=int, default=1000, help="messages to inject (default 1000)")
+    add("--size", type=int, default=4096, help="message size in bytes (default 4096)")
+    add("--connections", type=int, default=20, help="concurrent SMTP sessions (default 20)")
+    add("--per-connection", type=int, default=100, help="messages per SMTP session (100)")
+    add("--compare", choices=["postfix"], help="also run the same load through Postfix")
+    add("--only", choices=SYSTEMS, help="run just this system ('direct': no relay at all)")
+    add("--json", type=Path, help="write the figures to this JSON file")
+    add("--profile", action="store_true", help="run zonemta under py-spy or cProfile")
+    add("--config", type=Path, help="extra zonemta TOML merged over the generated config")
+    add("--target", help="HOST:PORT of a running relay to use instead of starting zonemta")
+    add("--target-pid", type=int, help="pid of the --target relay, for CPU and memory figures")
+    add("--sink-port", type=int, default=0, help="sink port (default: any free port)")
+    add("--sink-mode", choices=["process", "thread"], default="process")
+    add("--rate", type=float, help="offered load in messages/s (default: as fast as accepted)")
+    add("--timeout", type=float, default=300.0, help="hard bound per system run, s (300)")
+    add("--big-message-mb", type=int, help="memory scenario: relay ONE message of this many MiB")
+    add("--workdir", type=Path, help="where configs, queues and logs go (default: a temp dir)")
+    add("--keep", action="store_true", help="keep the work directory")
+    return parser
+
+
+def _systems(args: argparse.Namespace) -> list[str]:
+    if args.only:
+        return [args.only]
+    return ["zonemta", "postfix"] if args.compare else ["zonemta"]
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; exit status 0 when every run completed, 1 otherwise."""
+    args = _parser().parse_args(argv)
+    if args.big_message_mb:
+        args.messages, args.connections = 1, 1
+        args.size = args.big_message_mb * 1024 * 1024
+    if args.messages < 1 or args.size < 0 or args.connections < 1:
+        print("--messages and --connections must be at least 1", file=sys.stderr)
+        return 2
+    params = Params(
+        messages=args.messages,
+        size=args.size,
+        connections=args.connections,
+        per_connection=args.per_connection,
+        rate=args.rate,
+        timeout=args.timeout,
+        profile=args.profile,
+        config=args.config,
+        target=args.target,
+        target_pid=args.target_pid,
+        sink_port=args.sink_port,
+        sink_mode=args.sink_mode,
+        workdir=args.workdir,
+        keep=args.keep,
+    )
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="zonemta-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)  # Postfix's daemons (user postfix) must reach their data directory
+    machine = report.machine_info()
+    results: dict[str, dict[str, Any]] = {}
+    status = 0
+    try:
+        for system in _systems(args):
+            if system == "zonemta" and args.target is None and find_zonemta() is None:
+                print("zonemta: skipped, no zonemta executable (pip install -e .)", file=sys.stderr)
+                status = 1
+                continue
+            try:
+                record, notes = run_system(system, params, root / system)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # report and go on to the next system
+                print(f"{system}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            figures = report.figures(record)
+            figures["notes"] = [*figures["notes"], *notes]
+            figures["params"] = params.public()
+            figures["machine"] = machine
+            results[system] = figures
+            if not record.complete:
+                status = 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+    if results:
+        print(report.format_table(results))
+        for system, figures in results.items():
+            for note in figures["notes"]:
+                print(f"{system}: {note}")
+    if args.json is not None:
+        report.write_json(args.json, results)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

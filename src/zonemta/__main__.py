@@ -1,0 +1,5 @@
+import sys
+
+from zonemta.cli import main
+
+sys.exit(main())

@@ -1,0 +1,148 @@
+"""The relay: wires configuration, store, intake, delivery engine and listeners together,
+and runs them in one trio process until asked to stop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from zonemta.conf import Config
+from zonemta.engine.bus import EventBus
+from zonemta.engine.engine import DeliveryEngine
+from zonemta.engine.ids import QueueIdGenerator
+from zonemta.engine.intake import Intake
+from zonemta.engine.routing import Router
+from zonemta.store import Store
+from zonemta.store.sqlite import SqliteStore
+from zonemta.transport.dns import MxResolver
+from zonemta.transport.listener import InterfaceSettings, SmtpInterfaceService
+from zonemta.transport.smtp.server import ServerSettings
+
+log = logging.getLogger(__name__)
+
+# How long in-flight SMTP sessions and deliveries get to finish at shutdown.
+SHUTDOWN_GRACE = 10.0
+
+
+@attrs.frozen
+class RelayInfo:
+    """What a started relay bound: interface name → SMTP port."""
+
+    smtp_ports: dict[str, int]
+
+
+def make_store(config: Config) -> Store:
+    queue = config.queue
+    return SqliteStore(
+        queue.path,
+        durability=queue.durability.value,
+        chunk_size=queue.body_chunk_size,
+    )
+
+
+def interface_settings(config: Config, name: str) -> InterfaceSettings:
+    iface = config.smtp[name]
+    return InterfaceSettings(
+        name=name,
+        host=iface.host,
+        port=iface.port,
+        server=ServerSettings(
+            hostname=config.interface_hostname(name),
+            max_size=iface.max_size,
+            max_recipients=iface.max_recipients,
+            max_line_length=iface.max_line_length,
+            max_header_size=iface.max_header_size,
+        ),
+        idle_timeout=iface.idle_timeout.total_seconds(),
+        data_timeout=iface.data_timeout.total_seconds(),
+        max_clients=iface.max_clients,
+        max_header_size=iface.max_header_size,
+    )
+
+
+class Relay:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        clock: Callable[[], float] = time.time,
+        shutdown_grace: float = SHUTDOWN_GRACE,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.shutdown_grace = shutdown_grace
+        self.store = store if store is not None else make_store(config)
+        self.bus = EventBus()
+        self.resolver = MxResolver(
+            nameservers=config.dns.parsed_nameservers(),
+            timeout=config.dns.timeout.total_seconds(),
+            cache_size=config.dns.cache_size,
+        )
+        self.engine = DeliveryEngine(config, self.store, self.bus, self.resolver, clock=clock)
+        self.intake = Intake(
+            self.store,
+            Router(config),
+            self.bus,
+            ids=QueueIdGenerator(clock),
+            clock=clock,
+            on_queued=self.engine.wake,
+        )
+        self.interfaces = [
+            SmtpInterfaceService(interface_settings(config, name), self.intake)
+            for name, iface in config.smtp.items()
+            if iface.enabled
+        ]
+        self._stop = trio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[RelayInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`request_stop`, then shut down gracefully."""
+        store = self.store
+        await store.open()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run)  # type: ignore[attr-defined]
+                recovered = await store.recover_leases(self.config.queue.instance_id)
+                orphans = await store.remove_orphans()
+                if recovered or orphans:
+                    log.info("recovered %d leases, removed %d orphaned bodies", recovered, orphans)
+                await nursery.start(self.engine.run)
+                ports: dict[str, int] = {}
+                for service in self.interfaces:
+                    ports[service.settings.name] = await nursery.start(service.run)
+                log.info("zonemta ready: SMTP %s", ", ".join(f"{n}={p}" for n, p in ports.items()))
+                task_status.started(RelayInfo(ports))
+                await self._stop.wait()
+                log.info("shutting down")
+                async with trio.open_nursery() as stopping:
+                    for service in self.interfaces:
+                        stopping.start_soon(service.stop, self.shutdown_grace)
+                    stopping.start_soon(self.engine.stop, self.shutdown_grace)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+        log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        """Run; SIGINT or SIGTERM starts a graceful shutdown."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    async for signum in signals:
+                        log.info("received %s", signal.Signals(signum).name)
+                        self.request_stop()
+                        return
+
+                nursery.start_soon(watch)
+                await self.run()
+                nursery.cancel_scope.cancel()

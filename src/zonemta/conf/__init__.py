@@ -1,0 +1,48 @@
+"""Typed, strict configuration: TOML file → frozen attrs classes.
+
+See ``docs/config.md`` for every key. Entry points: :func:`load_config` (file),
+:func:`config_from_dict` (parsed data), :func:`dump_config` (effective config as TOML).
+"""
+
+from zonemta.conf.dump import dump_config, to_toml
+from zonemta.conf.loader import ConfigError, config_from_dict, load_config
+from zonemta.conf.model import (
+    Config,
+    DeliveryConfig,
+    DnsConfig,
+    Durability,
+    LogConfig,
+    LogLevel,
+    QueueBackend,
+    QueueConfig,
+    SmtpInterface,
+    TlsMode,
+    ZoneConfig,
+    parse_nameserver,
+)
+from zonemta.conf.units import ByteSize, format_duration, format_size, parse_duration, parse_size
+
+__all__ = [
+    "ByteSize",
+    "Config",
+    "ConfigError",
+    "DeliveryConfig",
+    "DnsConfig",
+    "Durability",
+    "LogConfig",
+    "LogLevel",
+    "QueueBackend",
+    "QueueConfig",
+    "SmtpInterface",
+    "TlsMode",
+    "ZoneConfig",
+    "config_from_dict",
+    "dump_config",
+    "format_duration",
+    "format_size",
+    "load_config",
+    "parse_duration",
+    "parse_nameserver",
+    "parse_size",
+    "to_toml",
+]

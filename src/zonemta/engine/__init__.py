@@ -1,0 +1,1 @@
+"""The engine: intake, routing, scheduling, delivery attempts, retries and the event bus."""

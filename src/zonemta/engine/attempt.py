@@ -1,0 +1,287 @@
+"""One delivery attempt: from a leased row to delivered, deferred or bounced.
+
+The attempt classifies every outcome into a trigger, fires it on the delivery's state
+machine and carries out what the transition persists.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+import attrs
+import trio
+
+from zonemta.engine.bus import EventBus
+from zonemta.engine.connections import Slot, ZoneConnections
+from zonemta.engine.machine import DeliveryMachine
+from zonemta.engine.messages import MessageCache
+from zonemta.engine.retry import RetryPolicy
+from zonemta.statemachine import Persist, Transition, Trigger
+from zonemta.store import Delivery, LeaseLost, MessageRecord, Store, StoreError
+from zonemta.transport.dns import Destination, DnsFailure, MxResolver
+from zonemta.transport.outbound import (
+    DeliveryFailure,
+    OutboundConnection,
+    Stage,
+    Timeouts,
+    TlsPolicy,
+    Transaction,
+)
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class ZoneRoute:
+    """How a zone sends: smart host or MX, from which address, with which name."""
+
+    name: str
+    ehlo_name: str
+    local_address: str | None
+    smart_host: str | None
+    port: int
+    ipv6: bool
+    prefer_ipv6: bool
+    tls: TlsPolicy
+    max_mx_hosts: int
+
+
+@attrs.frozen
+class Outcome:
+    trigger: Trigger
+    response: str
+    category: str | None = None
+
+
+def received_header(message: MessageRecord, row: Delivery, hostname: str) -> bytes:
+    """The Received trace field for this delivery (RFC 5321 4.4), never stored."""
+    meta = message.meta
+    helo = str(meta.get("helo") or "unknown")
+    client = str(meta.get("client_address") or "")
+    transtype = str(meta.get("transtype") or "ESMTP")
+    user = meta.get("user")
+    when = format_datetime(datetime.fromtimestamp(message.received_at, UTC))
+    parts = [f"Received: from {helo} ([{client}])" if client else f"Received: from {helo}"]
+    if user:
+        parts.append(f"\t(Authenticated sender: {user})")
+    parts.append(f"\tby {hostname} (zonemta) with {transtype} id {message.id}.{row.seq:03x}")
+    parts.append(f"\tfor <{row.recipient}>; {when}")
+    return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+class Deliverer:
+    """Runs attempts for one zone."""
+
+    def __init__(
+        self,
+        *,
+        zone: ZoneRoute,
+        store: Store,
+        messages: MessageCache,
+        connections: ZoneConnections,
+        resolver: MxResolver,
+        bus: EventBus,
+        retry: RetryPolicy,
+        owner: str,
+        hostname: str,
+        timeouts: Timeouts,
+        clock: Callable[[], float],
+    ) -> None:
+        self.zone = zone
+        self.store = store
+        self.messages = messages
+        self.connections = connections
+        self.resolver = resolver
+        self.bus = bus
+        self.retry = retry
+        self.owner = owner
+        self.hostname = hostname
+        self.timeouts = timeouts
+        self.clock = clock
+
+    def destination_of(self, row: Delivery) -> str:
+        if self.zone.smart_host:
+            return f"{self.zone.smart_host}:{self.zone.port}"
+        return row.domain
+
+    async def deliver(self, machine: DeliveryMachine) -> None:
+        """Attempt the leased delivery and persist the outcome. On cancellation (shutdown)
+        the lease is released in a shielded scope so the delivery is tried again later."""
+        row = machine.row
+        try:
+            outcome = await self._attempt(machine)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await self._finish(machine, Outcome(Trigger.RELEASE, "released at shutdown"))
+            raise
+        except Exception as exc:  # never lose a delivery to a bug: defer it
+            log.exception("delivery %s.%03x failed unexpectedly", row.message_id, row.seq)
+            outcome = self._temporary(row, f"internal error: {exc!r}", "internal")
+        with trio.CancelScope(shield=True):
+            await self._finish(machine, outcome)
+
+    def _temporary(self, row: Delivery, response: str, category: str | None) -> Outcome:
+        trigger = self.retry.on_temporary_failure(
+            attempts=row.attempts, created=row.created, now=self.clock()
+        )
+        return Outcome(trigger, response, category)
+
+    def _failure(self, row: Delivery, exc: DeliveryFailure | DnsFailure) -> Outcome:
+        if isinstance(exc, DnsFailure):
+            category: str | None = "dns"
+            response = str(exc)
+        else:
+            category = "network" if exc.reply is None else None
+            response = exc.response
+        if exc.temporary:
+            return self._temporary(row, response, category)
+        return Outcome(Trigger.PERMANENT_FAILURE, response, category)
+
+    async def _attempt(self, machine: DeliveryMachine) -> Outcome:
+        row = machine.row
+        message = await self.messages.get(row.message_id)
+        if message is None:
+            return Outcome(Trigger.PERMANENT_FAILURE, "message data is missing", "internal")
+        if self.retry.is_expired(created=row.created, now=self.clock()):
+            return Outcome(Trigger.EXPIRED, "message expired in the queue", "expired")
+        key = (self.zone.local_address or "", self.destination_of(row))
+        slot = await self.connections.checkout(key)
+        try:
+            return await self._attempt_on(machine, message, slot)
+        except (DeliveryFailure, DnsFailure) as exc:
+            return self._failure(row, exc)
+        finally:
+            self.connections.checkin(slot)
+
+    async def _attempt_on(
+        self, machine: DeliveryMachine, message: MessageRecord, slot: Slot
+    ) -> Outcome:
+        row = machine.row
+        if slot.connection is not None:
+            machine.mx = slot.connection.mx
+            machine.local_address = self.zone.local_address
+            machine.fire(Trigger.REUSE_CONNECTION)
+            try:
+                reply = await self._send(slot.connection, message, row)
+                return Outcome(Trigger.ACCEPTED, str(reply))
+            except DeliveryFailure as exc:
+                if exc.reply is not None or exc.stage not in (Stage.MAIL, Stage.RCPT, Stage.DATA):
+                    raise
+                # The idle connection was closed by the server: open a fresh one.
+                slot.connection.broken = True
+                await slot.connection.aclose(polite=False)
+                slot.connection = None
+                machine.fire(Trigger.RECONNECT, response=exc.response)
+        else:
+            machine.fire(Trigger.RESOLVE)
+        destination = await self._resolve(row)
+        machine.fire(Trigger.RESOLVED, hosts=[host.name for host in destination.hosts])
+        slot.connection = await self._connect(destination, machine)
+        machine.fire(Trigger.CONNECTED, tls=slot.connection.tls)
+        reply = await self._send(slot.connection, message, row)
+        return Outcome(Trigger.ACCEPTED, str(reply))
+
+    async def _resolve(self, row: Delivery) -> Destination:
+        zone = self.zone
+        if zone.smart_host:
+            return await self.resolver.resolve_host(
+                zone.smart_host,
+                port=zone.port,
+                ipv6=zone.ipv6,
+                prefer_ipv6=zone.prefer_ipv6,
+            )
+        return await self.resolver.resolve(
+            row.domain, ipv6=zone.ipv6, prefer_ipv6=zone.prefer_ipv6, max_hosts=zone.max_mx_hosts
+        )
+
+    async def _connect(
+        self, destination: Destination, machine: DeliveryMachine
+    ) -> OutboundConnection:
+        zone = self.zone
+        last: DeliveryFailure | None = None
+        for host in destination.hosts:
+            for address in host.addresses:
+                if zone.local_address and (":" in zone.local_address) != (":" in address):
+                    continue  # the source address cannot reach this address family
+                machine.mx = host.name
+                machine.local_address = zone.local_address
+                try:
+                    return await OutboundConnection.connect(
+                        address,
+                        zone.port,
+                        mx=host.name,
+                        ehlo_name=zone.ehlo_name,
+                        local_address=zone.local_address,
+                        tls=zone.tls,
+                        timeouts=self.timeouts,
+                    )
+                except DeliveryFailure as exc:
+                    log.info("%s [%s]:%s: %s", host.name, address, zone.port, exc)
+                    last = exc
+        if last is None:
+            raise DeliveryFailure(Stage.CONNECT, f"no usable address for {destination.domain}")
+        raise last
+
+    async def _send(self, connection: OutboundConnection, message: MessageRecord, row: Delivery) -> object:
+        received = received_header(message, row, self.zone.ehlo_name)
+        head = received + message.headers + b"\r\n"
+        transaction = Transaction(
+            mail_from=message.mail_from,
+            recipient=row.recipient,
+            size=len(head) + message.body_size,
+            body_8bit=bool(message.meta.get("body_8bit")),
+            smtputf8=bool(message.meta.get("smtputf8")),
+        )
+        return await connection.send(transaction, self._content(head, message))
+
+    async def _content(self, head: bytes, message: MessageRecord) -> AsyncIterator[bytes]:
+        yield head
+        if message.body_size:
+            async for chunk in self.messages.body(message):
+                yield chunk
+
+    async def _finish(self, machine: DeliveryMachine, outcome: Outcome) -> None:
+        """Fire the outcome's trigger and persist what its transition says."""
+        row = machine.row
+        now = self.clock()
+        row_transition: Transition = machine.fire(
+            outcome.trigger, response=outcome.response, category=outcome.category
+        )
+        try:
+            match row_transition.persist:
+                case Persist.COMPLETE:
+                    await self.store.complete(row.key, owner=self.owner)
+                case Persist.DEFER:
+                    await self.store.defer(
+                        row.key,
+                        owner=self.owner,
+                        now=now,
+                        next_attempt=self.retry.next_attempt(attempts=row.attempts, now=now),
+                        response=outcome.response,
+                    )
+                case Persist.RELEASE:
+                    await self.store.release(row.key, owner=self.owner, next_attempt=now)
+                case _:
+                    pass
+        except LeaseLost:
+            log.warning("lease of %s lost before its outcome was stored", row.key)
+        except StoreError as exc:
+            # The lease expires and the delivery is tried again: at-least-once.
+            log.error("storing the outcome of %s failed: %s", row.key, exc)
+        log_outcome(row, machine, outcome)
+
+
+def log_outcome(row: Delivery, machine: DeliveryMachine, outcome: Outcome) -> None:
+    log.info(
+        "%s.%03x %s to=<%s> zone=%s mx=%s response=%r",
+        row.message_id,
+        row.seq,
+        machine.state.value.upper(),
+        row.recipient,
+        row.zone,
+        machine.mx or "-",
+        outcome.response,
+    )

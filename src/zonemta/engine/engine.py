@@ -1,0 +1,115 @@
+"""The delivery engine: one scheduler, one connection pool and one deliverer per zone."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from functools import partial
+
+import trio
+
+from zonemta.conf import Config, TlsMode
+from zonemta.engine.attempt import Deliverer, ZoneRoute
+from zonemta.engine.bus import EventBus
+from zonemta.engine.connections import ZoneConnections
+from zonemta.engine.messages import MessageCache
+from zonemta.engine.retry import RetryPolicy
+from zonemta.engine.scheduler import ZoneScheduler
+from zonemta.store import Store
+from zonemta.transport.dns import MxResolver
+from zonemta.transport.outbound import Timeouts, TlsPolicy
+
+log = logging.getLogger(__name__)
+
+# Parallel deliveries to one recipient domain per zone (ZoneMTA's default maxConnections).
+DEFAULT_PER_DOMAIN = 5
+
+
+def zone_route(config: Config, name: str) -> ZoneRoute:
+    zone = config.zones[name]
+    return ZoneRoute(
+        name=name,
+        ehlo_name=config.zone_hostname(name),
+        local_address=zone.local_address or None,
+        smart_host=zone.host or None,
+        port=zone.port,
+        ipv6=not zone.ignore_ipv6,
+        prefer_ipv6=zone.prefer_ipv6,
+        tls=TlsPolicy(zone.tls.value if isinstance(zone.tls, TlsMode) else zone.tls),
+        max_mx_hosts=config.delivery.max_mx_hosts,
+    )
+
+
+class DeliveryEngine:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        bus: EventBus,
+        resolver: MxResolver,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.messages = MessageCache(store)
+        queue = config.queue
+        retry = RetryPolicy.from_config(queue.retry_schedule, queue.max_queue_time)
+        delivery = config.delivery
+        timeouts = Timeouts(
+            connect=delivery.connect_timeout.total_seconds(),
+            greeting=delivery.greeting_timeout.total_seconds(),
+            command=delivery.command_timeout.total_seconds(),
+            data=delivery.data_timeout.total_seconds(),
+        )
+        self.pools: dict[str, ZoneConnections] = {}
+        self.schedulers: dict[str, ZoneScheduler] = {}
+        for name, zone in config.zones.items():
+            pool = ZoneConnections(zone.connections)
+            deliverer = Deliverer(
+                zone=zone_route(config, name),
+                store=store,
+                messages=self.messages,
+                connections=pool,
+                resolver=resolver,
+                bus=bus,
+                retry=retry,
+                owner=queue.instance_id,
+                hostname=config.hostname,
+                timeouts=timeouts,
+                clock=clock,
+            )
+            self.pools[name] = pool
+            self.schedulers[name] = ZoneScheduler(
+                deliverer,
+                store=store,
+                bus=bus,
+                owner=queue.instance_id,
+                lease_time=queue.lease_time.total_seconds(),
+                max_inflight=zone.connections * 2,
+                per_destination=min(DEFAULT_PER_DOMAIN, zone.connections),
+                clock=clock,
+            )
+
+    def wake(self, zones: Iterable[str]) -> None:
+        for zone in zones:
+            scheduler = self.schedulers.get(zone)
+            if scheduler is not None:
+                scheduler.wake()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for pool in self.pools.values():
+                await nursery.start(pool.run)
+            async with trio.open_nursery() as schedulers:
+                for scheduler in self.schedulers.values():
+                    await schedulers.start(scheduler.run)
+                task_status.started()
+            nursery.cancel_scope.cancel()
+
+    async def stop(self, grace: float) -> None:
+        """Stop leasing, let attempts finish for ``grace`` seconds, release the rest."""
+        async with trio.open_nursery() as nursery:
+            for scheduler in self.schedulers.values():
+                nursery.start_soon(partial(scheduler.stop, grace))

@@ -1,0 +1,228 @@
+"""Intake: a message being received becomes a stored message with one delivery per recipient.
+
+The body streams through: the header block (bounded) is kept to be stored beside the
+message, the body goes to the store in chunks. The submitter's positive reply is sent only
+after :meth:`Reception.commit` returned, i.e. after everything is durably committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+
+import attrs
+
+from zonemta.engine.bus import Event, EventBus
+from zonemta.engine.ids import QueueIdGenerator
+from zonemta.engine.routing import Router
+from zonemta.store import BodyWriter, MessageRecord, NewDelivery, Store, StoreError
+from zonemta.transport.smtp.reply import Reply
+
+log = logging.getLogger(__name__)
+
+_HEADER_END = b"\r\n\r\n"
+_HEADER_LINE = re.compile(rb"^(?:[!-9;-~]+[ \t]*:|[ \t])")
+
+
+class IntakeRejected(Exception):
+    """The message is refused; ``reply`` says why (sent to the submitter as it is)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+@attrs.frozen
+class Envelope:
+    """Who sent what to whom, and how it arrived."""
+
+    mail_from: str
+    recipients: tuple[str, ...]
+    interface: str
+    client_address: str = ""
+    helo: str = ""
+    transtype: str = "ESMTP"
+    body_8bit: bool = False
+    smtputf8: bool = False
+    user: str | None = None
+
+
+def split_header_block(content: bytes) -> tuple[bytes, bytes] | None:
+    """``(headers, rest)`` if ``content`` holds the end of the header block, else None.
+    ``headers`` ends with CRLF and excludes the empty line; ``rest`` starts the body."""
+    if content.startswith(b"\r\n"):
+        return b"", content[2:]
+    end = content.find(_HEADER_END)
+    if end < 0:
+        return None
+    return content[: end + 2], content[end + 4 :]
+
+
+def is_header_block(headers: bytes) -> bool:
+    """True when every line looks like a header field or a continuation line."""
+    lines = headers.split(b"\r\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if not lines or lines[0][:1] in (b" ", b"\t"):
+        return False
+    return all(_HEADER_LINE.match(line) for line in lines)
+
+
+class Reception:
+    """One message on its way in. Feed content chunks (dot-unstuffed, CRLF line endings),
+    then :meth:`commit` or :meth:`abort` exactly once."""
+
+    def __init__(self, intake: Intake, envelope: Envelope, message_id: str, max_header: int):
+        self._intake = intake
+        self.envelope = envelope
+        self.id = message_id
+        self._max_header = max_header
+        self._head = bytearray()
+        self._headers: bytes | None = None
+        self._body: BodyWriter = intake.store.new_body(message_id)
+        self._body_8bit = envelope.body_8bit
+        self._failed: StoreError | None = None
+        self._done = False
+
+    @property
+    def failed(self) -> bool:
+        return self._failed is not None
+
+    async def feed(self, chunk: bytes) -> None:
+        """Take the next content chunk. Store errors are remembered, not raised: the caller
+        keeps reading the submitter's data and :meth:`commit` then raises."""
+        if self._failed is not None or not chunk:
+            return
+        if not self._body_8bit and not chunk.isascii():
+            self._body_8bit = True
+        try:
+            if self._headers is None:
+                self._head += chunk
+                split = split_header_block(bytes(self._head))
+                if split is None:
+                    if len(self._head) > self._max_header:
+                        # No header block end within the limit: it is all body.
+                        self._headers = b""
+                        await self._body.write(bytes(self._head))
+                        self._head.clear()
+                    return
+                headers, rest = split
+                self._head.clear()
+                if is_header_block(headers):
+                    self._headers = headers
+                    if rest:
+                        await self._body.write(rest)
+                else:
+                    self._headers = b""
+                    await self._body.write(headers + b"\r\n" + rest)
+            else:
+                await self._body.write(chunk)
+        except StoreError as exc:
+            self._failed = exc
+            log.warning("storing body of %s failed: %s", self.id, exc)
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        await self._body.abort()
+
+    async def commit(self) -> str:
+        """Store the message and its deliveries durably; returns the queue id.
+        Raises :class:`IntakeRejected` (nothing stored) or :class:`StoreError` (nothing
+        stored, answer with a temporary failure)."""
+        if self._done:
+            raise RuntimeError("reception already finished")
+        if self._failed is not None:
+            await self.abort()
+            raise self._failed
+        headers = self._headers
+        if headers is None:
+            # Everything was header block without an empty line after it.
+            head = bytes(self._head)
+            if head and not head.endswith(b"\r\n"):
+                head += b"\r\n"
+            headers = head if is_header_block(head) else b""
+            if not headers and head:
+                try:
+                    await self._body.write(head)
+                except StoreError:
+                    await self.abort()
+                    raise
+        self._done = True
+        try:
+            return await self._intake._commit(self, headers, self._body, self._body_8bit)
+        except BaseException:
+            await self._body.abort()
+            raise
+
+
+class Intake:
+    """Turns receptions into stored messages and tells the schedulers about new work."""
+
+    def __init__(
+        self,
+        store: Store,
+        router: Router,
+        bus: EventBus,
+        *,
+        ids: QueueIdGenerator,
+        clock: Callable[[], float],
+        on_queued: Callable[[Iterable[str]], None] = lambda _zones: None,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.bus = bus
+        self.ids = ids
+        self.clock = clock
+        self.on_queued = on_queued
+
+    def begin(self, envelope: Envelope, *, max_header: int = 1024 * 1024) -> Reception:
+        if not envelope.recipients:
+            raise IntakeRejected(Reply(554, ("no valid recipients",), "5.5.1"))
+        return Reception(self, envelope, self.ids.next_id(), max_header)
+
+    async def _commit(
+        self, reception: Reception, headers: bytes, body: BodyWriter, body_8bit: bool
+    ) -> str:
+        envelope = reception.envelope
+        now = self.clock()
+        routes = self.router.route(envelope.recipients)
+        deliveries = [
+            NewDelivery(seq=n, recipient=r.recipient, domain=r.domain, zone=r.zone, next_attempt=now)
+            for n, r in enumerate(routes, start=1)
+        ]
+        meta = {
+            "interface": envelope.interface,
+            "client_address": envelope.client_address,
+            "helo": envelope.helo,
+            "transtype": envelope.transtype,
+            "body_8bit": body_8bit,
+            "smtputf8": envelope.smtputf8,
+            "user": envelope.user,
+        }
+        record = MessageRecord(
+            id=reception.id,
+            mail_from=envelope.mail_from,
+            headers=headers,
+            body_size=body.size,
+            received_at=now,
+            meta=meta,
+        )
+        await self.store.commit_message(record, body, deliveries)
+        self.bus.publish(
+            Event(
+                "message.queued",
+                reception.id,
+                now,
+                details={
+                    "from": envelope.mail_from,
+                    "recipients": len(deliveries),
+                    "size": len(headers) + 2 + body.size,
+                    "interface": envelope.interface,
+                },
+            )
+        )
+        self.on_queued({r.zone for r in routes})
+        return reception.id

@@ -1,0 +1,53 @@
+"""A delivery's live state: the transition table applied, every transition published."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from zonemta.engine.bus import Event, EventBus
+from zonemta.statemachine import DeliveryState, Transition, Trigger, transition
+from zonemta.store import Delivery
+
+
+class DeliveryMachine:
+    """Holds one delivery's current state. :meth:`fire` looks the trigger up in the table
+    (raising ``InvalidTransition`` for an unknown pair), moves to the target state and
+    publishes one ``delivery`` event."""
+
+    def __init__(self, row: Delivery, bus: EventBus, clock: Callable[[], float]) -> None:
+        self.row = row
+        self.bus = bus
+        self.clock = clock
+        self.state = DeliveryState.DEFERRED if row.attempts else DeliveryState.QUEUED
+        self.mx: str | None = None
+        self.local_address: str | None = None
+
+    def fire(
+        self,
+        trigger: Trigger,
+        *,
+        response: str | None = None,
+        category: str | None = None,
+        **details: Any,
+    ) -> Transition:
+        row = transition(self.state, trigger)
+        self.state = row.target
+        self.bus.publish(
+            Event(
+                "delivery",
+                self.row.message_id,
+                self.clock(),
+                seq=self.row.seq,
+                zone=self.row.zone,
+                recipient=self.row.recipient,
+                from_state=row.source.value,
+                to_state=row.target.value,
+                mx=self.mx,
+                local_address=self.local_address,
+                response=response,
+                category=category,
+                details={"trigger": trigger.value, **details},
+            )
+        )
+        return row

@@ -1,0 +1,172 @@
+"""One scheduler per zone: leases due deliveries and runs their attempts.
+
+Leasing is bounded by how many attempts the zone can usefully have in flight; recipient
+domains that are at their connection limit are skipped in the lease query, so a busy
+domain never holds up the zone's other domains. New mail wakes the scheduler at once;
+otherwise it sleeps until the next delivery is due (or a poll interval, for work that
+another instance released).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from zonemta.engine.attempt import Deliverer
+from zonemta.engine.bus import EventBus
+from zonemta.engine.machine import DeliveryMachine
+from zonemta.statemachine import Trigger
+from zonemta.store import Delivery, DeliveryKey, Store, StoreError
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 5.0
+STORE_ERROR_BACKOFF = 1.0
+
+
+class ZoneScheduler:
+    def __init__(
+        self,
+        deliverer: Deliverer,
+        *,
+        store: Store,
+        bus: EventBus,
+        owner: str,
+        lease_time: float,
+        max_inflight: int,
+        per_destination: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.deliverer = deliverer
+        self.zone = deliverer.zone.name
+        self.store = store
+        self.bus = bus
+        self.owner = owner
+        self.lease_time = lease_time
+        self.max_inflight = max_inflight
+        self.per_destination = per_destination
+        self.clock = clock
+        self.inflight: dict[DeliveryKey, DeliveryMachine] = {}
+        self._destinations: dict[str, int] = {}
+        self._destination_limits: dict[str, trio.CapacityLimiter] = {}
+        self._changed = trio.Event()
+        self._stopping = False
+        self._drained = trio.Event()
+        self._cancel = trio.CancelScope()
+
+    def wake(self) -> None:
+        """New or released work may be due."""
+        self._changed.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._renew_leases)
+                task_status.started()
+                await self._lease_loop(nursery)
+                await self._drained.wait()
+                nursery.cancel_scope.cancel()
+
+    async def stop(self, grace: float) -> None:
+        """Lease nothing more; give running attempts ``grace`` seconds, then cancel them
+        (they release their leases)."""
+        self._stopping = True
+        self.wake()
+        if not self.inflight:
+            self._drained.set()
+        with trio.move_on_after(grace):
+            await self._drained.wait()
+        self._cancel.cancel()
+
+    def _skip_domains(self) -> list[str]:
+        if self.deliverer.zone.smart_host:
+            return []
+        return [d for d, n in self._destinations.items() if n >= self.per_destination]
+
+    async def _lease_loop(self, nursery: trio.Nursery) -> None:
+        while not self._stopping:
+            self._changed = trio.Event()
+            free = self.max_inflight - len(self.inflight)
+            if free > 0:
+                now = self.clock()
+                try:
+                    rows = await self.store.lease(
+                        self.zone,
+                        owner=self.owner,
+                        now=now,
+                        lease_until=now + self.lease_time,
+                        limit=free,
+                        skip_domains=self._skip_domains(),
+                    )
+                except StoreError as exc:
+                    log.error("leasing in zone %s failed: %s", self.zone, exc)
+                    await trio.sleep(STORE_ERROR_BACKOFF)
+                    continue
+                if rows:
+                    for row in rows:
+                        self._start(nursery, row)
+                    continue
+            await self._wait_for_work(free > 0)
+
+    async def _wait_for_work(self, could_lease: bool) -> None:
+        timeout = POLL_INTERVAL
+        if could_lease:
+            try:
+                due = await self.store.next_due(self.zone)
+            except StoreError:
+                due = None
+            if due is not None:
+                timeout = min(timeout, max(due - self.clock(), 0.0))
+        if timeout <= 0 and self._skip_domains():
+            # Due work exists only for domains at their limit: wait for a slot.
+            timeout = POLL_INTERVAL
+        if timeout <= 0:
+            return
+        with trio.move_on_after(timeout):
+            await self._changed.wait()
+
+    def _start(self, nursery: trio.Nursery, row: Delivery) -> None:
+        machine = DeliveryMachine(row, self.bus, self.clock)
+        machine.fire(Trigger.LEASE)
+        self.inflight[row.key] = machine
+        destination = self.deliverer.destination_of(row)
+        self._destinations[destination] = self._destinations.get(destination, 0) + 1
+        nursery.start_soon(self._run_attempt, machine, destination)
+
+    async def _run_attempt(self, machine: DeliveryMachine, destination: str) -> None:
+        try:
+            if self.deliverer.zone.smart_host:
+                await self.deliverer.deliver(machine)
+            else:
+                limiter = self._destination_limits.get(destination)
+                if limiter is None:
+                    limiter = trio.CapacityLimiter(self.per_destination)
+                    self._destination_limits[destination] = limiter
+                async with limiter:
+                    await self.deliverer.deliver(machine)
+        finally:
+            del self.inflight[machine.row.key]
+            left = self._destinations[destination] - 1
+            if left:
+                self._destinations[destination] = left
+            else:
+                del self._destinations[destination]
+                self._destination_limits.pop(destination, None)
+            if self._stopping and not self.inflight:
+                self._drained.set()
+            self.wake()
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await trio.sleep(self.lease_time / 3)
+            keys = list(self.inflight)
+            if not keys:
+                continue
+            try:
+                await self.store.renew(
+                    keys, owner=self.owner, lease_until=self.clock() + self.lease_time
+                )
+            except StoreError as exc:
+                log.error("renewing leases in zone %s failed: %s", self.zone, exc)

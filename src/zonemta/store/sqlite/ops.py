@@ -1,0 +1,215 @@
+"""Write ops: blocking functions the group-commit writer runs in its transaction.
+
+Each takes its arguments first and the writing connection last, so the store binds them
+with :func:`functools.partial` and hands the writer a one-argument callable. Each runs in
+its own savepoint: raising (``LeaseLost``, ``StoreError``, ``sqlite3.Error``) rolls back that
+op alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Sequence
+
+from zonemta.store.base import (
+    Delivery,
+    DeliveryKey,
+    LeaseLost,
+    MessageRecord,
+    NewDelivery,
+    StoreError,
+)
+from zonemta.store.sqlite.schema import DELIVERY_COLUMNS, UNLOCKED_STATE_SQL, row_to_delivery
+
+_HELD = "message_id = ? AND seq = ? AND state = 'locked' AND lease_owner = ?"
+
+
+def insert_chunk(message_id: str, idx: int, data: bytes, conn: sqlite3.Connection) -> None:
+    """Store one body chunk (an orphan until its message row is committed)."""
+    conn.execute(
+        "INSERT INTO chunks (message_id, idx, data) VALUES (?, ?, ?)", (message_id, idx, data)
+    )
+
+
+def commit_message(
+    message: MessageRecord,
+    meta_json: str,
+    tail: bytes,
+    stored_chunks: int,
+    deliveries: Sequence[NewDelivery],
+    conn: sqlite3.Connection,
+) -> None:
+    """Write the body's last chunk, the message row and its delivery rows. Raises
+    :class:`StoreError` if chunks handed over earlier are missing (one failed)."""
+    chunk_count = stored_chunks
+    if tail:
+        insert_chunk(message.id, chunk_count, tail, conn)
+        chunk_count += 1
+    (found,) = conn.execute(
+        "SELECT COUNT(*) FROM chunks WHERE message_id = ?", (message.id,)
+    ).fetchone()
+    if found != chunk_count:
+        raise StoreError(
+            f"body of {message.id} is incomplete: {found} of {chunk_count} chunks stored"
+        )
+    conn.execute(
+        "INSERT INTO messages (id, mail_from, headers, body_size, chunk_count, received_at, meta)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.id,
+            message.mail_from,
+            message.headers,
+            message.body_size,
+            chunk_count,
+            message.received_at,
+            meta_json,
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO deliveries (message_id, seq, recipient, domain, zone, state, attempts,"
+        " created, next_attempt, due) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
+        [
+            (
+                message.id,
+                d.seq,
+                d.recipient,
+                d.domain,
+                d.zone,
+                message.received_at,
+                d.next_attempt,
+                d.next_attempt,
+            )
+            for d in deliveries
+        ],
+    )
+
+
+def discard_body(message_id: str, conn: sqlite3.Connection) -> None:
+    """Delete the chunks of a body whose message was never committed. A committed message's
+    chunks are left alone (a commit that was cancelled after it ran still stands)."""
+    conn.execute(
+        "DELETE FROM chunks WHERE message_id = ?"
+        " AND NOT EXISTS (SELECT 1 FROM messages WHERE id = ?)",
+        (message_id, message_id),
+    )
+
+
+def lease(
+    zone: str,
+    owner: str,
+    now: float,
+    lease_until: float,
+    limit: int,
+    skip_domains: Collection[str],
+    conn: sqlite3.Connection,
+) -> list[Delivery]:
+    """Lock up to ``limit`` due rows of ``zone`` for ``owner``, oldest due first."""
+    if limit <= 0:
+        return []
+    skip = json.dumps(sorted(skip_domains)) if skip_domains else "[]"
+    rows = conn.execute(
+        f"UPDATE deliveries SET state = 'locked', lease_owner = ?, lease_until = ?, due = ?"
+        f" WHERE rowid IN ("
+        f"  SELECT rowid FROM deliveries"
+        f"  WHERE zone = ? AND due <= ? AND (state != 'locked' OR lease_until < ?)"
+        f"   AND domain NOT IN (SELECT value FROM json_each(?))"
+        f"  ORDER BY due LIMIT ?)"
+        f" RETURNING {DELIVERY_COLUMNS}",
+        (owner, lease_until, lease_until, zone, now, now, skip, limit),
+    ).fetchall()
+    leased = [row_to_delivery(row) for row in rows]
+    leased.sort(key=lambda d: (d.next_attempt, d.message_id, d.seq))
+    return leased
+
+
+def renew(
+    keys: Sequence[DeliveryKey], owner: str, lease_until: float, conn: sqlite3.Connection
+) -> None:
+    """Move the lease expiry of the rows ``owner`` still holds."""
+    conn.executemany(
+        f"UPDATE deliveries SET lease_until = ?, due = ? WHERE {_HELD}",
+        [(lease_until, lease_until, k.message_id, k.seq, owner) for k in keys],
+    )
+
+
+def release(key: DeliveryKey, owner: str, next_attempt: float, conn: sqlite3.Connection) -> None:
+    """Unlock a row without counting an attempt; a row ``owner`` does not hold is left as
+    it is (whoever holds it now decides its fate)."""
+    conn.execute(
+        f"UPDATE deliveries SET state = {UNLOCKED_STATE_SQL}, lease_owner = NULL,"
+        f" lease_until = NULL, next_attempt = ?, due = ? WHERE {_HELD}",
+        (next_attempt, next_attempt, key.message_id, key.seq, owner),
+    )
+
+
+def defer(
+    key: DeliveryKey,
+    owner: str,
+    now: float,
+    next_attempt: float,
+    response: str,
+    conn: sqlite3.Connection,
+) -> None:
+    """Count a failed attempt. Raises :class:`LeaseLost` if ``owner`` does not hold the row."""
+    cur = conn.execute(
+        f"UPDATE deliveries SET state = 'deferred', attempts = attempts + 1,"
+        f" lease_owner = NULL, lease_until = NULL, next_attempt = ?, due = ?,"
+        f" last_response = ?, first_failure = COALESCE(first_failure, ?) WHERE {_HELD}",
+        (next_attempt, next_attempt, response, now, key.message_id, key.seq, owner),
+    )
+    if cur.rowcount != 1:
+        raise LeaseLost(f"delivery {key} is not leased by {owner}")
+
+
+def complete(key: DeliveryKey, owner: str, conn: sqlite3.Connection) -> None:
+    """Remove a finished row, and its message and body if it was the last one. Raises
+    :class:`LeaseLost` if ``owner`` does not hold the row."""
+    cur = conn.execute(f"DELETE FROM deliveries WHERE {_HELD}", (key.message_id, key.seq, owner))
+    if cur.rowcount != 1:
+        raise LeaseLost(f"delivery {key} is not leased by {owner}")
+    remaining = conn.execute(
+        "SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1", (key.message_id,)
+    ).fetchone()
+    if remaining is None:
+        _delete_message(key.message_id, conn)
+
+
+def recover_leases(owner: str, conn: sqlite3.Connection) -> int:
+    """Unlock every row leased by ``owner``, due at its old ``next_attempt``."""
+    cur = conn.execute(
+        f"UPDATE deliveries SET state = {UNLOCKED_STATE_SQL}, lease_owner = NULL,"
+        f" lease_until = NULL, due = next_attempt"
+        f" WHERE lease_owner = ? AND state = 'locked'",
+        (owner,),
+    )
+    return cur.rowcount
+
+
+def remove_orphans(live_bodies: frozenset[str], conn: sqlite3.Connection) -> int:
+    """Delete messages without deliveries, and chunks without a message unless their body
+    is still being written (``live_bodies``). Returns how many message ids were cleaned."""
+    orphan_messages = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM messages AS m"
+            " WHERE NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.message_id = m.id)"
+        )
+    ]
+    for message_id in orphan_messages:
+        _delete_message(message_id, conn)
+    orphan_bodies = [
+        row[0]
+        for row in conn.execute(
+            "SELECT DISTINCT message_id FROM chunks AS c"
+            " WHERE NOT EXISTS (SELECT 1 FROM messages AS m WHERE m.id = c.message_id)"
+        )
+        if row[0] not in live_bodies
+    ]
+    conn.executemany("DELETE FROM chunks WHERE message_id = ?", [(m,) for m in orphan_bodies])
+    return len(orphan_messages) + len(orphan_bodies)
+
+
+def _delete_message(message_id: str, conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM chunks WHERE message_id = ?", (message_id,))
+    conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))

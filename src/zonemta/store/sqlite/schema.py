@@ -1,0 +1,153 @@
+"""The sqlite queue's schema, connection set-up and row conversion.
+
+Tables
+------
+``messages``
+    One row per stored message: envelope sender, header block (BLOB), metadata (JSON text),
+    body size and the number of body chunks (so readers can tell a complete body from one
+    that vanished under them).
+``chunks``
+    The body, as ``(message_id, idx, data)`` rows. A chunk whose message row does not exist
+    yet belongs to a body that is being received (or was abandoned: see ``remove_orphans``).
+``deliveries``
+    One row per recipient. ``due`` is the moment the row can next be leased: ``next_attempt``
+    while the row is queued or deferred, ``lease_until`` while it is locked. Indexing
+    ``(zone, due, state)`` makes the lease query one range scan over rows that are actually
+    leasable, without stepping over the (possibly many) rows that are in flight.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from zonemta.store.base import Delivery, RowState
+
+DB_FILENAME: Final = "queue.sqlite3"
+
+#: Seconds a connection waits for a lock held by another connection before failing.
+BUSY_TIMEOUT_SECONDS: Final = 10.0
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    mail_from TEXT NOT NULL,
+    headers BLOB NOT NULL,
+    body_size INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    meta TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    message_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (message_id, idx)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    message_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    recipient TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'deferred', 'locked')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    next_attempt REAL NOT NULL,
+    due REAL NOT NULL,
+    first_failure REAL,
+    last_response TEXT,
+    lease_owner TEXT,
+    lease_until REAL,
+    PRIMARY KEY (message_id, seq)
+);
+CREATE INDEX IF NOT EXISTS deliveries_by_due ON deliveries (zone, due, state);
+CREATE INDEX IF NOT EXISTS deliveries_by_owner ON deliveries (lease_owner)
+    WHERE lease_owner IS NOT NULL;
+"""
+
+#: The columns :func:`row_to_delivery` expects, in order.
+DELIVERY_COLUMNS: Final = (
+    "message_id, seq, recipient, domain, zone, state, attempts, created, next_attempt, "
+    "first_failure, last_response, lease_owner, lease_until"
+)
+
+#: The state a row returns to when its lease ends without an attempt counted.
+UNLOCKED_STATE_SQL: Final = "CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END"
+
+Durability = Literal["full", "normal"]
+
+_SYNCHRONOUS: Final[dict[str, str]] = {"full": "FULL", "normal": "NORMAL"}
+
+
+def _connect(db_path: Path) -> sqlite3.Connection:
+    # isolation_level=None: no implicit transactions; the writer issues BEGIN IMMEDIATE itself
+    # and readers run each statement in its own snapshot. check_same_thread=False: connections
+    # are used from trio's worker threads, one call at a time.
+    return sqlite3.connect(
+        db_path,
+        timeout=BUSY_TIMEOUT_SECONDS,
+        isolation_level=None,
+        check_same_thread=False,
+    )
+
+
+def connect_writer(db_path: Path, durability: Durability) -> sqlite3.Connection:
+    """Open the writing connection: WAL, the requested fsync policy, schema created.
+
+    Blocking; call it from a worker thread. Raises :class:`sqlite3.Error`.
+    """
+    conn = _connect(db_path)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"could not enable WAL on {db_path} (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
+        conn.executescript(SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_reader(db_path: Path) -> sqlite3.Connection:
+    """Open a read-only connection on an existing WAL database. Blocking; raises
+    :class:`sqlite3.Error`."""
+    conn = _connect(db_path)
+    conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+def row_to_delivery(row: tuple[Any, ...]) -> Delivery:
+    """Build a :class:`Delivery` from a row selected with :data:`DELIVERY_COLUMNS`."""
+    (
+        message_id,
+        seq,
+        recipient,
+        domain,
+        zone,
+        state,
+        attempts,
+        created,
+        next_attempt,
+        first_failure,
+        last_response,
+        lease_owner,
+        lease_until,
+    ) = row
+    return Delivery(
+        message_id=str(message_id),
+        seq=int(seq),
+        recipient=str(recipient),
+        domain=str(domain),
+        zone=str(zone),
+        state=RowState(state),
+        attempts=int(attempts),
+        created=float(created),
+        next_attempt=float(next_attempt),
+        first_failure=None if first_failure is None else float(first_failure),
+        last_response=None if last_response is None else str(last_response),
+        lease_owner=None if lease_owner is None else str(lease_owner),
+        lease_until=None if lease_until is None else float(lease_until),
+    )

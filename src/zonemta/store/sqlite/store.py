@@ -1,0 +1,275 @@
+"""The embedded sqlite queue backend.
+
+Lifecycle
+---------
+``open()``
+    Creates the directory and the database (WAL, schema) and opens the writing connection
+    and the read pool, in a worker thread. Idempotent. Reads work from here on.
+``run()``
+    The writer service (see :mod:`zonemta.store.sqlite.writer`): start it in a nursery with
+    ``await nursery.start(store.run)``; it opens the store first if needed. Writes made before
+    it started wait in its queue. It returns once :meth:`~SqliteStore.aclose` was called and
+    the queued writes ran, or when cancelled (queued writes then fail with StoreError).
+``aclose()``
+    Stops accepting writes, waits for the writer to finish what was queued, closes the
+    connections. Idempotent.
+
+:func:`open_sqlite_store` does all three around an ``async with`` block, which is what most
+code (and every test) wants.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from zonemta.store.base import (
+    BodyWriter,
+    Delivery,
+    DeliveryKey,
+    MessageRecord,
+    NewDelivery,
+    Store,
+    StoreError,
+    ZoneCounts,
+)
+from zonemta.store.sqlite import ops, readers
+from zonemta.store.sqlite.body import SqliteBodyWriter
+from zonemta.store.sqlite.schema import DB_FILENAME, Durability, connect_writer
+from zonemta.store.sqlite.writer import GroupCommitWriter, WriterStats
+
+#: Bytes a body reader fetches per thread call (whole chunks, at least one).
+READ_BYTES_PER_CALL: Final = 512 * 1024
+
+#: Read connections (and so concurrent read queries).
+READ_POOL_SIZE: Final = 4
+
+
+class SqliteStore(Store):
+    """The queue in ``path / "queue.sqlite3"``; see the module docstring for the lifecycle.
+
+    ``durability="full"`` fsyncs every commit (``synchronous=FULL``); ``"normal"`` survives
+    a process crash but may lose the last commits on power loss. ``chunk_size`` bounds body
+    chunk rows (and a body writer's memory); ``batch_limit`` bounds a group commit.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: Durability = "full",
+        chunk_size: int = 256 * 1024,
+        batch_limit: int = 500,
+    ) -> None:
+        if durability not in ("full", "normal"):
+            raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        self.path = Path(path)
+        self.durability: Durability = durability
+        self.chunk_size = chunk_size
+        self._writer = GroupCommitWriter(batch_limit=batch_limit)
+        self._readers = readers.ReadPool(READ_POOL_SIZE)
+        self._live_bodies: set[str] = set()
+        self._opened = False
+        self._closed = False
+        self._open_lock = trio.Lock()
+        self._writer_conn: sqlite3.Connection | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / DB_FILENAME
+
+    @property
+    def stats(self) -> WriterStats:
+        """Group-commit counters: ``stats.ops / stats.batches`` ops share one fsync."""
+        return self._writer.stats
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create or open the database. Raises :class:`StoreError`."""
+        async with self._open_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            if self._opened:
+                return
+            try:
+                await trio.to_thread.run_sync(self._open_sync)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"cannot open the queue at {self.db_path}: {exc}") from exc
+            self._opened = True
+
+    def _open_sync(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        conn = connect_writer(self.db_path, self.durability)
+        try:
+            self._readers.open(self.db_path)
+        except BaseException:
+            conn.close()
+            self._readers.close()
+            raise
+        self._writer_conn = conn
+        self._writer.attach(conn)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer service. Opens the store if needed, reports started, and runs until
+        :meth:`aclose` (or cancellation). Raises :class:`StoreError` if it cannot open."""
+        await self.open()
+        await self._writer.run(task_status=task_status)
+
+    async def aclose(self) -> None:
+        """Let queued writes finish, stop the writer, close the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        await self._writer.wait_stopped()
+        with trio.CancelScope(shield=True):
+            await self._readers.aclose()
+            conn, self._writer_conn = self._writer_conn, None
+            if conn is not None:
+                await trio.to_thread.run_sync(conn.close)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def new_body(self, message_id: str) -> BodyWriter:
+        """A body writer for ``message_id``. Raises :class:`StoreError` if one is already
+        being written for that id in this process."""
+        if message_id in self._live_bodies:
+            raise StoreError(f"a body for {message_id} is already being written")
+        return SqliteBodyWriter(self._writer, self._live_bodies, message_id, self.chunk_size)
+
+    async def commit_message(
+        self, message: MessageRecord, body: BodyWriter, deliveries: Sequence[NewDelivery]
+    ) -> None:
+        """One write op: the body's tail, the message row and its delivery rows. On failure
+        (or cancellation) the body is aborted and nothing of the message is visible; raises
+        :class:`StoreError`. Raises TypeError for a body writer of another store and
+        ValueError for an empty ``deliveries`` (after aborting the body)."""
+        if not isinstance(body, SqliteBodyWriter) or body.writer is not self._writer:
+            raise TypeError("commit_message needs a body writer made by this store")
+        try:
+            if not deliveries:
+                raise ValueError("a message needs at least one delivery")
+            if body.message_id != message.id:
+                raise ValueError(f"body {body.message_id} is not the body of {message.id}")
+            try:
+                meta_json = json.dumps(dict(message.meta), separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"meta of {message.id} is not JSON: {exc}") from exc
+            tail, stored = body.begin_commit()
+            await self._writer.submit(
+                partial(ops.commit_message, message, meta_json, tail, stored, tuple(deliveries))
+            )
+        except BaseException:
+            await body.abort()
+            raise
+        body.end_commit()
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def lease(
+        self,
+        zone: str,
+        *,
+        owner: str,
+        now: float,
+        lease_until: float,
+        limit: int,
+        skip_domains: Collection[str] = (),
+    ) -> list[Delivery]:
+        return await self._writer.submit(
+            partial(ops.lease, zone, owner, now, lease_until, limit, tuple(skip_domains))
+        )
+
+    async def renew(self, keys: Sequence[DeliveryKey], *, owner: str, lease_until: float) -> None:
+        if keys:
+            await self._writer.submit(partial(ops.renew, tuple(keys), owner, lease_until))
+
+    async def release(self, key: DeliveryKey, *, owner: str, next_attempt: float) -> None:
+        """Unlock without counting an attempt. A delivery ``owner`` no longer holds is left
+        untouched (no error: the lease is gone either way)."""
+        await self._writer.submit(partial(ops.release, key, owner, next_attempt))
+
+    async def defer(
+        self, key: DeliveryKey, *, owner: str, now: float, next_attempt: float, response: str
+    ) -> None:
+        await self._writer.submit(partial(ops.defer, key, owner, now, next_attempt, response))
+
+    async def complete(self, key: DeliveryKey, *, owner: str) -> None:
+        await self._writer.submit(partial(ops.complete, key, owner))
+
+    async def recover_leases(self, owner: str) -> int:
+        return await self._writer.submit(partial(ops.recover_leases, owner))
+
+    async def remove_orphans(self) -> int:
+        """Runs in the writer; spares bodies being written by this process right now."""
+        return await self._writer.submit(partial(ops.remove_orphans, frozenset(self._live_bodies)))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def next_due(self, zone: str) -> float | None:
+        return await self._readers.run(partial(readers.next_due, zone))
+
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        return await self._readers.run(partial(readers.get_message, message_id))
+
+    async def read_body(self, message_id: str) -> AsyncIterator[bytes]:
+        """Yields the body's chunks, fetching about :data:`READ_BYTES_PER_CALL` per thread
+        call. Raises :class:`StoreError` if the message does not exist, or if its body
+        disappears while being read (the message was completed meanwhile)."""
+        total = await self._readers.run(partial(readers.chunk_count, message_id))
+        if total is None:
+            raise StoreError(f"message {message_id} not found")
+        per_call = max(1, READ_BYTES_PER_CALL // self.chunk_size)
+        index = 0
+        while index < total:
+            rows = await self._readers.run(
+                partial(readers.read_chunks, message_id, index, min(per_call, total - index))
+            )
+            if not rows:
+                raise StoreError(f"body of {message_id} vanished while being read")
+            for idx, data in rows:
+                if idx != index:
+                    raise StoreError(f"body of {message_id} lacks chunk {index}")
+                index += 1
+                yield data
+
+    async def deliveries_of(self, message_id: str) -> list[Delivery]:
+        return await self._readers.run(partial(readers.deliveries_of, message_id))
+
+    async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:
+        return await self._readers.run(partial(readers.zone_counts, now))
+
+
+@asynccontextmanager
+async def open_sqlite_store(
+    path: Path,
+    *,
+    durability: Durability = "full",
+    chunk_size: int = 256 * 1024,
+    batch_limit: int = 500,
+) -> AsyncIterator[SqliteStore]:
+    """Open the store, run its writer in a nursery of its own for the block, then close it
+    (queued writes finish first). Raises :class:`StoreError` if it cannot open."""
+    store = SqliteStore(path, durability=durability, chunk_size=chunk_size, batch_limit=batch_limit)
+    try:
+        await store.open()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            try:
+                yield store
+            finally:
+                with trio.CancelScope(shield=True):
+                    await store.aclose()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()

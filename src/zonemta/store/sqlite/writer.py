@@ -1,0 +1,242 @@
+"""The group-commit writer: the one task that writes to the sqlite database.
+
+Callers hand it *ops* (a blocking function taking the writing connection) and wait for the
+commit that covers them. The writer takes everything that is waiting (up to
+``batch_limit`` ops) and runs the lot in ONE worker-thread call, inside one
+``BEGIN IMMEDIATE … COMMIT``: one thread hop and one fsync per batch, however many messages
+or chunks arrived meanwhile. Each op runs in its own SAVEPOINT, so an op that raises is
+rolled back alone and fails only its own caller; the others commit.
+
+Results are handed back only after COMMIT returned, so a caller that sees success knows its
+change is durable (as durable as the connection's ``synchronous`` setting makes it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from typing import Any, Final, Generic, TypeVar
+
+import attrs
+import trio
+
+from zonemta.store.base import StoreError
+
+T = TypeVar("T")
+
+#: A write op: runs in a worker thread with the writing connection, inside a savepoint.
+WriteOp = Callable[[sqlite3.Connection], T]
+
+_UNSET: Final[Any] = object()
+
+
+@attrs.frozen
+class WriterStats:
+    """Counters of a writer since it was created: transactions committed (or attempted)
+    and ops run. ``ops / batches`` is the mean group-commit size."""
+
+    batches: int
+    ops: int
+    largest_batch: int
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean ops per batch (0.0 before the first batch)."""
+        return self.ops / self.batches if self.batches else 0.0
+
+
+def as_store_error(exc: BaseException) -> BaseException:
+    """``exc`` as the store's callers should see it: sqlite errors become a
+    :class:`StoreError` caused by them; StoreErrors and programming errors stay as they are."""
+    if isinstance(exc, sqlite3.Error):
+        err = StoreError(f"sqlite: {exc}")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+class Pending(Generic[T]):
+    """One op handed to the writer, and the slot its outcome lands in."""
+
+    __slots__ = ("_done", "_error", "_value", "fn")
+
+    def __init__(self, fn: WriteOp[T]) -> None:
+        self.fn = fn
+        self._value: T = _UNSET
+        self._error: BaseException | None = None
+        self._done = trio.Event()
+
+    # Called from the writer's worker thread (before _done is set, so no race with readers).
+    def set_value(self, value: T) -> None:
+        self._value = value
+
+    def set_error(self, error: BaseException) -> None:
+        self._value = _UNSET
+        self._error = error
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    @property
+    def settled(self) -> bool:
+        return self._error is not None or self._value is not _UNSET
+
+    def finish(self) -> None:
+        """Wake the waiter (trio thread). An op that never ran fails as 'store closed'."""
+        if not self.settled:
+            self._error = StoreError("the store's writer stopped before this write ran")
+        self._done.set()
+
+    async def wait(self) -> T:
+        """The op's result once its batch committed. Raises what the op raised (sqlite errors
+        as :class:`StoreError`), or StoreError if the batch could not commit."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class GroupCommitWriter:
+    """Owns the writing connection once :meth:`run` is going. See the module docstring.
+
+    ``connection`` may be None at construction and set later with :meth:`attach` (the store
+    opens it in a worker thread); :meth:`run` refuses to start without one.
+    """
+
+    def __init__(self, connection: sqlite3.Connection | None = None, *, batch_limit: int) -> None:
+        if batch_limit < 1:
+            raise ValueError("batch_limit must be at least 1")
+        self._conn = connection
+        self._batch_limit = batch_limit
+        # Bounded so that a writer that falls behind slows the senders instead of piling up
+        # chunks in memory.
+        self._send, self._receive = trio.open_memory_channel[Pending[Any]](max(64, batch_limit * 4))
+        self._thread_limiter = trio.CapacityLimiter(1)
+        self._running = False
+        self._closed = False
+        self._stopped = trio.Event()
+        self._batches = 0
+        self._ops = 0
+        self._largest = 0
+
+    def attach(self, connection: sqlite3.Connection) -> None:
+        """Give the writer its connection (before :meth:`run`)."""
+        self._conn = connection
+
+    @property
+    def stats(self) -> WriterStats:
+        return WriterStats(batches=self._batches, ops=self._ops, largest_batch=self._largest)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def enqueue(self, fn: WriteOp[T]) -> Pending[T]:
+        """Hand ``fn`` to the writer without waiting for its commit; await
+        :meth:`Pending.wait` for that. Waits only when the writer's queue is full.
+
+        Once handed over, the op runs even if the caller is cancelled. Raises
+        :class:`StoreError` if the writer is closed.
+        """
+        pending = Pending(fn)
+        try:
+            await self._send.send(pending)
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            raise StoreError("the store is closed") from exc
+        return pending
+
+    async def submit(self, fn: WriteOp[T]) -> T:
+        """Run ``fn`` in the next batch and return its result once that batch committed.
+        Raises what ``fn`` raised (sqlite errors as :class:`StoreError`), or StoreError."""
+        pending = await self.enqueue(fn)
+        return await pending.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The writer loop. Returns when :meth:`close` was called and every op handed over
+        before it ran, or when cancelled; ops still queued then fail with StoreError.
+        Raises StoreError if the writer was closed before it started."""
+        if self._conn is None:
+            raise RuntimeError("the writer has no connection")
+        if self._running or self._stopped.is_set():
+            raise RuntimeError("the writer runs once")
+        if self._closed:
+            raise StoreError("the store is closed")
+        self._running = True
+        task_status.started()
+        try:
+            async for first in self._receive:
+                batch: list[Pending[Any]] = [first]
+                try:
+                    # Let tasks that are already runnable hand over their ops too.
+                    await trio.lowlevel.checkpoint()
+                    while len(batch) < self._batch_limit:
+                        try:
+                            batch.append(self._receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                    await trio.to_thread.run_sync(
+                        self._run_batch, batch, limiter=self._thread_limiter
+                    )
+                    self._batches += 1
+                    self._ops += len(batch)
+                    self._largest = max(self._largest, len(batch))
+                finally:
+                    for pending in batch:
+                        pending.finish()
+        finally:
+            self._fail_queued()
+            self._running = False
+            self._stopped.set()
+
+    def close(self) -> None:
+        """Accept no more ops. A running loop finishes the queued ones and returns; if the
+        loop is not running, the queued ops fail with StoreError now."""
+        self._closed = True
+        self._send.close()
+        if not self._running:
+            self._fail_queued()
+
+    async def wait_stopped(self) -> None:
+        """Wait until :meth:`run` returned (returns at once if it is not running)."""
+        if self._running:
+            await self._stopped.wait()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                pending = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            pending.finish()
+        self._receive.close()
+
+    def _run_batch(self, batch: list[Pending[Any]]) -> None:
+        """Worker thread: one transaction, one savepoint per op."""
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for pending in batch:
+                pending.set_error(as_store_error(exc))
+            return
+        try:
+            for pending in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    pending.set_value(pending.fn(conn))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    pending.set_error(as_store_error(exc))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The transaction itself failed (disk full, I/O error, ...): nothing committed.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            for pending in batch:
+                if not pending.failed:  # an op that failed on its own keeps its error
+                    pending.set_error(as_store_error(exc))

@@ -1,0 +1,237 @@
+"""The sqlite queue backend: the store contract, plus what only sqlite has (group commit,
+reopening, the writer's failure isolation, chunk rows, lifecycle)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.store_contract import ZONE, StoreContract, big_body, body_of, put, rcpts, record
+from zonemta.store.base import StoreError
+from zonemta.store.sqlite import GroupCommitWriter, SqliteStore, open_sqlite_store
+from zonemta.store.sqlite.schema import DB_FILENAME, connect_writer
+
+CHUNK = 16 * 1024
+
+
+class TestSqliteContract(StoreContract):
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[SqliteStore]:
+        async with open_sqlite_store(tmp_path / "queue", chunk_size=CHUNK) as store:
+            yield store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    async with open_sqlite_store(tmp_path / "queue", chunk_size=CHUNK) as store:
+        yield store
+
+
+def raw_rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path / DB_FILENAME)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_concurrent_commits_share_batches(store: SqliteStore) -> None:
+    before = store.stats
+    async with trio.open_nursery() as nursery:
+        for i in range(200):
+            nursery.start_soon(put, store, f"m{i}")
+    stats = store.stats
+    ops = stats.ops - before.ops
+    batches = stats.batches - before.batches
+    assert ops == 200  # one op per small message: chunk, message and deliveries together
+    assert batches < ops / 10
+    assert stats.largest_batch > 10
+    assert len(raw_rows(store.path, "SELECT id FROM messages")) == 200
+
+
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    body = big_body(100_000)
+    async with open_sqlite_store(tmp_path, chunk_size=CHUNK) as store:
+        message = await put(store, "kept", body=body)
+        await store.lease(ZONE, owner="a", now=200.0, lease_until=300.0, limit=1)
+    async with open_sqlite_store(tmp_path, chunk_size=4096) as store:
+        assert await store.get_message("kept") == message
+        assert await body_of(store, "kept") == body
+        [row] = await store.deliveries_of("kept")
+        assert row.lease_owner == "a"
+        assert await store.recover_leases("a") == 1
+
+
+async def test_body_is_stored_as_bounded_chunk_rows(store: SqliteStore) -> None:
+    body = big_body(5 * CHUNK + 123)
+    writer = store.new_body("chunked")
+    for start in range(0, len(body), 1000):
+        await writer.write(body[start : start + 1000])
+        assert len(writer._buffer) < CHUNK  # type: ignore[attr-defined]
+    await store.commit_message(
+        record("chunked", body_size=len(body)), writer, rcpts(("a@b.c", ZONE, 1.0))
+    )
+    sizes = raw_rows(store.path, "SELECT length(data) FROM chunks ORDER BY idx")
+    assert sizes == [(CHUNK,)] * 5 + [(123,)]
+    chunks = [chunk async for chunk in store.read_body("chunked")]
+    assert [len(c) for c in chunks] == [CHUNK] * 5 + [123]
+
+
+async def test_failing_op_fails_only_its_caller(tmp_path: Path) -> None:
+    conn = connect_writer(tmp_path / "w.sqlite3", "full")
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+    writer = GroupCommitWriter(conn, batch_limit=100)
+    gate = threading.Event()
+    results: dict[str, object] = {}
+
+    async def submit(name: str, sql: str) -> None:
+        try:
+            await writer.submit(lambda c: c.execute(sql))
+            results[name] = "ok"
+        except StoreError as exc:
+            results[name] = exc
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        # The first batch blocks in its thread until the others are queued behind it.
+        nursery.start_soon(writer.submit, lambda c: gate.wait(10))
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(submit, "good1", "INSERT INTO t VALUES ('a')")
+        nursery.start_soon(submit, "bad", "INSERT INTO t VALUES ('a'), ('a')")
+        nursery.start_soon(submit, "good2", "INSERT INTO t VALUES ('b')")
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+        while len(results) < 3:
+            await trio.sleep(0.001)
+        writer.close()
+    assert results["good1"] == results["good2"] == "ok"
+    assert isinstance(results["bad"], StoreError)
+    assert isinstance(results["bad"].__cause__, sqlite3.IntegrityError)
+    assert writer.stats.batches == 2
+    assert writer.stats.largest_batch == 3
+    assert conn.execute("SELECT k FROM t ORDER BY k").fetchall() == [("a",), ("b",)]
+    conn.close()
+
+
+async def test_writes_wait_for_the_writer_to_start(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(put, store, "early")
+        await trio.testing.wait_all_tasks_blocked()
+        assert await store.get_message("early") is None
+        await nursery.start(store.run)
+    assert await store.get_message("early") is not None
+    await store.aclose()
+    await store.aclose()  # idempotent
+
+
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path) as store:
+        pass
+    with pytest.raises(StoreError):
+        await put(store, "late")
+    with pytest.raises(StoreError):
+        await store.get_message("late")
+    with pytest.raises(StoreError):
+        await store.open()
+
+
+async def test_cancelled_writer_fails_queued_ops(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    failures: list[BaseException] = []
+
+    async def commit_and_record() -> None:
+        try:
+            await put(store, "queued")
+        except StoreError as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(commit_and_record)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await store.run()  # cancelled at once: the queued commit must not hang
+    assert len(failures) == 1
+    await store.aclose()
+
+
+async def test_cancelled_commit_is_all_or_nothing(store: SqliteStore) -> None:
+    body = big_body(3 * CHUNK)
+    gate = threading.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store._writer.submit, lambda c: gate.wait(10))
+        await trio.testing.wait_all_tasks_blocked()
+        writer = store.new_body("cut")
+        with trio.CancelScope() as scope:
+            # Chunks are queued behind the gate; cancel while the commit is in the queue.
+            nursery.start_soon(_cancel_soon, scope)
+            await writer.write(body[: CHUNK - 1])
+            await store.commit_message(record("cut"), writer, rcpts(("a@b.c", ZONE, 1.0)))
+        gate.set()
+    assert scope.cancelled_caught
+    message = await store.get_message("cut")
+    if message is not None:  # the commit ran before the abort: it must be whole
+        assert await body_of(store, "cut") == body[: CHUNK - 1]
+    assert await store.remove_orphans() == 0
+    assert raw_rows(store.path, "SELECT count(*) FROM chunks") == [(1 if message else 0,)]
+
+
+async def _cancel_soon(scope: trio.CancelScope) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    scope.cancel()
+
+
+async def test_remove_orphans_after_a_crash(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path, chunk_size=1024) as store:
+        writer = store.new_body("crashed")
+        await writer.write(b"z" * 5000)  # four chunks committed, never aborted
+        await put(store, "fine")
+        assert await store.remove_orphans() == 0  # still live in this process
+    async with open_sqlite_store(tmp_path, chunk_size=1024) as store:
+        assert await store.remove_orphans() == 1
+        assert raw_rows(store.path, "SELECT DISTINCT message_id FROM chunks") == [("fine",)]
+        assert await store.remove_orphans() == 0
+
+
+async def test_lease_uses_the_due_index(store: SqliteStore) -> None:
+    plan = raw_rows(
+        store.path,
+        "EXPLAIN QUERY PLAN SELECT rowid FROM deliveries WHERE zone = 'z' AND due <= 1"
+        " AND (state != 'locked' OR lease_until < 1)"
+        " AND domain NOT IN (SELECT value FROM json_each('[]')) ORDER BY due LIMIT 5",
+    )
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "deliveries_by_due" in details
+    assert "TEMP B-TREE" not in details  # no sort: the index gives due order
+
+
+async def test_unopenable_path_raises_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    store = SqliteStore(tmp_path / "file")
+    with pytest.raises(StoreError):
+        await store.open()
+
+
+async def test_new_body_twice_for_one_id_is_refused(store: SqliteStore) -> None:
+    writer = store.new_body("once")
+    with pytest.raises(StoreError):
+        store.new_body("once")
+    await writer.abort()
+    store.new_body("once")
+
+
+def test_rejects_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SqliteStore(tmp_path, durability="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        SqliteStore(tmp_path, chunk_size=0)
+    with pytest.raises(ValueError):
+        SqliteStore(tmp_path, batch_limit=0)
