@@ -11,9 +11,8 @@ a large message is streamed in blocks, never held whole.
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 import trio
@@ -28,6 +27,7 @@ INLINE_LIMIT = 4 * 1024 * 1024
 MAX_CONNECT_FAILURES = 5
 
 AcceptCallback = Callable[[int, float], None]
+Connector = Callable[[], Awaitable[trio.abc.Stream]]
 
 
 class InjectError(Exception):
@@ -148,10 +148,19 @@ class Injector:
     """Offers a :class:`LoadPlan` to ``host:port`` and reports each acceptance.
 
     Owns its connections. ``on_accepted(n, time.monotonic())`` is called for each message the
-    relay accepted with a 2xx after the dot.
+    relay accepted with a 2xx after the dot. ``connect`` replaces the TCP connection to
+    ``host:port`` (tests hand in memory streams).
     """
 
-    def __init__(self, host: str, port: int, plan: LoadPlan, on_accepted: AcceptCallback) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        plan: LoadPlan,
+        on_accepted: AcceptCallback,
+        connect: Connector | None = None,
+    ) -> None:
+        self._connect = connect or self._connect_tcp
         self.host = host
         self.port = port
         self.plan = plan
@@ -162,6 +171,7 @@ class Injector:
         self.sessions = 0
         self._counter = _Counter(plan.messages)
         self._start = 0.0
+        self._paced_from = 0.0
         self._inline_bodies: dict[int, bytes] = {}
 
     def _body_chunks(self, head: bytes) -> Iterator[bytes]:
@@ -174,6 +184,9 @@ class Injector:
         else:
             yield from iter_body(length)
 
+    async def _connect_tcp(self) -> trio.abc.Stream:
+        return await trio.open_tcp_stream(self.host, self.port)
+
     async def run(self) -> InjectStats:
         """Run the whole plan; returns when every message is accepted, rejected or failed.
 
@@ -181,6 +194,7 @@ class Injector:
         Callers bound the time with a cancel scope.
         """
         self._start = time.monotonic()
+        self._paced_from = trio.current_time()  # trio's clock has its own origin
         workers = min(self.plan.connections, max(1, self.plan.messages))
         async with trio.open_nursery() as nursery:
             for _ in range(workers):
@@ -198,7 +212,7 @@ class Injector:
         failures = 0
         while self._counter.next < self._counter.total:
             try:
-                stream = await trio.open_tcp_stream(self.host, self.port)
+                stream = await self._connect()
             except OSError as exc:
                 failures += 1
                 if failures >= MAX_CONNECT_FAILURES:
@@ -214,7 +228,7 @@ class Injector:
                     # The message in flight (if any) was counted as failed in _session.
                     continue
 
-    async def _session(self, stream: trio.SocketStream) -> None:
+    async def _session(self, stream: trio.abc.Stream) -> None:
         reader = _ReplyReader(stream)
         code, _ = await reader.read()
         if code != 220:
@@ -229,7 +243,7 @@ class Injector:
             if n is None:
                 break
             if self.plan.rate:
-                await trio.sleep_until(self._start + n / self.plan.rate)
+                await trio.sleep_until(self._paced_from + n / self.plan.rate)
             try:
                 accepted = await self._transaction(stream, reader, n, size_ok)
             except BaseException:
@@ -242,7 +256,7 @@ class Injector:
         await reader.read()
 
     async def _transaction(
-        self, stream: trio.SocketStream, reader: _ReplyReader, n: int, size_ok: bool
+        self, stream: trio.abc.Stream, reader: _ReplyReader, n: int, size_ok: bool
     ) -> bool:
         recipient = f"user{n}@{self.plan.recipient_domain}"
         head = message_head(n, recipient, self.plan.sender)
@@ -271,10 +285,3 @@ class Injector:
             return True
         self.rejected += 1
         return False
-
-
-def expected_duration(plan: LoadPlan) -> float:
-    """Lower bound on the injection time implied by ``plan.rate`` (0 when unpaced)."""
-    if not plan.rate:
-        return 0.0
-    return math.ceil(plan.messages) / plan.rate

@@ -29,16 +29,17 @@ from benchmarks.sinkctl import SinkProcess, SinkThread
 from benchmarks.zonemta_relay import ZonemtaRelay, build_config, find_zonemta, load_toml
 
 SYSTEMS = ("zonemta", "postfix", "direct")
-#: How often peak memory is sampled during a run.
+#: How often peak memory is sampled during a run (more often for a handful of big messages).
 MEMORY_SAMPLE_INTERVAL_S = 0.5
+MEMORY_SAMPLE_INTERVAL_FEW_S = 0.1
 #: How long a started relay may take to greet.
 READY_TIMEOUT_S = 60.0
 
 _MEMORY_METHODS = {
     "zonemta": "peak_rss_mb = VmHWM (kernel peak RSS) of the relay process, summed over its "
-    "process tree; peak_pss_mb = peak of PSS summed over the tree, sampled every 0.5 s",
+    "process tree; peak_pss_mb = peak of PSS summed over the tree, sampled every {interval} s",
     "postfix": "peak_rss_mb = peak_pss_mb = peak of PSS (smaps_rollup) summed over every "
-    "Postfix process, sampled every 0.5 s (RSS would double-count shared pages)",
+    "Postfix process, sampled every {interval} s (RSS would double-count shared pages)",
     "direct": "no relay: injector straight into the sink",
 }
 
@@ -87,6 +88,13 @@ class Params:
         }
 
 
+async def _watch_sigterm() -> None:
+    """Inside the trio loop, SIGTERM becomes a KeyboardInterrupt raised by this task."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            raise KeyboardInterrupt
+
+
 class _Run:
     """One system's measurement inside the harness's trio loop."""
 
@@ -107,12 +115,15 @@ class _Run:
         self.root_pid = root_pid
         self.accepted: dict[int, float] = {}
         self.sampler = None if root_pid is None else procstat.MemorySampler(root_pid)
+        self.sample_interval = (
+            MEMORY_SAMPLE_INTERVAL_FEW_S if params.messages <= 10 else MEMORY_SAMPLE_INTERVAL_S
+        )
 
     async def _sample_memory(self) -> None:
         assert self.sampler is not None
         while True:
             self.sampler.sample()
-            await trio.sleep(MEMORY_SAMPLE_INTERVAL_S)
+            await trio.sleep(self.sample_interval)
 
     async def _progress(self, injector: Injector) -> None:
         total = max(1, self.params.messages)
@@ -136,6 +147,7 @@ class _Run:
         with trio.move_on_after(self.params.timeout) as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.sink.pump)
+                nursery.start_soon(_watch_sigterm)
                 if self.sampler is not None:
                     nursery.start_soon(self._sample_memory)
                 if sys.stdout.isatty():
@@ -180,7 +192,9 @@ class _Run:
             cpu_s=cpu_s,
             peak_rss_kb=self._peak_rss_kb(),
             peak_pss_kb=None if self.sampler is None else self.sampler.peak_pss_kb,
-            memory_method=_MEMORY_METHODS.get(self.system, ""),
+            memory_method=_MEMORY_METHODS.get(self.system, "").format(
+                interval=self.sample_interval
+            ),
             sink_connections=self.sink.connections,
             sessions=injector.sessions,
             complete=not scope.cancelled_caught and len(arrived) == self.params.messages,
@@ -240,7 +254,10 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
             relay.start()
             ports.wait_for_greeting(host, port, READY_TIMEOUT_S, check=relay.check_running)
             root_pid = relay.pid
-        record = trio.run(_Run(system, params, host, port, sink, root_pid).measure)
+        try:
+            record = trio.run(_Run(system, params, host, port, sink, root_pid).measure)
+        except BaseExceptionGroup as group:
+            raise _simplify(group) from group
         if system == "zonemta" and params.target is None and params.profile:
             relay.stop()
             if relay.profile_path is not None and relay.profile_path.exists():
@@ -250,6 +267,23 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
             else:
                 notes.append(f"no profile written; relay log: {relay.log_tail(5)}")
     return record, notes
+
+
+def _simplify(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception to report for a nursery's group: Ctrl-C first, else a lone error."""
+    if group.subgroup(KeyboardInterrupt) is not None:
+        return KeyboardInterrupt()
+    leaves: list[BaseException] = []
+
+    def _collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                _collect(inner)
+        else:
+            leaves.append(exc)
+
+    _collect(group)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -314,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         keep=args.keep,
     )
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="zonemta-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # Postfix's daemons (user postfix) must reach their data directory
@@ -346,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; everything started was stopped", file=sys.stderr)
         return 130
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if not args.keep and args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     if results:

@@ -89,6 +89,10 @@ def _rate(count: int, start: float, end: float | None) -> float | None:
     return count / (end - start)
 
 
+def _span(start: float, end: float | None) -> float | None:
+    return None if end is None else end - start
+
+
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -110,6 +114,8 @@ def figures(record: RunRecord) -> dict[str, Any]:
         "peak_pss_mb": _round(None if record.peak_pss_kb is None else record.peak_pss_kb / 1024, 1),
         "memory_method": record.memory_method,
         "cpu_s": _round(record.cpu_s, 3),
+        "accept_duration_s": _round(_span(record.started, record.last_accept), 3),
+        "deliver_duration_s": _round(_span(record.started, record.last_delivery), 3),
         "offered": record.offered,
         "accepted": record.accepted,
         "rejected": record.rejected,
@@ -156,6 +162,7 @@ _ROWS: tuple[tuple[str, str, float, str], ...] = (
     ("CPU ms/msg", "cpu_s_per_msg", 1000, "{:.2f}"),
     ("peak RSS MB", "peak_rss_mb", 1, "{:.1f}"),
     ("peak PSS MB", "peak_pss_mb", 1, "{:.1f}"),
+    ("seconds to deliver all", "deliver_duration_s", 1, "{:.2f}"),
     ("delivered", "delivered", 1, "{:.0f}"),
     ("sink connections", "sink_connections", 1, "{:.0f}"),
 )

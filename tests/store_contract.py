@@ -36,7 +36,9 @@ OWNER = "instance-a"
 OTHER = "instance-b"
 
 
-def record(message_id: str, *, body_size: int = 0, meta: dict[str, Any] | None = None) -> MessageRecord:
+def record(
+    message_id: str, *, body_size: int = 0, meta: dict[str, Any] | None = None
+) -> MessageRecord:
     return MessageRecord(
         id=message_id,
         mail_from="sender@example.org",
@@ -121,7 +123,9 @@ class StoreContract:
             pos += size
         await writer.write(body[pos:])
         assert writer.size == len(body)
-        await store.commit_message(record("odd", body_size=len(body)), writer, rcpts(("x@y.z", ZONE, 1.0)))
+        await store.commit_message(
+            record("odd", body_size=len(body)), writer, rcpts(("x@y.z", ZONE, 1.0))
+        )
         assert await body_of(store, "odd") == body
 
     async def test_empty_body(self, store: Store) -> None:
@@ -153,7 +157,9 @@ class StoreContract:
         await writer.write(body[:150_000])
         assert await store.remove_orphans() == 0
         await writer.write(body[150_000:])
-        await store.commit_message(record("slow", body_size=len(body)), writer, rcpts(("a@b.c", ZONE, 1.0)))
+        await store.commit_message(
+            record("slow", body_size=len(body)), writer, rcpts(("a@b.c", ZONE, 1.0))
+        )
         assert await store.remove_orphans() == 0
         assert await body_of(store, "slow") == body
 
@@ -162,7 +168,9 @@ class StoreContract:
         writer = store.new_body("dup")
         await writer.write(b"second\r\n")
         with pytest.raises(StoreError):
-            await store.commit_message(record("dup", body_size=8), writer, rcpts(("o@p.q", ZONE, 1.0)))
+            await store.commit_message(
+                record("dup", body_size=8), writer, rcpts(("o@p.q", ZONE, 1.0))
+            )
         assert await store.get_message("dup") == first
         assert await body_of(store, "dup") == b"first\r\n"
         assert len(await store.deliveries_of("dup")) == 1
@@ -283,7 +291,9 @@ class StoreContract:
 
     async def test_complete_removes_body_after_the_last_delivery(self, store: Store) -> None:
         body = big_body(100_000)
-        await put(store, "m", rcpts(("a@x.example", ZONE, 1.0), ("b@y.example", ZONE, 1.0)), body=body)
+        await put(
+            store, "m", rcpts(("a@x.example", ZONE, 1.0), ("b@y.example", ZONE, 1.0)), body=body
+        )
         a, b = await store.lease(ZONE, owner=OWNER, now=10.0, lease_until=100.0, limit=5)
         await store.complete(a.key, owner=OWNER)
         assert [d.key for d in await store.deliveries_of("m")] == [b.key]
@@ -406,7 +416,9 @@ class StoreContract:
 
     async def test_deliveries_of_lists_by_seq(self, store: Store) -> None:
         deliveries = [
-            NewDelivery(seq=s, recipient=f"r{s}@x.example", domain="x.example", zone=ZONE, next_attempt=1.0)
+            NewDelivery(
+                seq=s, recipient=f"r{s}@x.example", domain="x.example", zone=ZONE, next_attempt=1.0
+            )
             for s in (3, 0, 7, 1)
         ]
         await put(store, "m", deliveries)

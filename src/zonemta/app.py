@@ -103,13 +103,15 @@ class Relay:
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def run(self, *, task_status: trio.TaskStatus[RelayInfo] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[RelayInfo] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Run until :meth:`request_stop`, then shut down gracefully."""
         store = self.store
         await store.open()
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(store.run)  # type: ignore[attr-defined]
+                await nursery.start(store.run)
                 recovered = await store.recover_leases(self.config.queue.instance_id)
                 orphans = await store.remove_orphans()
                 if recovered or orphans:

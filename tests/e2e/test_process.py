@@ -38,8 +38,8 @@ connections = 2
     return path
 
 
-async def wait_for_port(port: int, process: trio.Process, timeout: float = 30) -> None:
-    with trio.fail_after(timeout):
+async def wait_for_port(port: int, process: trio.Process, seconds: float = 30) -> None:
+    with trio.fail_after(seconds):
         while True:
             assert process.returncode is None, "relay exited early"
             try:
@@ -49,10 +49,11 @@ async def wait_for_port(port: int, process: trio.Process, timeout: float = 30) -
                 await trio.sleep(0.05)
 
 
-async def wait_until(predicate: object, timeout: float) -> None:
+async def wait_until(predicate: object, seconds: float) -> None:
+    """Poll state owned by another thread or process (nothing here can signal us)."""
     assert callable(predicate)
-    with trio.fail_after(timeout):
-        while not predicate():
+    with trio.fail_after(seconds):
+        while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.05)
 
 
@@ -84,8 +85,10 @@ async def test_sigkill_loses_no_accepted_message(tmp_path: Path) -> None:
         try:
             await wait_for_port(smtp_port, second)
             await wait_until(
-                lambda: {m.recipients[0] for m in mx.received()}
-                >= {f"r{n}@one.test" for n in range(20)},
+                lambda: (
+                    {m.recipients[0] for m in mx.received()}
+                    >= {f"r{n}@one.test" for n in range(20)}
+                ),
                 60,
             )
         finally:
@@ -100,7 +103,9 @@ async def test_sigkill_loses_no_accepted_message(tmp_path: Path) -> None:
 
 def test_config_errors_exit_2_and_name_every_bad_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[smtp.feeder]\nport = "twenty"\nmax_sise = 1\n[zones.default]\nconnections = 0\n')
+    bad.write_text(
+        '[smtp.feeder]\nport = "twenty"\nmax_sise = 1\n[zones.default]\nconnections = 0\n'
+    )
     result = subprocess.run(
         [*RELAY, "run", "-c", str(bad)], capture_output=True, text=True, timeout=60
     )

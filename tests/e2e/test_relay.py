@@ -7,8 +7,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import trio
-
 from tests.support.dnsserver import run_dns_server
 from tests.support.mx import TestMx
 from tests.support.relay import (
@@ -168,7 +166,7 @@ async def test_twenty_megabyte_message_arrives_byte_for_byte(tmp_path: Path, mx:
     async with running_relay(config) as (relay, info):
         events = relay.bus.subscribe()
         await submit_async(info.smtp_ports["feeder"], "s@origin.test", ["big@one.test"], message)
-        seen = await collect_until(events, lambda ev: len(terminal(ev)) == 1, timeout=120)
+        seen = await collect_until(events, lambda ev: len(terminal(ev)) == 1, seconds=120)
     assert terminal(seen)[0].to_state == "delivered"
     got = without_received(mx.for_recipient("big@one.test")[0].content)
     assert len(got) == len(message)
@@ -176,11 +174,15 @@ async def test_twenty_megabyte_message_arrives_byte_for_byte(tmp_path: Path, mx:
 
 
 async def test_connection_is_reused_for_the_next_message(tmp_path: Path, mx: TestMx) -> None:
-    config = relay_config(tmp_path / "q", zones={"default": {**smart_host(mx)["default"], "connections": 1}})  # type: ignore[dict-item]
+    config = relay_config(
+        tmp_path / "q", zones={"default": {**smart_host(mx)["default"], "connections": 1}}
+    )  # type: ignore[dict-item]
     async with running_relay(config) as (relay, info):
         events = relay.bus.subscribe()
         for n in range(3):
-            await submit_async(info.smtp_ports["feeder"], "s@origin.test", [f"r{n}@one.test"], MESSAGE)
+            await submit_async(
+                info.smtp_ports["feeder"], "s@origin.test", [f"r{n}@one.test"], MESSAGE
+            )
         seen = await collect_until(events, lambda ev: len(terminal(ev)) == 3)
         reuses = relay.engine.pools["default"].reuses
     assert {e.to_state for e in terminal(seen)} == {"delivered"}

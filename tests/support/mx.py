@@ -47,7 +47,7 @@ class _Handler:
         if self.mx.stall_data.is_set():
             with self.mx.lock:
                 self.mx.stalled += 1
-            while self.mx.stall_data.is_set():
+            while self.mx.stall_data.is_set():  # noqa: ASYNC110 - set from the test's thread
                 await asyncio.sleep(0.05)
             return "451 4.3.0 stalled transaction dropped"
         message = Received(
@@ -65,6 +65,8 @@ class _Handler:
 class TestMx:
     """``rcpt_reply(address)`` may return a reply line (e.g. ``"451 4.3.0 later"``) to refuse
     a recipient; None accepts it."""
+
+    __test__ = False  # not a pytest test class
 
     def __init__(
         self,

@@ -77,11 +77,11 @@ async def submit_async(port: int, mail_from: str, recipients: list[str], message
 
 
 async def collect_until(
-    subscription: Subscription, done: Callable[[list[Event]], bool], *, timeout: float = 20
+    subscription: Subscription, done: Callable[[list[Event]], bool], *, seconds: float = 20
 ) -> list[Event]:
-    """Read events until ``done(events)`` holds; fails after ``timeout`` seconds."""
+    """Read events until ``done(events)`` holds; fails after ``seconds``."""
     events: list[Event] = []
-    with trio.fail_after(timeout):
+    with trio.fail_after(seconds):
         async for event in subscription.receive:
             events.append(event)
             if done(events):

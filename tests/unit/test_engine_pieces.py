@@ -26,7 +26,9 @@ def test_default_schedule_matches_the_reference_and_spans_48_hours() -> None:
 
 
 def test_retry_policy_defers_then_exhausts() -> None:
-    policy = RetryPolicy.from_config([timedelta(minutes=5), timedelta(minutes=7)], timedelta(days=5))
+    policy = RetryPolicy.from_config(
+        [timedelta(minutes=5), timedelta(minutes=7)], timedelta(days=5)
+    )
     assert policy.on_temporary_failure(attempts=0, created=0, now=10) is Trigger.TRANSIENT_FAILURE
     assert policy.next_attempt(attempts=0, now=100) == 400
     assert policy.next_attempt(attempts=1, now=100) == 520

@@ -49,7 +49,7 @@ def test_terminal_states_have_no_way_out() -> None:
 
 
 def test_unknown_pair_names_state_and_trigger() -> None:
-    with pytest.raises(InvalidTransition, match="'queued'.*'accepted'"):
+    with pytest.raises(InvalidTransition, match=r"'queued'.*'accepted'"):
         transition(S.QUEUED, T.ACCEPTED)
 
 
@@ -85,4 +85,6 @@ def test_diagram_has_every_transition() -> None:
 
 def test_docs_state_machine_page_is_generated_from_the_table() -> None:
     page = Path(__file__).parents[2] / "docs" / "state-machine.md"
-    assert page.read_text() == markdown(), "run: python -m zonemta.statemachine.diagram > docs/state-machine.md"
+    assert page.read_text() == markdown(), (
+        "run: python -m zonemta.statemachine.diagram > docs/state-machine.md"
+    )

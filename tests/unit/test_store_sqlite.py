@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from tests.store_contract import ZONE, StoreContract, big_body, body_of, put, rcpts, record
 from zonemta.store.base import StoreError
@@ -100,14 +101,13 @@ async def test_failing_op_fails_only_its_caller(tmp_path: Path) -> None:
         await nursery.start(writer.run)
         # The first batch blocks in its thread until the others are queued behind it.
         nursery.start_soon(writer.submit, lambda c: gate.wait(10))
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.start_soon(submit, "good1", "INSERT INTO t VALUES ('a')")
-        nursery.start_soon(submit, "bad", "INSERT INTO t VALUES ('a'), ('a')")
-        nursery.start_soon(submit, "good2", "INSERT INTO t VALUES ('b')")
-        await trio.testing.wait_all_tasks_blocked()
-        gate.set()
-        while len(results) < 3:
-            await trio.sleep(0.001)
+        await wait_all_tasks_blocked()
+        async with trio.open_nursery() as callers:
+            callers.start_soon(submit, "good1", "INSERT INTO t VALUES ('a')")
+            callers.start_soon(submit, "bad", "INSERT INTO t VALUES ('a'), ('a')")
+            callers.start_soon(submit, "good2", "INSERT INTO t VALUES ('b')")
+            await wait_all_tasks_blocked()
+            gate.set()
         writer.close()
     assert results["good1"] == results["good2"] == "ok"
     assert isinstance(results["bad"], StoreError)
@@ -122,12 +122,13 @@ async def test_writes_wait_for_the_writer_to_start(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     await store.open()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(put, store, "early")
-        await trio.testing.wait_all_tasks_blocked()
-        assert await store.get_message("early") is None
-        await nursery.start(store.run)
-    assert await store.get_message("early") is not None
-    await store.aclose()
+        async with trio.open_nursery() as callers:
+            callers.start_soon(put, store, "early")
+            await wait_all_tasks_blocked()
+            assert await store.get_message("early") is None
+            await nursery.start(store.run)
+        assert await store.get_message("early") is not None
+        await store.aclose()  # ends store.run
     await store.aclose()  # idempotent
 
 
@@ -142,7 +143,7 @@ async def test_closed_store_refuses_work(tmp_path: Path) -> None:
         await store.open()
 
 
-async def test_cancelled_writer_fails_queued_ops(tmp_path: Path) -> None:
+async def test_writer_cancelled_before_it_started_fails_queued_ops(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     await store.open()
     failures: list[BaseException] = []
@@ -155,38 +156,64 @@ async def test_cancelled_writer_fails_queued_ops(tmp_path: Path) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(commit_and_record)
-        await trio.testing.wait_all_tasks_blocked()
+        await wait_all_tasks_blocked()
         with trio.CancelScope() as scope:
             scope.cancel()
-            await store.run()  # cancelled at once: the queued commit must not hang
+            await store.run()
+        await store.aclose()  # the queued commit must fail, not hang
     assert len(failures) == 1
+
+
+async def test_cancelled_writer_fails_ops_queued_behind_its_batch(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    gate = threading.Event()
+    outcomes: dict[str, object] = {}
+
+    async def call(name: str, fn: object) -> None:
+        try:
+            outcomes[name] = await store._writer.submit(fn)  # type: ignore[arg-type]
+        except StoreError as exc:
+            outcomes[name] = exc
+
+    async with trio.open_nursery() as nursery, trio.open_nursery() as service:
+        await service.start(store.run)
+        nursery.start_soon(call, "running", lambda c: gate.wait(10))
+        await wait_all_tasks_blocked()
+        nursery.start_soon(call, "queued", lambda c: 1)
+        await wait_all_tasks_blocked()
+        service.cancel_scope.cancel()
+        gate.set()
+    assert outcomes["running"] is True  # the batch in the thread completed
+    assert isinstance(outcomes["queued"], StoreError)
     await store.aclose()
 
 
 async def test_cancelled_commit_is_all_or_nothing(store: SqliteStore) -> None:
-    body = big_body(3 * CHUNK)
+    """A commit cancelled while queued still runs, and the abort that follows the
+    cancellation must not remove the body of a message that did get committed."""
     gate = threading.Event()
+    body = big_body(3 * CHUNK + 10)
+
+    async def cancel_then_open_gate(scope: trio.CancelScope) -> None:
+        await wait_all_tasks_blocked()
+        scope.cancel()
+        await wait_all_tasks_blocked()
+        gate.set()
+
+    writer = store.new_body("cut")
+    await writer.write(body)  # three chunks stored as orphans
     async with trio.open_nursery() as nursery:
         nursery.start_soon(store._writer.submit, lambda c: gate.wait(10))
-        await trio.testing.wait_all_tasks_blocked()
-        writer = store.new_body("cut")
+        await wait_all_tasks_blocked()
         with trio.CancelScope() as scope:
-            # Chunks are queued behind the gate; cancel while the commit is in the queue.
-            nursery.start_soon(_cancel_soon, scope)
-            await writer.write(body[: CHUNK - 1])
+            nursery.start_soon(cancel_then_open_gate, scope)
+            # Queued behind the gate, then cancelled: the abort's delete queues behind it.
             await store.commit_message(record("cut"), writer, rcpts(("a@b.c", ZONE, 1.0)))
-        gate.set()
     assert scope.cancelled_caught
-    message = await store.get_message("cut")
-    if message is not None:  # the commit ran before the abort: it must be whole
-        assert await body_of(store, "cut") == body[: CHUNK - 1]
+    assert await store.get_message("cut") is not None
+    assert await body_of(store, "cut") == body
     assert await store.remove_orphans() == 0
-    assert raw_rows(store.path, "SELECT count(*) FROM chunks") == [(1 if message else 0,)]
-
-
-async def _cancel_soon(scope: trio.CancelScope) -> None:
-    await trio.testing.wait_all_tasks_blocked()
-    scope.cancel()
 
 
 async def test_remove_orphans_after_a_crash(tmp_path: Path) -> None:
@@ -235,3 +262,12 @@ def test_rejects_bad_settings(tmp_path: Path) -> None:
         SqliteStore(tmp_path, chunk_size=0)
     with pytest.raises(ValueError):
         SqliteStore(tmp_path, batch_limit=0)
+
+
+async def test_context_manager_passes_exceptions_through_unwrapped(tmp_path: Path) -> None:
+    with pytest.raises(KeyError):
+        async with open_sqlite_store(tmp_path) as store:
+            await put(store, "m")
+            raise KeyError("boom")
+    async with open_sqlite_store(tmp_path) as store:
+        assert await store.get_message("m") is not None

@@ -132,7 +132,7 @@ class Deliverer:
     def _failure(self, row: Delivery, exc: DeliveryFailure | DnsFailure) -> Outcome:
         if isinstance(exc, DnsFailure):
             category: str | None = "dns"
-            response = str(exc)
+            response = f"{exc.reply} ({exc})"
         else:
             category = "network" if exc.reply is None else None
             response = exc.response
@@ -225,7 +225,9 @@ class Deliverer:
             raise DeliveryFailure(Stage.CONNECT, f"no usable address for {destination.domain}")
         raise last
 
-    async def _send(self, connection: OutboundConnection, message: MessageRecord, row: Delivery) -> object:
+    async def _send(
+        self, connection: OutboundConnection, message: MessageRecord, row: Delivery
+    ) -> object:
         received = received_header(message, row, self.zone.ehlo_name)
         head = received + message.headers + b"\r\n"
         transaction = Transaction(
@@ -244,12 +246,11 @@ class Deliverer:
                 yield chunk
 
     async def _finish(self, machine: DeliveryMachine, outcome: Outcome) -> None:
-        """Fire the outcome's trigger and persist what its transition says."""
+        """Advance on the outcome's trigger, persist what its transition says, then publish
+        (so a subscriber that sees the event finds the store already updated)."""
         row = machine.row
         now = self.clock()
-        row_transition: Transition = machine.fire(
-            outcome.trigger, response=outcome.response, category=outcome.category
-        )
+        row_transition: Transition = machine.advance(outcome.trigger)
         try:
             match row_transition.persist:
                 case Persist.COMPLETE:
@@ -271,6 +272,7 @@ class Deliverer:
         except StoreError as exc:
             # The lease expires and the delivery is tried again: at-least-once.
             log.error("storing the outcome of %s failed: %s", row.key, exc)
+        machine.publish(row_transition, response=outcome.response, category=outcome.category)
         log_outcome(row, machine, outcome)
 
 

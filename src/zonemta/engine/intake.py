@@ -190,7 +190,9 @@ class Intake:
         now = self.clock()
         routes = self.router.route(envelope.recipients)
         deliveries = [
-            NewDelivery(seq=n, recipient=r.recipient, domain=r.domain, zone=r.zone, next_attempt=now)
+            NewDelivery(
+                seq=n, recipient=r.recipient, domain=r.domain, zone=r.zone, next_attempt=now
+            )
             for n, r in enumerate(routes, start=1)
         ]
         meta = {

@@ -31,8 +31,26 @@ class DeliveryMachine:
         category: str | None = None,
         **details: Any,
     ) -> Transition:
+        """Advance and publish at once (transitions that persist nothing)."""
+        row = self.advance(trigger)
+        self.publish(row, response=response, category=category, **details)
+        return row
+
+    def advance(self, trigger: Trigger) -> Transition:
+        """Move to the state the table gives for ``trigger`` without publishing; the caller
+        persists what the transition says and then calls :meth:`publish`."""
         row = transition(self.state, trigger)
         self.state = row.target
+        return row
+
+    def publish(
+        self,
+        row: Transition,
+        *,
+        response: str | None = None,
+        category: str | None = None,
+        **details: Any,
+    ) -> None:
         self.bus.publish(
             Event(
                 "delivery",
@@ -47,7 +65,6 @@ class DeliveryMachine:
                 local_address=self.local_address,
                 response=response,
                 category=category,
-                details={"trigger": trigger.value, **details},
+                details={"trigger": row.trigger.value, **details},
             )
         )
-        return row

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 import attrs
+import trio
 
 
 class StoreError(Exception):
@@ -137,6 +138,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def open(self) -> None:
         """Create or open the storage, ready for use. Idempotent schema creation."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The backend's long-running service (e.g. the sqlite group-commit writer), started
+        with ``await nursery.start(store.run)`` after :meth:`open`. Backends that need none
+        report started and wait until cancelled."""
+        task_status.started()
+        await trio.sleep_forever()
 
     @abc.abstractmethod
     async def aclose(self) -> None:

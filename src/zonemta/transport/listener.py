@@ -58,7 +58,9 @@ class SmtpInterfaceService:
         """Serve until :meth:`stop`. Reports the bound port through ``task_status``."""
         listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
         port = listeners[0].socket.getsockname()[1]
-        log.info("SMTP interface %s listening on %s:%s", self.settings.name, self.settings.host, port)
+        log.info(
+            "SMTP interface %s listening on %s:%s", self.settings.name, self.settings.host, port
+        )
         async with trio.open_nursery() as sessions:
             self._sessions_nursery = sessions
             with self._accepting:
@@ -227,7 +229,9 @@ class SmtpSession:
             body_8bit=body == "8BITMIME",
             smtputf8="SMTPUTF8" in self.mail_params,
         )
-        self.reception = self.service.intake.begin(envelope, max_header=self.settings.max_header_size)
+        self.reception = self.service.intake.begin(
+            envelope, max_header=self.settings.max_header_size
+        )
         self._data_deadline = trio.current_time() + self.settings.data_timeout
 
     async def _abort_data(self) -> None:

@@ -139,7 +139,7 @@ class OutboundConnection:
         ehlo_name: str,
         local_address: str | None = None,
         tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
-        timeouts: Timeouts = Timeouts(),  # noqa: B008
+        timeouts: Timeouts = Timeouts(),
     ) -> OutboundConnection:
         """Connect, read the greeting, EHLO (HELO when EHLO is refused) and STARTTLS when
         offered. Raises :class:`DeliveryFailure`."""
@@ -179,7 +179,9 @@ class OutboundConnection:
             with trio.fail_after(timeouts.connect):
                 stream = await trio.open_tcp_stream(address, port, local_address=local_address)
         except trio.TooSlowError:
-            raise DeliveryFailure(Stage.CONNECT, f"connection to {address}:{port} timed out") from None
+            raise DeliveryFailure(
+                Stage.CONNECT, f"connection to {address}:{port} timed out"
+            ) from None
         except OSError as exc:
             raise DeliveryFailure(
                 Stage.CONNECT, f"connection to {address}:{port} failed: {exc.strerror or exc}"
@@ -236,9 +238,9 @@ class OutboundConnection:
         self.tls = True
         await self._hello(ehlo_name)
 
-    async def _send(self, stage: Stage, data: bytes, timeout: float) -> None:
+    async def _send(self, stage: Stage, data: bytes, seconds: float) -> None:
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(seconds):
                 await self.stream.send_all(data)
         except trio.TooSlowError:
             self.broken = True
@@ -247,9 +249,9 @@ class OutboundConnection:
             self.broken = True
             raise DeliveryFailure(stage, f"connection lost during {stage.value}") from exc
 
-    async def _read_reply(self, stage: Stage, timeout: float) -> Reply:
+    async def _read_reply(self, stage: Stage, seconds: float) -> Reply:
         try:
-            with trio.fail_after(timeout):
+            with trio.fail_after(seconds):
                 while True:
                     reply = self.protocol.next_reply()
                     if reply is not smtp.NEED_DATA:
@@ -317,7 +319,9 @@ class OutboundConnection:
                 self.protocol.end_data()
                 await self._read_reply(Stage.FINAL, timeout)
             await self._reset()
-            failed = (Stage.MAIL, mail_reply) if not mail_reply.is_positive else (Stage.RCPT, rcpt_reply)
+            failed = (
+                (Stage.MAIL, mail_reply) if not mail_reply.is_positive else (Stage.RCPT, rcpt_reply)
+            )
             raise DeliveryFailure.from_reply(*failed)
         if not data_reply.is_intermediate:
             await self._reset()

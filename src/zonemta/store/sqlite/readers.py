@@ -98,10 +98,16 @@ def get_message(message_id: str, conn: sqlite3.Connection) -> MessageRecord | No
     )
 
 
-def chunk_count(message_id: str, conn: sqlite3.Connection) -> int | None:
-    """How many chunks the committed body has, or None if the message does not exist."""
+def body_start(
+    message_id: str, limit: int, conn: sqlite3.Connection
+) -> tuple[int, list[tuple[int, bytes]]] | None:
+    """How many chunks the committed body has and its first ``limit`` chunks (one thread
+    hop for a small body), or None if the message does not exist."""
     row = conn.execute("SELECT chunk_count FROM messages WHERE id = ?", (message_id,)).fetchone()
-    return None if row is None else int(row[0])
+    if row is None:
+        return None
+    total = int(row[0])
+    return total, read_chunks(message_id, 0, min(limit, total), conn) if total else []
 
 
 def read_chunks(

@@ -126,13 +126,14 @@ class SqliteStore(Store):
         await self._writer.run(task_status=task_status)
 
     async def aclose(self) -> None:
-        """Let queued writes finish, stop the writer, close the connections."""
+        """Let queued writes finish, stop the writer, close the connections. Shielded from
+        cancellation: it waits for at most the batch and the reads in progress."""
         if self._closed:
             return
         self._closed = True
         self._writer.close()
-        await self._writer.wait_stopped()
         with trio.CancelScope(shield=True):
+            await self._writer.wait_stopped()
             await self._readers.aclose()
             conn, self._writer_conn = self._writer_conn, None
             if conn is not None:
@@ -226,22 +227,25 @@ class SqliteStore(Store):
         """Yields the body's chunks, fetching about :data:`READ_BYTES_PER_CALL` per thread
         call. Raises :class:`StoreError` if the message does not exist, or if its body
         disappears while being read (the message was completed meanwhile)."""
-        total = await self._readers.run(partial(readers.chunk_count, message_id))
-        if total is None:
-            raise StoreError(f"message {message_id} not found")
         per_call = max(1, READ_BYTES_PER_CALL // self.chunk_size)
+        start = await self._readers.run(partial(readers.body_start, message_id, per_call))
+        if start is None:
+            raise StoreError(f"message {message_id} not found")
+        total, rows = start
         index = 0
-        while index < total:
-            rows = await self._readers.run(
-                partial(readers.read_chunks, message_id, index, min(per_call, total - index))
-            )
-            if not rows:
-                raise StoreError(f"body of {message_id} vanished while being read")
+        while True:
             for idx, data in rows:
                 if idx != index:
                     raise StoreError(f"body of {message_id} lacks chunk {index}")
                 index += 1
                 yield data
+            if index >= total:
+                return
+            rows = await self._readers.run(
+                partial(readers.read_chunks, message_id, index, min(per_call, total - index))
+            )
+            if not rows:
+                raise StoreError(f"body of {message_id} vanished while being read")
 
     async def deliveries_of(self, message_id: str) -> list[Delivery]:
         return await self._readers.run(partial(readers.deliveries_of, message_id))
@@ -259,7 +263,8 @@ async def open_sqlite_store(
     batch_limit: int = 500,
 ) -> AsyncIterator[SqliteStore]:
     """Open the store, run its writer in a nursery of its own for the block, then close it
-    (queued writes finish first). Raises :class:`StoreError` if it cannot open."""
+    (queued writes finish first). Raises :class:`StoreError` if it cannot open. An exception
+    from the block comes out as itself, not wrapped in an exception group."""
     store = SqliteStore(path, durability=durability, chunk_size=chunk_size, batch_limit=batch_limit)
     try:
         await store.open()
@@ -270,6 +275,10 @@ async def open_sqlite_store(
             finally:
                 with trio.CancelScope(shield=True):
                     await store.aclose()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0]  # noqa: B904 - the group only wrapped it
+        raise
     finally:
         with trio.CancelScope(shield=True):
             await store.aclose()

@@ -114,20 +114,25 @@ NOT_IMPLEMENTED_VERBS = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "BDAT", "AUTH
 COMMAND_STATES = (S.CONNECTED, S.READY, S.MAIL, S.RCPT)
 
 _OK = None
+_HELO_FIRST = replies.NEED_HELO
+_NESTED = replies.NESTED_MAIL
+_NO_MAIL = replies.NEED_MAIL
+_NO_RCPT = replies.NO_VALID_RECIPIENTS
+_IN_TX = replies.TLS_IN_TRANSACTION
 # fmt: off
 COMMAND_TABLE: Mapping[Verb, tuple[Reply | None, Reply | None, Reply | None, Reply | None]] = {
-    #               CONNECTED                  READY  MAIL                         RCPT
-    Verb.HELO:     (_OK,                       _OK,   _OK,                         _OK),
-    Verb.EHLO:     (_OK,                       _OK,   _OK,                         _OK),
-    Verb.MAIL:     (replies.NEED_HELO,         _OK,   replies.NESTED_MAIL,         replies.NESTED_MAIL),
-    Verb.RCPT:     (replies.NEED_MAIL,         replies.NEED_MAIL, _OK,             _OK),
-    Verb.DATA:     (replies.NEED_MAIL,         replies.NEED_MAIL, replies.NO_VALID_RECIPIENTS, _OK),
-    Verb.RSET:     (_OK,                       _OK,   _OK,                         _OK),
-    Verb.NOOP:     (_OK,                       _OK,   _OK,                         _OK),
-    Verb.QUIT:     (_OK,                       _OK,   _OK,                         _OK),
-    Verb.VRFY:     (_OK,                       _OK,   _OK,                         _OK),
-    Verb.HELP:     (_OK,                       _OK,   _OK,                         _OK),
-    Verb.STARTTLS: (replies.NEED_HELO,         _OK,   replies.TLS_IN_TRANSACTION,  replies.TLS_IN_TRANSACTION),
+    #               CONNECTED    READY     MAIL       RCPT
+    Verb.HELO:     (_OK,         _OK,      _OK,       _OK),
+    Verb.EHLO:     (_OK,         _OK,      _OK,       _OK),
+    Verb.MAIL:     (_HELO_FIRST, _OK,      _NESTED,   _NESTED),
+    Verb.RCPT:     (_NO_MAIL,    _NO_MAIL, _OK,       _OK),
+    Verb.DATA:     (_NO_MAIL,    _NO_MAIL, _NO_RCPT,  _OK),
+    Verb.RSET:     (_OK,         _OK,      _OK,       _OK),
+    Verb.NOOP:     (_OK,         _OK,      _OK,       _OK),
+    Verb.QUIT:     (_OK,         _OK,      _OK,       _OK),
+    Verb.VRFY:     (_OK,         _OK,      _OK,       _OK),
+    Verb.HELP:     (_OK,         _OK,      _OK,       _OK),
+    Verb.STARTTLS: (_HELO_FIRST, _OK,      _IN_TX,    _IN_TX),
 }
 # fmt: on
 _COLUMN = {state: index for index, state in enumerate(COMMAND_STATES)}

@@ -1,0 +1,235 @@
+"""Smoke tests of the benchmark harness pieces on tiny loads (no relay, no Postfix needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package beside src/
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import procstat, relay, report  # noqa: E402
+from benchmarks.inject import LINE, Injector, LoadPlan, iter_body, message_head  # noqa: E402
+from benchmarks.sink import find_bench_id, handle_session, serve_sink  # noqa: E402
+from benchmarks.sinkctl import SinkProcess  # noqa: E402
+from benchmarks.zonemta_relay import build_config, dump_toml  # noqa: E402
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[str | None, float]] = []
+        self.connections = 0
+
+    def arrival(self, bench_id: str | None, when: float) -> None:
+        self.arrivals.append((bench_id, when))
+
+    def connection(self) -> None:
+        self.connections += 1
+
+
+async def test_inject_twenty_messages_into_sink() -> None:
+    sink = _Recorder()
+    accepted: dict[int, float] = {}
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_sink(
+                sink.arrival, sink.connection, port=0, task_status=task_status
+            )
+        )
+        plan = LoadPlan(messages=20, size=2000, connections=3, per_connection=4)
+        stats = await Injector("127.0.0.1", port, plan, accepted.__setitem__).run()
+        nursery.cancel_scope.cancel()
+    assert stats.accepted == 20
+    assert stats.rejected == stats.failed == 0
+    assert sorted(accepted) == list(range(20))
+    assert sorted(int(bench_id or -1) for bench_id, _ in sink.arrivals) == list(range(20))
+    # 20 messages, at most 4 per session: at least 5 sessions, each one a sink connection.
+    assert stats.sessions >= 5
+    assert sink.connections == stats.sessions
+
+
+async def test_rate_paces_the_offered_load(autojump_clock: trio.testing.MockClock) -> None:
+    sink = _Recorder()
+    accepted: dict[int, float] = {}
+    async with trio.open_nursery() as nursery:
+
+        async def _connect() -> trio.abc.Stream:
+            client, server = trio.testing.memory_stream_pair()
+
+            async def _serve() -> None:
+                async with server:
+                    await handle_session(server, sink.arrival)
+
+            nursery.start_soon(_serve)
+            return client
+
+        plan = LoadPlan(messages=10, size=300, connections=3, per_connection=4, rate=5.0)
+        start = trio.current_time()
+        stats = await Injector("unused", 0, plan, accepted.__setitem__, connect=_connect).run()
+        elapsed = trio.current_time() - start
+    assert stats.accepted == 10
+    assert len(sink.arrivals) == 10
+    # Message 9 may not start before 9 / 5 s; nothing else waits in a memory stream.
+    assert 1.8 <= elapsed < 1.9
+
+
+async def test_sink_session_fed_one_byte_at_a_time() -> None:
+    client, server = trio.testing.memory_stream_pair()
+    sink = _Recorder()
+    message = message_head(7, "user7@sink.test", "a@b.test") + b"".join(iter_body(300))
+    script = (
+        b"EHLO me\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<user7@sink.test>\r\nDATA\r\n"
+        + message
+        + b".\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@sink.test>\r\nDATA\r\n"
+        + b"Subject: no id\r\n\r\n.\r\nQUIT\r\n"
+    )
+    replies = bytearray()
+
+    async def _client() -> None:
+        for index in range(len(script)):
+            await client.send_all(script[index : index + 1])
+        while data := await client.receive_some(4096):
+            replies.extend(data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_client)
+        await handle_session(server, sink.arrival)
+        await server.aclose()
+    assert [bench_id for bench_id, _ in sink.arrivals] == ["7", None]
+    codes = [line[:3] for line in bytes(replies).split(b"\r\n") if line and line[3:4] == b" "]
+    # greeting, EHLO, MAIL, RCPT, DATA, end of data, then the same again, QUIT
+    expected = b"220 250 250 250 354 250 250 250 354 250 221".split()
+    assert codes == expected
+
+
+def test_find_bench_id() -> None:
+    assert find_bench_id(b"X-Bench-Id: 42\r\nSubject: x\r\n\r\nbody") == "42"
+    assert find_bench_id(b"Received: by x\r\nx-bench-id:  9 \r\n\r\n") == "9"
+    assert find_bench_id(b"Subject: x\r\n\r\nX-Bench-Id: 5\r\n") is None  # in the body
+    assert find_bench_id(b"Subject: x\r\nX-Bench-Identity: 5\r\n\r\n") is None
+    assert find_bench_id(b"Subject: x\r\n") is None
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 81, 4096, 3 * 1024 * 1024 + 17])
+def test_iter_body_is_whole_lines_of_the_asked_length(length: int) -> None:
+    body = b"".join(iter_body(length))
+    assert length - 1 <= len(body) <= length
+    if body:
+        assert body.endswith(b"\r\n")
+        assert not any(line.startswith(b".") for line in body.split(b"\r\n"))
+        assert max(len(line) for line in body.split(b"\r\n")) <= len(LINE) - 2
+
+
+def test_percentile_matches_linear_interpolation() -> None:
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert report.percentile(values, 0) == 1.0
+    assert report.percentile(values, 50) == 3.0
+    assert report.percentile(values, 100) == 5.0
+    assert report.percentile(values, 95) == pytest.approx(4.8)
+    assert report.percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+    assert report.percentile([], 50) is None
+    with pytest.raises(ValueError, match="outside"):
+        report.percentile(values, 101)
+
+
+def _record(system: str, delivered: int, cpu_s: float) -> report.RunRecord:
+    return report.RunRecord(
+        system=system,
+        offered=100,
+        accepted=100,
+        rejected=0,
+        failed=0,
+        delivered=delivered,
+        started=10.0,
+        last_accept=12.0,
+        last_delivery=14.0,
+        latencies_s=(0.1, 0.2, 0.3),
+        cpu_s=cpu_s,
+        peak_rss_kb=51200,
+        peak_pss_kb=40960,
+        memory_method="test",
+        sink_connections=7,
+        sessions=5,
+        complete=delivered == 100,
+    )
+
+
+def test_figures_and_side_by_side_table() -> None:
+    zonemta = report.figures(_record("zonemta", 100, 0.5))
+    postfix = report.figures(_record("postfix", 100, 2.0))
+    assert zonemta["accepted_per_s"] == 50.0  # 100 accepted in 2 s
+    assert zonemta["delivered_per_s"] == 25.0  # 100 delivered in 4 s
+    assert zonemta["latency_p50_s"] == pytest.approx(0.2)
+    assert zonemta["cpu_s_per_msg"] == pytest.approx(0.005)
+    assert zonemta["peak_rss_mb"] == 50.0
+    assert zonemta["complete"] is True
+    table = report.format_table({"postfix": postfix, "zonemta": zonemta})
+    header, _, *rows = table.splitlines()
+    assert header.split() == ["figure", "zonemta", "postfix", "zonemta/postfix"]
+    cpu_row = next(row for row in rows if row.startswith("CPU ms/msg"))
+    assert cpu_row.split()[-3:] == ["5.00", "20.00", "0.25"]
+    assert report.ratio(1.0, 0) is None
+
+
+def test_zonemta_config_merges_user_tables() -> None:
+    extra = {"zones": {"default": {"connections": 50}}, "log": {"level": "debug"}}
+    config = build_config(queue_dir=Path("/q"), port=2525, sink_port=2626, extra=extra)
+    parsed = tomllib.loads(dump_toml(config))
+    assert parsed["smtp"]["feeder"] == {"host": "127.0.0.1", "port": 2525, "max_size": "2GB"}
+    assert parsed["zones"]["default"] == {"host": "127.0.0.1", "port": 2626, "connections": 50}
+    assert parsed["queue"]["path"] == "/q"
+    assert parsed["log"]["level"] == "debug"
+
+
+def test_procstat_reads_own_process() -> None:
+    pid = os.getpid()
+    assert pid in procstat.tree_pids(pid)
+    assert procstat.tree_cpu_seconds(pid) > 0
+    sampler = procstat.MemorySampler(pid)
+    sampler.sample()
+    assert sampler.peak_hwm_kb >= sampler.peak_rss_kb // 2 > 0
+    assert sampler.peak_pss_kb > 0
+    assert procstat.tree_pids(2**22 + 1) == []
+
+
+async def test_sink_process_reports_arrivals() -> None:
+    sink = SinkProcess()
+    port = sink.start()
+    try:
+        accepted: dict[int, float] = {}
+        plan = LoadPlan(messages=20, size=1000, connections=2)
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sink.pump)
+                await Injector("127.0.0.1", port, plan, accepted.__setitem__).run()
+                while True:  # the pump fills sink.arrivals from the sink's pipe
+                    if len(sink.arrivals) >= 20:
+                        break
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    finally:
+        sink.stop()
+    assert set(sink.arrivals) == {str(n) for n in range(20)}
+    assert sink.total == 20
+    assert sink.connections == 2
+
+
+def test_harness_direct_run_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = "--only direct --messages 30 --size 512 --connections 3 --timeout 30 --json"
+    status = relay.main([*args.split(), str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())["direct"]
+    for key in ("accepted_per_s", "delivered_per_s", "latency_p50_s", "latency_p99_s"):
+        assert result[key] is not None
+    assert result["delivered"] == 30
+    assert result["params"]["messages"] == 30
+    assert result["machine"]["cores"] == os.cpu_count()

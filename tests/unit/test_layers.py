@@ -1,0 +1,61 @@
+"""The import direction of docs/architecture.md, checked on the source."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).parents[2] / "src" / "zonemta"
+
+
+def imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def modules(*parts: str) -> list[Path]:
+    found: list[Path] = []
+    for part in parts:
+        target = SRC / part
+        found.extend([target] if target.is_file() else sorted(target.rglob("*.py")))
+    return found
+
+
+PURE = modules("conf", "statemachine", "transport/smtp")
+BELOW_ENGINE = modules("conf", "statemachine", "transport", "store")
+
+
+@pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(SRC)))
+def test_pure_layer_does_no_io(path: Path) -> None:
+    forbidden = {"trio", "socket", "sqlite3", "pymongo", "dns"}
+    if path.parent.name == "conf":
+        forbidden.discard("socket")  # the default hostname comes from the system
+    used = {name.split(".")[0] for name in imports_of(path)}
+    assert not used & forbidden, f"{path.name} imports {used & forbidden}"
+
+
+@pytest.mark.parametrize("path", BELOW_ENGINE, ids=lambda p: str(p.relative_to(SRC)))
+def test_lower_layers_do_not_import_the_engine_or_adapters(path: Path) -> None:
+    bad = {
+        name
+        for name in imports_of(path)
+        if name.startswith(("zonemta.engine", "zonemta.app", "zonemta.cli", "zonemta.http"))
+    }
+    # The SMTP listener driver hands receptions to the intake: the one allowed edge.
+    if path.name == "listener.py":
+        bad.discard("zonemta.engine.intake")
+    assert not bad, f"{path.relative_to(SRC)} imports {bad}"
+
+
+def test_only_the_cli_imports_the_app() -> None:
+    for path in modules("."):
+        if path.name in ("cli.py", "app.py"):
+            continue
+        assert "zonemta.app" not in imports_of(path), path
