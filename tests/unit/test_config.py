@@ -50,7 +50,7 @@ max_clients = 200
 
 [smtp.submission]
 enabled = false
-host = "0.0.0.0"
+host = "127.0.0.2"
 port = 587
 hostname = "submit.example.com"
 

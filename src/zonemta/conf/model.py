@@ -147,12 +147,32 @@ def _to_bytesize(value: int) -> ByteSize:
 # -------------------------------------------------------------------------------------- model
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_only(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    # Without SMTP AUTH and relay networks (not in this version) anyone who can reach a
+    # non-loopback listener could relay through it: never start an open relay.
+    if not _is_loopback(value):
+        raise ValueError(
+            f"'{attribute.name}' must be a loopback address (127.0.0.0/8, ::1 or localhost): "
+            f"{value!r} would make an open relay, since this version has no SMTP "
+            "authentication or relay networks"
+        )
+
+
 @attrs.frozen
 class SmtpInterface:
     """One SMTP listener (``[smtp.<name>]``)."""
 
     enabled: bool = True
-    host: str = attrs.field(default="127.0.0.1", validator=_hostname)
+    host: str = attrs.field(default="127.0.0.1", validator=[_hostname, _loopback_only])
     port: int = attrs.field(default=2525, validator=[v.ge(0), v.le(65535)])  # 0 = any free port
     hostname: str = attrs.field(default="", validator=_hostname_or_empty)  # "" → Config.hostname
     max_size: ByteSize = attrs.field(

@@ -81,7 +81,7 @@ class SmtpInterfaceService:
         if self._sessions_nursery is not None:
             self._sessions_nursery.cancel_scope.deadline = trio.current_time() + grace
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.abc.Stream) -> None:
         if self.active >= self.settings.max_clients:
             with trio.move_on_after(5):
                 await stream.send_all(REPLY_TOO_MANY.to_bytes())
@@ -102,9 +102,12 @@ class SmtpInterfaceService:
             await trio.aclose_forcefully(stream)
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _peer(stream: trio.abc.Stream) -> str:
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return ""
     try:
-        address = stream.socket.getpeername()
+        address = sock.getpeername()
     except OSError:
         return ""
     return str(address[0]) if isinstance(address, tuple) else str(address)
@@ -113,7 +116,7 @@ def _peer(stream: trio.SocketStream) -> str:
 class SmtpSession:
     """One client connection."""
 
-    def __init__(self, service: SmtpInterfaceService, stream: trio.SocketStream) -> None:
+    def __init__(self, service: SmtpInterfaceService, stream: trio.abc.Stream) -> None:
         self.service = service
         self.settings = service.settings
         self.stream = stream
@@ -170,7 +173,7 @@ class SmtpSession:
         with trio.CancelScope(deadline=deadline) as scope:
             self._read_scope = scope
             data = await self.stream.receive_some(RECEIVE_SIZE)
-            self.protocol.receive_data(data)
+            self.protocol.receive_data(bytes(data))
             return True
         self._read_scope = None
         self._close_with(REPLY_SHUTDOWN if self.service._closing else REPLY_IDLE_TIMEOUT)
