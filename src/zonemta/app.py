@@ -12,7 +12,7 @@ import attrs
 import trio
 
 from zonemta.conf import Config
-from zonemta.engine.bus import EventBus
+from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.engine import DeliveryEngine
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake import Intake
@@ -65,6 +65,20 @@ def interface_settings(config: Config, name: str) -> InterfaceSettings:
     )
 
 
+def log_message_event(event: Event) -> None:
+    """One log line per accepted message (delivery outcomes are logged by the attempt)."""
+    if event.type == "message.queued":
+        details = event.details or {}
+        log.info(
+            "%s QUEUED from=<%s> recipients=%s size=%s interface=%s",
+            event.id,
+            details.get("from", ""),
+            details.get("recipients"),
+            details.get("size"),
+            details.get("interface"),
+        )
+
+
 class Relay:
     def __init__(
         self,
@@ -79,6 +93,7 @@ class Relay:
         self.shutdown_grace = shutdown_grace
         self.store = store if store is not None else make_store(config)
         self.bus = EventBus()
+        self.bus.add_listener(log_message_event)
         self.resolver = MxResolver(
             nameservers=config.dns.parsed_nameservers(),
             timeout=config.dns.timeout.total_seconds(),

@@ -132,7 +132,7 @@ class Deliverer:
     def _failure(self, row: Delivery, exc: DeliveryFailure | DnsFailure) -> Outcome:
         if isinstance(exc, DnsFailure):
             category: str | None = "dns"
-            response = f"{exc.reply} ({exc})"
+            response = str(exc.reply)
         else:
             category = "network" if exc.reply is None else None
             response = exc.response
