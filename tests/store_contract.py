@@ -425,3 +425,71 @@ class StoreContract:
         await put(store, "n")
         assert [d.seq for d in await store.deliveries_of("m")] == [0, 1, 3, 7]
         assert [d.message_id for d in await store.deliveries_of("n")] == ["n"]
+
+    # -- operator actions and listings -----------------------------------------------------
+    async def test_list_deliveries_splits_active_and_deferred_and_pages(self, store: Store) -> None:
+        for n in range(5):
+            await put(store, f"m{n}", rcpts((f"r{n}@x.example", ZONE, 10.0 if n % 2 else 500.0)))
+        await put(store, "other", rcpts(("o@x.example", "bulk", 10.0)))
+        active = await store.list_deliveries(ZONE, deferred=False, now=100.0)
+        deferred = await store.list_deliveries(ZONE, deferred=True, now=100.0)
+        assert [d.message_id for d in active] == ["m1", "m3"]
+        assert [d.message_id for d in deferred] == ["m0", "m2", "m4"]
+        page = await store.list_deliveries(ZONE, deferred=True, now=100.0, start=1, limit=1)
+        assert [d.message_id for d in page] == ["m2"]
+        newest = await store.list_deliveries(ZONE, deferred=True, now=100.0, descending=True)
+        assert [d.message_id for d in newest] == ["m4", "m2", "m0"]
+        # A leased delivery counts as active even if its next attempt is later.
+        [leased] = await store.lease(ZONE, owner=OWNER, now=600.0, lease_until=700.0, limit=1)
+        active = await store.list_deliveries(ZONE, deferred=False, now=100.0)
+        assert leased.message_id in {d.message_id for d in active}
+
+    async def test_reschedule_makes_unleased_deliveries_due(self, store: Store) -> None:
+        await put(
+            store,
+            "m",
+            rcpts(("a@x.example", ZONE, 900.0), ("b@x.example", ZONE, 900.0)),
+        )
+        assert await store.reschedule("m", 1, next_attempt=100.0) == 1
+        [due] = await store.lease(ZONE, owner=OWNER, now=100.0, lease_until=200.0, limit=5)
+        assert due.seq == 1
+        # The leased one is left alone; the other is rescheduled.
+        assert await store.reschedule("m", None, next_attempt=100.0) == 1
+        assert await store.reschedule("nothing", None, next_attempt=100.0) == 0
+
+    async def test_remove_deliveries_spares_leased_and_removes_the_message_last(
+        self, store: Store
+    ) -> None:
+        await put(
+            store,
+            "m",
+            rcpts(("a@x.example", ZONE, 10.0), ("b@x.example", ZONE, 900.0)),
+        )
+        [leased] = await store.lease(ZONE, owner=OWNER, now=100.0, lease_until=200.0, limit=5)
+        assert await store.remove_deliveries("m", None) == 1
+        assert [d.seq for d in await store.deliveries_of("m")] == [leased.seq]
+        assert await store.get_message("m") is not None
+        await store.release(leased.key, owner=OWNER, next_attempt=100.0)
+        assert await store.remove_deliveries("m", leased.seq) == 1
+        assert await store.get_message("m") is None
+        assert await store.remove_orphans() == 0
+
+    async def test_suppression_list(self, store: Store) -> None:
+        first = await store.add_suppression(address="User@Example.COM", now=10.0)
+        assert first.address == "User@example.com"
+        again = await store.add_suppression(address="User@example.com", now=20.0)
+        assert again == first
+        blocked = await store.add_suppression(domain="Blocked.Example", now=30.0)
+        assert blocked.domain == "blocked.example"
+        assert [e.id for e in await store.list_suppressions()] == [blocked.id, first.id]
+        assert await store.is_suppressed("User@EXAMPLE.com")
+        assert not await store.is_suppressed("user@example.com")  # local parts are exact
+        assert await store.is_suppressed("anyone@blocked.example")
+        assert not await store.is_suppressed("anyone@example.org")
+        assert await store.remove_suppression(first.id)
+        assert not await store.remove_suppression(first.id)
+        assert not await store.is_suppressed("User@example.com")
+        with pytest.raises(ValueError):
+            await store.add_suppression(now=1.0)
+        with pytest.raises(ValueError):
+            await store.add_suppression(address="a@b.example", domain="b.example", now=1.0)

@@ -10,6 +10,7 @@ from zonemta.store.base import (
     RowState,
     Store,
     StoreError,
+    SuppressionEntry,
     ZoneCounts,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "RowState",
     "Store",
     "StoreError",
+    "SuppressionEntry",
     "ZoneCounts",
 ]

@@ -114,6 +114,24 @@ class ZoneCounts:
     deferred: int
 
 
+def normalize_address(address: str) -> str:
+    """An address as suppression entries compare it: the local part exact, the domain
+    lower-cased."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address
+
+
+@attrs.frozen
+class SuppressionEntry:
+    """A recipient address or a whole recipient domain that is never delivered to: matching
+    deliveries are dropped without a bounce. Exactly one of ``address``/``domain`` is set."""
+
+    id: str
+    created: float
+    address: str | None = None
+    domain: str | None = None
+
+
 class BodyWriter(abc.ABC):
     """Receives one message body in chunks. Memory held is bounded by the backend's chunk
     size whatever the message size. Either :meth:`Store.commit_message` consumes it, or
@@ -223,6 +241,53 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:
         """Pending deliveries per zone."""
+
+    @abc.abstractmethod
+    async def list_deliveries(
+        self,
+        zone: str,
+        *,
+        deferred: bool,
+        now: float,
+        start: int = 0,
+        limit: int = 1000,
+        descending: bool = False,
+    ) -> list[Delivery]:
+        """Pending deliveries of ``zone`` for listings: ``deferred=False`` lists the active
+        ones (due at ``now`` or leased), ``deferred=True`` those waiting for a later
+        ``next_attempt`` (the split of :meth:`zone_counts`). Ordered by ``(created,
+        message_id, seq)``, ascending unless ``descending``; ``start``/``limit`` page it."""
+
+    @abc.abstractmethod
+    async def reschedule(self, message_id: str, seq: int | None, *, next_attempt: float) -> int:
+        """ "Send now": set ``next_attempt`` of the message's unleased deliveries (all, or
+        the one ``seq``). Leased ones are left alone. Returns how many changed."""
+
+    @abc.abstractmethod
+    async def remove_deliveries(self, message_id: str, seq: int | None) -> int:
+        """Delete the message's unleased deliveries (all, or the one ``seq``) without a
+        bounce; the message and body go with the last delivery. Leased ones are left alone.
+        Returns how many were removed."""
+
+    @abc.abstractmethod
+    async def add_suppression(
+        self, *, address: str | None = None, domain: str | None = None, now: float
+    ) -> SuppressionEntry:
+        """Add an address (compared case-insensitively in the domain part, exactly in the
+        local part) or a domain (lower-case). Exactly one must be given (ValueError
+        otherwise). Adding an existing one returns the existing entry."""
+
+    @abc.abstractmethod
+    async def list_suppressions(self) -> list[SuppressionEntry]:
+        """All entries, newest first."""
+
+    @abc.abstractmethod
+    async def remove_suppression(self, entry_id: str) -> bool:
+        """Remove by id; False when there is no such entry."""
+
+    @abc.abstractmethod
+    async def is_suppressed(self, recipient: str) -> bool:
+        """Whether the recipient address or its domain is on the suppression list."""
 
     @abc.abstractmethod
     async def remove_orphans(self) -> int:

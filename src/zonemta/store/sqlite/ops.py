@@ -19,6 +19,7 @@ from zonemta.store.base import (
     MessageRecord,
     NewDelivery,
     StoreError,
+    SuppressionEntry,
 )
 from zonemta.store.sqlite.schema import DELIVERY_COLUMNS, UNLOCKED_STATE_SQL, row_to_delivery
 
@@ -208,6 +209,62 @@ def remove_orphans(live_bodies: frozenset[str], conn: sqlite3.Connection) -> int
     ]
     conn.executemany("DELETE FROM chunks WHERE message_id = ?", [(m,) for m in orphan_bodies])
     return len(orphan_messages) + len(orphan_bodies)
+
+
+def _matching(message_id: str, seq: int | None) -> tuple[str, tuple[object, ...]]:
+    if seq is None:
+        return "message_id = ? AND state != 'locked'", (message_id,)
+    return "message_id = ? AND seq = ? AND state != 'locked'", (message_id, seq)
+
+
+def reschedule(
+    message_id: str, seq: int | None, next_attempt: float, conn: sqlite3.Connection
+) -> int:
+    """Make unleased deliveries due at ``next_attempt``; returns how many."""
+    where, args = _matching(message_id, seq)
+    cur = conn.execute(
+        f"UPDATE deliveries SET next_attempt = ?, due = ? WHERE {where}",
+        (next_attempt, next_attempt, *args),
+    )
+    return cur.rowcount
+
+
+def remove_deliveries(message_id: str, seq: int | None, conn: sqlite3.Connection) -> int:
+    """Delete unleased deliveries, and the message with the last one; returns how many."""
+    where, args = _matching(message_id, seq)
+    cur = conn.execute(f"DELETE FROM deliveries WHERE {where}", args)
+    removed = cur.rowcount
+    if removed:
+        remaining = conn.execute(
+            "SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1", (message_id,)
+        ).fetchone()
+        if remaining is None:
+            _delete_message(message_id, conn)
+    return removed
+
+
+def add_suppression(
+    entry_id: str,
+    address: str | None,
+    domain: str | None,
+    now: float,
+    conn: sqlite3.Connection,
+) -> SuppressionEntry:
+    """Insert an entry unless the same address/domain exists; returns the stored entry."""
+    conn.execute(
+        "INSERT OR IGNORE INTO suppressions (id, created, address, domain) VALUES (?, ?, ?, ?)",
+        (entry_id, now, address, domain),
+    )
+    column, value = ("address", address) if address is not None else ("domain", domain)
+    row = conn.execute(
+        f"SELECT id, created, address, domain FROM suppressions WHERE {column} = ?", (value,)
+    ).fetchone()
+    return SuppressionEntry(id=row[0], created=row[1], address=row[2], domain=row[3])
+
+
+def remove_suppression(entry_id: str, conn: sqlite3.Connection) -> bool:
+    cur = conn.execute("DELETE FROM suppressions WHERE id = ?", (entry_id,))
+    return cur.rowcount > 0
 
 
 def _delete_message(message_id: str, conn: sqlite3.Connection) -> None:

@@ -16,7 +16,14 @@ from typing import TypeVar
 
 import trio
 
-from zonemta.store.base import Delivery, MessageRecord, StoreError, ZoneCounts
+from zonemta.store.base import (
+    Delivery,
+    MessageRecord,
+    StoreError,
+    SuppressionEntry,
+    ZoneCounts,
+    normalize_address,
+)
 from zonemta.store.sqlite.schema import DELIVERY_COLUMNS, connect_reader, row_to_delivery
 
 T = TypeVar("T")
@@ -152,3 +159,42 @@ def zone_counts(now: float, conn: sqlite3.Connection) -> dict[str, ZoneCounts]:
         (now, now),
     ).fetchall()
     return {zone: ZoneCounts(active=int(a), deferred=int(d)) for zone, a, d in rows}
+
+
+def list_deliveries(
+    zone: str,
+    deferred: bool,
+    now: float,
+    start: int,
+    limit: int,
+    descending: bool,
+    conn: sqlite3.Connection,
+) -> list[Delivery]:
+    which = "state != 'locked' AND due > ?" if deferred else "(state = 'locked' OR due <= ?)"
+    order = "DESC" if descending else "ASC"
+    return [
+        row_to_delivery(row)
+        for row in conn.execute(
+            f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE zone = ? AND {which}"
+            f" ORDER BY created {order}, message_id {order}, seq {order} LIMIT ? OFFSET ?",
+            (zone, now, limit, start),
+        )
+    ]
+
+
+def list_suppressions(conn: sqlite3.Connection) -> list[SuppressionEntry]:
+    return [
+        SuppressionEntry(id=row[0], created=row[1], address=row[2], domain=row[3])
+        for row in conn.execute(
+            "SELECT id, created, address, domain FROM suppressions ORDER BY created DESC, id"
+        )
+    ]
+
+
+def is_suppressed(recipient: str, conn: sqlite3.Connection) -> bool:
+    address = normalize_address(recipient)
+    domain = address.rpartition("@")[2]
+    row = conn.execute(
+        "SELECT 1 FROM suppressions WHERE address = ? OR domain = ? LIMIT 1", (address, domain)
+    ).fetchone()
+    return row is not None

@@ -65,6 +65,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_by_due ON deliveries (zone, due, state);
 CREATE INDEX IF NOT EXISTS deliveries_by_owner ON deliveries (lease_owner)
     WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS deliveries_by_created ON deliveries (zone, created, message_id, seq);
+CREATE TABLE IF NOT EXISTS suppressions (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    address TEXT UNIQUE,
+    domain TEXT UNIQUE,
+    CHECK ((address IS NULL) != (domain IS NULL))
+);
 """
 
 #: The columns :func:`row_to_delivery` expects, in order.

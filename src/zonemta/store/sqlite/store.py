@@ -21,6 +21,7 @@ code (and every test) wants.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -38,7 +39,9 @@ from zonemta.store.base import (
     NewDelivery,
     Store,
     StoreError,
+    SuppressionEntry,
     ZoneCounts,
+    normalize_address,
 )
 from zonemta.store.sqlite import ops, readers
 from zonemta.store.sqlite.body import SqliteBodyWriter
@@ -252,6 +255,50 @@ class SqliteStore(Store):
 
     async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:
         return await self._readers.run(partial(readers.zone_counts, now))
+
+    async def list_deliveries(
+        self,
+        zone: str,
+        *,
+        deferred: bool,
+        now: float,
+        start: int = 0,
+        limit: int = 1000,
+        descending: bool = False,
+    ) -> list[Delivery]:
+        if start < 0 or limit < 0:
+            raise ValueError("start and limit must not be negative")
+        return await self._readers.run(
+            partial(readers.list_deliveries, zone, deferred, now, start, limit, descending)
+        )
+
+    async def reschedule(self, message_id: str, seq: int | None, *, next_attempt: float) -> int:
+        return await self._writer.submit(partial(ops.reschedule, message_id, seq, next_attempt))
+
+    async def remove_deliveries(self, message_id: str, seq: int | None) -> int:
+        return await self._writer.submit(partial(ops.remove_deliveries, message_id, seq))
+
+    async def add_suppression(
+        self, *, address: str | None = None, domain: str | None = None, now: float
+    ) -> SuppressionEntry:
+        if (address is None) == (domain is None):
+            raise ValueError("give exactly one of address and domain")
+        if address is not None:
+            address = normalize_address(address)
+        if domain is not None:
+            domain = domain.lower()
+        return await self._writer.submit(
+            partial(ops.add_suppression, secrets.token_hex(12), address, domain, now)
+        )
+
+    async def list_suppressions(self) -> list[SuppressionEntry]:
+        return await self._readers.run(readers.list_suppressions)
+
+    async def remove_suppression(self, entry_id: str) -> bool:
+        return await self._writer.submit(partial(ops.remove_suppression, entry_id))
+
+    async def is_suppressed(self, recipient: str) -> bool:
+        return await self._readers.run(partial(readers.is_suppressed, recipient))
 
 
 @asynccontextmanager
