@@ -189,3 +189,21 @@ async def test_connection_is_reused_for_the_next_message(tmp_path: Path, mx: Tes
     assert reuses >= 1
     triggers = [e.details.get("trigger") for e in seen if e.details]
     assert "reuse_connection" in triggers
+
+
+async def test_suppressed_recipients_are_dropped_without_delivery(
+    tmp_path: Path, mx: TestMx
+) -> None:
+    config = relay_config(tmp_path / "q", zones=smart_host(mx))
+    async with running_relay(config) as (relay, info):
+        await relay.engine.suppressions.add(address="gone@one.test", now=0.0)
+        await relay.engine.suppressions.add(domain="closed.test", now=0.0)
+        events = relay.bus.subscribe()
+        recipients = ["gone@one.test", "x@closed.test", "here@one.test"]
+        await submit_async(info.smtp_ports["feeder"], "s@origin.test", recipients, MESSAGE)
+        seen = await collect_until(events, lambda ev: len(terminal(ev)) == 3)
+    outcome = {e.recipient: e for e in terminal(seen)}
+    assert outcome["gone@one.test"].category == "suppressed"
+    assert outcome["x@closed.test"].category == "suppressed"
+    assert outcome["here@one.test"].to_state == "delivered"
+    assert [m.recipients for m in mx.received()] == [("here@one.test",)]

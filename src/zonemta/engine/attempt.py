@@ -19,6 +19,7 @@ from zonemta.engine.connections import Slot, ZoneConnections
 from zonemta.engine.machine import DeliveryMachine
 from zonemta.engine.messages import MessageCache
 from zonemta.engine.retry import RetryPolicy
+from zonemta.engine.suppression import SuppressionList
 from zonemta.statemachine import Persist, Transition, Trigger
 from zonemta.store import Delivery, LeaseLost, MessageRecord, Store, StoreError
 from zonemta.transport.dns import Destination, DnsFailure, MxResolver
@@ -85,6 +86,7 @@ class Deliverer:
         resolver: MxResolver,
         bus: EventBus,
         retry: RetryPolicy,
+        suppressions: SuppressionList,
         owner: str,
         hostname: str,
         timeouts: Timeouts,
@@ -97,6 +99,7 @@ class Deliverer:
         self.resolver = resolver
         self.bus = bus
         self.retry = retry
+        self.suppressions = suppressions
         self.owner = owner
         self.hostname = hostname
         self.timeouts = timeouts
@@ -147,6 +150,8 @@ class Deliverer:
             return Outcome(Trigger.PERMANENT_FAILURE, "message data is missing", "internal")
         if self.retry.is_expired(created=row.created, now=self.clock()):
             return Outcome(Trigger.EXPIRED, "message expired in the queue", "expired")
+        if self.suppressions.is_suppressed(row.recipient):
+            return Outcome(Trigger.SUPPRESSED, "recipient is on the suppression list", "suppressed")
         key = (self.zone.local_address or "", self.destination_of(row))
         slot = await self.connections.checkout(key)
         try:

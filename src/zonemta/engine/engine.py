@@ -15,6 +15,7 @@ from zonemta.engine.connections import ZoneConnections
 from zonemta.engine.messages import MessageCache
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.scheduler import ZoneScheduler
+from zonemta.engine.suppression import SuppressionList
 from zonemta.store import Store
 from zonemta.transport.dns import MxResolver
 from zonemta.transport.outbound import Timeouts, TlsPolicy
@@ -54,6 +55,7 @@ class DeliveryEngine:
         self.store = store
         self.bus = bus
         self.messages = MessageCache(store)
+        self.suppressions = SuppressionList(store)
         queue = config.queue
         retry = RetryPolicy.from_config(queue.retry_schedule, queue.max_queue_time)
         delivery = config.delivery
@@ -75,6 +77,7 @@ class DeliveryEngine:
                 resolver=resolver,
                 bus=bus,
                 retry=retry,
+                suppressions=self.suppressions,
                 owner=queue.instance_id,
                 hostname=config.hostname,
                 timeouts=timeouts,
@@ -100,6 +103,7 @@ class DeliveryEngine:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.suppressions.run)
             for pool in self.pools.values():
                 await nursery.start(pool.run)
             async with trio.open_nursery() as schedulers:

@@ -42,6 +42,7 @@ class Trigger(enum.Enum):
     PERMANENT_FAILURE = "permanent_failure"  # 5xx or a permanent DNS answer
     RETRIES_EXHAUSTED = "retries_exhausted"  # would defer, but the schedule is used up
     EXPIRED = "expired"  # older than max_queue_time when leased
+    SUPPRESSED = "suppressed"  # the recipient is on the suppression list: dropped, no DSN
     RELEASE = "release"  # lease given back without an attempt (shutdown, lease lost)
     RECONNECT = "reconnect"  # a reused connection turned out dead before the server answered
 
@@ -83,6 +84,7 @@ _ROWS: list[tuple[DeliveryState, Trigger, DeliveryState, Persist]] = [
     (S.LOCKED, T.RESOLVE, S.RESOLVING, P.NOTHING),
     (S.LOCKED, T.REUSE_CONNECTION, S.SENDING, P.NOTHING),
     (S.LOCKED, T.EXPIRED, S.BOUNCED, P.COMPLETE),
+    (S.LOCKED, T.SUPPRESSED, S.BOUNCED, P.COMPLETE),
     (S.RESOLVING, T.RESOLVED, S.CONNECTING, P.NOTHING),
     (S.CONNECTING, T.CONNECTED, S.SENDING, P.NOTHING),
     (S.SENDING, T.ACCEPTED, S.DELIVERED, P.COMPLETE),
