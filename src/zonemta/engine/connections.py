@@ -45,6 +45,7 @@ class ZoneConnections:
         self.max_messages = max_messages
         self.reuses = 0
         self._idle: OrderedDict[int, _Idle] = OrderedDict()
+        self._changed = trio.Event()
         self._closer: trio.Nursery | None = None
 
     @property
@@ -68,26 +69,41 @@ class ZoneConnections:
 
     async def checkout(self, key: PoolKey) -> Slot:
         """A slot for ``key``: with an idle connection to reuse when there is one, else
-        empty (the caller opens the connection and stores it in ``slot.connection``)."""
+        empty (the caller opens the connection and stores it in ``slot.connection``).
+        Waits while the zone is full and no idle connection can be closed for room."""
+        while True:
+            slot = self._take_idle(key)
+            if slot is not None:
+                return slot
+            slot = Slot(key)
+            try:
+                self.limiter.acquire_on_behalf_of_nowait(slot)
+                return slot
+            except trio.WouldBlock:
+                pass
+            if self._idle:
+                # Full, but an idle connection to another destination can make room.
+                _, oldest = self._idle.popitem(last=False)
+                self._discard(oldest.slot)
+                continue
+            await self._changed.wait()
+
+    def _take_idle(self, key: PoolKey) -> Slot | None:
         now = trio.current_time()
         for ident, idle in self._idle.items():
             if idle.slot.key == key:
                 del self._idle[ident]
                 if now - idle.since > self.idle_ttl or idle.slot.connection is None:
                     self._discard(idle.slot)
-                    continue
+                    return self._take_idle(key)
                 self.reuses += 1
                 idle.slot.reused = True
                 return idle.slot
-        slot = Slot(key)
-        try:
-            self.limiter.acquire_on_behalf_of_nowait(slot)
-        except trio.WouldBlock:
-            if self._idle:
-                _, oldest = self._idle.popitem(last=False)
-                self._discard(oldest.slot)
-            await self.limiter.acquire_on_behalf_of(slot)
-        return slot
+        return None
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def checkin(self, slot: Slot) -> None:
         """Return a slot after use; a healthy connection waits idle for the next message."""
@@ -100,6 +116,7 @@ class ZoneConnections:
         ):
             slot.reused = False
             self._idle[id(slot)] = _Idle(slot, trio.current_time())
+            self._notify()
             return
         self._discard(slot)
 
@@ -113,6 +130,7 @@ class ZoneConnections:
         """Close the slot's connection (in the background) and give its token back."""
         connection, slot.connection = slot.connection, None
         self.limiter.release_on_behalf_of(slot)
+        self._notify()
         if connection is None:
             return
         if self._closer is not None and polite and not connection.broken:
