@@ -42,13 +42,18 @@ class ZonemtaError(Exception):
     """The relay executable is missing or the relay exited early."""
 
 
-def find_zonemta() -> Path | None:
-    """The ``zonemta`` console script beside this Python, or on PATH; None when absent."""
-    beside = Path(sys.executable).parent / "zonemta"
+def find_tool(name: str) -> Path | None:
+    """An executable beside this Python (the virtualenv), or on PATH; None when absent."""
+    beside = Path(sys.executable).parent / name
     if beside.exists():
         return beside
-    found = shutil.which("zonemta")
+    found = shutil.which(name)
     return Path(found) if found else None
+
+
+def find_zonemta() -> Path | None:
+    """The ``zonemta`` console script beside this Python, or on PATH; None when absent."""
+    return find_tool("zonemta")
 
 
 def build_config(
@@ -155,7 +160,7 @@ class ZonemtaRelay:
             raise ZonemtaError("no zonemta executable (pip install -e . first)")
         self.config_path.write_text(dump_toml(self.config))
         command = [str(executable), "run", "-c", str(self.config_path)]
-        py_spy = shutil.which("py-spy") if self.profile else None
+        py_spy = find_tool("py-spy") if self.profile else None
         if self.profile and py_spy is None:
             launcher = self.workdir / "profile_launcher.py"
             launcher.write_text(_LAUNCHER.format(config=str(self.config_path)))
@@ -175,9 +180,21 @@ class ZonemtaRelay:
         finally:
             log.close()
         if py_spy is not None:
-            self.profile_path = self.workdir / "zonemta-profile.svg"
+            # Collapsed stacks (one "frame;frame;... count" line each): text that
+            # flamegraph tools read and that is easy to sum up by function.
+            self.profile_path = self.workdir / "zonemta-profile.txt"
             self._profiler = subprocess.Popen(
-                [py_spy, "record", "--pid", str(self._proc.pid), "-o", str(self.profile_path)],
+                [
+                    str(py_spy),
+                    "record",
+                    "--pid",
+                    str(self._proc.pid),
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "-o",
+                    str(self.profile_path),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -107,6 +107,7 @@ class Relay:
             ids=QueueIdGenerator(clock),
             clock=clock,
             on_queued=self.engine.wake,
+            on_stored=self.engine.messages.put,
         )
         self.interfaces = [
             SmtpInterfaceService(interface_settings(config, name), self.intake)

@@ -277,6 +277,7 @@ class Deliverer:
         except StoreError as exc:
             # The lease expires and the delivery is tried again: at-least-once.
             log.error("storing the outcome of %s failed: %s", row.key, exc)
+        self.messages.attempted(row.message_id)
         machine.publish(row_transition, response=outcome.response, category=outcome.category)
         log_outcome(row, machine, outcome)
 

@@ -22,6 +22,8 @@ from zonemta.transport.smtp.reply import Reply
 log = logging.getLogger(__name__)
 
 _HEADER_END = b"\r\n\r\n"
+# Bodies up to this size are kept in memory after commit until delivered (MessageCache).
+SMALL_BODY = 64 * 1024
 _HEADER_LINE = re.compile(rb"^(?:[!-9;-~]+[ \t]*:|[ \t])")
 
 
@@ -84,10 +86,23 @@ class Reception:
         self._body_8bit = envelope.body_8bit
         self._failed: StoreError | None = None
         self._done = False
+        self._small: list[bytes] | None = []
+        self._small_size = 0
 
     @property
     def failed(self) -> bool:
         return self._failed is not None
+
+    async def _write_body(self, data: bytes) -> None:
+        """Every body byte goes through here: to the store, and into the in-memory copy
+        kept for small messages (so their delivery needs no store read)."""
+        if self._small is not None:
+            self._small_size += len(data)
+            if self._small_size <= SMALL_BODY:
+                self._small.append(data)
+            else:
+                self._small = None
+        await self._body.write(data)
 
     async def feed(self, chunk: bytes) -> None:
         """Take the next content chunk. Store errors are remembered, not raised: the caller
@@ -104,7 +119,7 @@ class Reception:
                     if len(self._head) > self._max_header:
                         # No header block end within the limit: it is all body.
                         self._headers = b""
-                        await self._body.write(bytes(self._head))
+                        await self._write_body(bytes(self._head))
                         self._head.clear()
                     return
                 headers, rest = split
@@ -112,12 +127,12 @@ class Reception:
                 if is_header_block(headers):
                     self._headers = headers
                     if rest:
-                        await self._body.write(rest)
+                        await self._write_body(rest)
                 else:
                     self._headers = b""
-                    await self._body.write(headers + b"\r\n" + rest)
+                    await self._write_body(headers + b"\r\n" + rest)
             else:
-                await self._body.write(chunk)
+                await self._write_body(chunk)
         except StoreError as exc:
             self._failed = exc
             log.warning("storing body of %s failed: %s", self.id, exc)
@@ -146,7 +161,7 @@ class Reception:
             headers = head if is_header_block(head) else b""
             if not headers and head:
                 try:
-                    await self._body.write(head)
+                    await self._write_body(head)
                 except StoreError:
                     await self.abort()
                     raise
@@ -170,6 +185,7 @@ class Intake:
         ids: QueueIdGenerator,
         clock: Callable[[], float],
         on_queued: Callable[[Iterable[str]], None] = lambda _zones: None,
+        on_stored: Callable[[MessageRecord, bytes | None, int], None] = lambda *_: None,
     ) -> None:
         self.store = store
         self.router = router
@@ -177,6 +193,7 @@ class Intake:
         self.ids = ids
         self.clock = clock
         self.on_queued = on_queued
+        self.on_stored = on_stored
 
     def begin(self, envelope: Envelope, *, max_header: int = 1024 * 1024) -> Reception:
         if not envelope.recipients:
@@ -213,6 +230,8 @@ class Intake:
             meta=meta,
         )
         await self.store.commit_message(record, body, deliveries)
+        small = reception._small
+        self.on_stored(record, b"".join(small) if small is not None else None, len(deliveries))
         self.bus.publish(
             Event(
                 "message.queued",
