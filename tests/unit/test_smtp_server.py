@@ -13,6 +13,7 @@ from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolErro
 from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.smtp.server import (
     NEED_DATA,
+    Auth,
     ConnectionClosed,
     DataAbort,
     DataChunk,
@@ -43,7 +44,7 @@ from zonemta.transport.smtp.server_states import (
 # ---------------------------------------------------------------- helpers (used by the fuzz too)
 
 OK = Reply(250, ("Ok",), "2.0.0")
-POLICY = (MailFrom, RcptTo, DataEnd)
+POLICY = (MailFrom, RcptTo, DataEnd, Auth)
 Answer = Callable[[Event], Reply]
 
 

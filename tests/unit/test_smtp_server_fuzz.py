@@ -43,12 +43,16 @@ TOKENS = [
     b"DATA\r\n", b"RSET\r\n", b"NOOP\r\n", b"QUIT\r\n", b"STARTTLS\r\n", b"VRFY x\r\n",
     b"HELP\r\n", b"\r\n", b"\r", b"\n", b".", b"..", b".\r\n", b"\r\n.\r\n", b"x" * 40,
     b"Subject: y", b"\xff\xfe", b"<", b">", b'"', b"@", b":", b" ", b"\x00",
+    b"AUTH PLAIN\r\n", b"AUTH PLAIN AHUAcA==\r\n", b"AUTH LOGIN\r\n", b"AUTH LOGIN dQ==\r\n",
+    b"dQ==\r\n", b"AHUAcA==\r\n", b"*\r\n", b"=\r\n", b"AUTH X\r\n",
 ]  # fmt: skip
 ANSWERS = [
     Reply(250, ("Ok",), "2.0.0"),
     Reply(451, ("later",), "4.3.0"),
     Reply(550, ("no",), "5.7.1"),
     Reply(421, ("bye",), "4.3.2"),
+    Reply(235, ("Authentication successful",), "2.7.0"),
+    Reply(535, ("Authentication credentials invalid",), "5.7.8"),
 ]
 
 COMMANDS = [t for t in TOKENS if t.endswith(b"\r\n") and len(t) > 3]
@@ -83,6 +87,10 @@ server_settings = st.builds(
     max_line_length=st.sampled_from([512, 2048]),
     max_header_size=st.sampled_from([0, 20, 1024]),
     starttls_available=st.booleans(),
+    implicit_tls=st.booleans(),
+    auth_available=st.booleans(),
+    allow_insecure_auth=st.booleans(),
+    max_errors=st.sampled_from([0, 1, 5]),
 )
 
 _REPLY_LINE = re.compile(rb"[2-5][0-9][0-9][ -][^\r\n]*\r\n")
@@ -155,7 +163,7 @@ def test_any_input_any_chunking_yields_events_or_remote_error(
     config=server_settings,
     data=smtpish,
     cuts=cut_lists,
-    answers=st.lists(st.sampled_from(ANSWERS[:3]), min_size=1, max_size=3),
+    answers=st.lists(st.sampled_from([*ANSWERS[:3], *ANSWERS[4:]]), min_size=1, max_size=3),
 )
 def test_chunking_does_not_change_meaning(
     config: ServerSettings, data: bytes, cuts: list[int], answers: list[Reply]

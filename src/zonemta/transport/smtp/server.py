@@ -9,7 +9,7 @@ A driver loop looks like::
         if event is NEED_DATA:
             send(conn.data_to_send())               # flush replies before waiting for input
             conn.receive_data(receive())            # b"" on EOF
-        elif isinstance(event, (MailFrom, RcptTo, DataEnd)):
+        elif isinstance(event, (MailFrom, RcptTo, DataEnd, Auth)):
             conn.respond(decide(event))             # policy
         elif isinstance(event, StartTLS):
             send(conn.data_to_send()); handshake(); conn.tls_started()
@@ -34,9 +34,11 @@ import attrs
 from zonemta.transport.smtp import server_replies as replies
 from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
+from zonemta.transport.smtp.server_auth import MECHANISMS, Challenge, Credentials, SaslExchange
 from zonemta.transport.smtp.server_data import DataDecoder
 from zonemta.transport.smtp.server_events import (
     NEED_DATA,
+    Auth,
     ConnectionClosed,
     DataAbort,
     DataChunk,
@@ -63,6 +65,7 @@ from zonemta.transport.smtp.server_states import (
 
 __all__ = [
     "NEED_DATA",
+    "Auth",
     "ConnectionClosed",
     "DataAbort",
     "DataChunk",
@@ -102,7 +105,14 @@ def _hostname(_instance: object, _attribute: object, value: str) -> None:
 
 @attrs.frozen
 class ServerSettings:
-    """What one SMTP server session advertises and enforces. 0 disables a size limit."""
+    """What one SMTP server session advertises and enforces. 0 disables a size limit.
+
+    ``implicit_tls``: the session runs inside TLS from the start (port 465 style).
+    ``auth_available``: AUTH PLAIN and LOGIN are offered, once TLS is active unless
+    ``allow_insecure_auth``. ``max_errors``: after this many error replies (4xx/5xx, not
+    counting 452 for too many recipients) without an accepted message the session gets
+    421 and is closed; 0 disables the cap.
+    """
 
     hostname: str = attrs.field(validator=_hostname)
     max_size: int = attrs.field(validator=_positive(0))
@@ -111,6 +121,10 @@ class ServerSettings:
     max_header_size: int = attrs.field(default=1024 * 1024, validator=_positive(0))
     starttls_available: bool = False
     banner: str = "ESMTP zonemta"
+    implicit_tls: bool = False
+    auth_available: bool = False
+    allow_insecure_auth: bool = False
+    max_errors: int = attrs.field(default=0, validator=_positive(0))
 
 
 _TOO_LONG = object()  # marker from _read_line: an over-long line was discarded
@@ -135,7 +149,10 @@ class SMTPServerConnection:
         self._pending_utf8 = False
         self._smtputf8 = False
         self._recipients = 0
-        self._tls_active = False
+        self._tls_active = settings.implicit_tls
+        self._authenticated = False
+        self._sasl: SaslExchange | None = None
+        self._errors = 0
         self._decoder: DataDecoder | None = None
 
     # ------------------------------------------------------------------ public surface
@@ -143,6 +160,16 @@ class SMTPServerConnection:
     @property
     def state(self) -> SessionState:
         return self._state
+
+    @property
+    def tls_active(self) -> bool:
+        """True inside TLS: implicit TLS, or after ``tls_started()``."""
+        return self._tls_active
+
+    @property
+    def authenticated(self) -> bool:
+        """True after an ``Auth`` event was answered 235 (until STARTTLS resets the session)."""
+        return self._authenticated
 
     @property
     def closed(self) -> bool:
@@ -173,7 +200,8 @@ class SMTPServerConnection:
 
         Raises ``LocalProtocolError`` while a policy event is unanswered or while STARTTLS
         waits for ``tls_started()``; ``RemoteProtocolError`` (fatal, the session is closed, its
-        ``reply`` not queued) for plaintext pipelined after STARTTLS.
+        ``reply`` not queued) for plaintext pipelined after STARTTLS. When the session reached
+        its error cap, queues 421 and closes.
         """
         if self._pending is not None:
             raise LocalProtocolError(
@@ -185,16 +213,25 @@ class SMTPServerConnection:
                 return ConnectionClosed()
             if state is SessionState.STARTTLS:
                 raise LocalProtocolError("call tls_started() after the STARTTLS handshake")
-            event = self._data_event() if state is SessionState.DATA else self._command_event()
+            if self._settings.max_errors and self._errors >= self._settings.max_errors:
+                self.close_with(replies.TOO_MANY_ERRORS)
+                continue
+            if state is SessionState.DATA:
+                event = self._data_event()
+            elif state is SessionState.AUTH:
+                event = self._auth_event()
+            else:
+                event = self._command_event()
             if event is not None:
                 return event
 
     def respond(self, reply: Reply) -> None:
-        """Answer the pending policy event (MailFrom, RcptTo or DataEnd) with ``reply``.
+        """Answer the pending policy event (MailFrom, RcptTo, DataEnd or Auth) with ``reply``.
 
-        A 2xx accepts (MAIL starts the transaction, RCPT adds a recipient); anything else
-        refuses. After DataEnd the transaction is reset whatever the reply. A 421 also closes
-        the session. Raises ``LocalProtocolError`` when nothing is pending or for a 3xx reply.
+        A 2xx accepts (MAIL starts the transaction, RCPT adds a recipient, Auth marks the
+        session authenticated); anything else refuses. After DataEnd the transaction is reset
+        whatever the reply. A 421 also closes the session. Raises ``LocalProtocolError`` when
+        nothing is pending or for a 3xx reply.
         """
         pending = self._pending
         if pending is None:
@@ -202,7 +239,7 @@ class SMTPServerConnection:
         if reply.is_intermediate:
             raise LocalProtocolError(f"a policy answer cannot be intermediate: {reply}")
         self._pending = None
-        self._out.append(reply.to_bytes())
+        self._reply(reply)
         if isinstance(pending, MailFrom):
             if reply.is_positive:
                 self._smtputf8 = self._pending_utf8
@@ -210,7 +247,12 @@ class SMTPServerConnection:
         elif isinstance(pending, RcptTo):
             self._recipients += reply.is_positive
             self._move(Trigger.RCPT_ACCEPTED if reply.is_positive else Trigger.RCPT_REFUSED)
+        elif isinstance(pending, Auth):
+            self._authenticated = reply.is_positive
+            self._move(Trigger.AUTH_DONE)
         else:
+            if reply.is_positive:
+                self._errors = 0  # the cap counts errors "without delivering mail"
             self._end_transaction()
             self._move(Trigger.DATA_DONE)
         if reply.code == 421:
@@ -238,6 +280,7 @@ class SMTPServerConnection:
             self._close()
             raise RemoteProtocolError("plaintext received after STARTTLS", replies.TLS_INJECTION)
         self._tls_active = True
+        self._authenticated = False  # RFC 3207 4.2: forget everything from before TLS
         self._end_transaction()
         self._move(Trigger.TLS_STARTED)
 
@@ -248,6 +291,7 @@ class SMTPServerConnection:
 
     def _close(self) -> None:
         self._pending = None
+        self._sasl = None
         self._inbox.clear()
         self._line_buf.clear()
         self._decoder = None
@@ -290,14 +334,14 @@ class SMTPServerConnection:
         if line is None:
             return self._closed_by_eof() if self._eof else NEED_DATA
         if line is _TOO_LONG:
-            self._out.append(replies.LINE_TOO_LONG.to_bytes())
+            self._reply(replies.LINE_TOO_LONG)
             return None
         assert isinstance(line, bytes)
         crlf = line.endswith(b"\r\n")
         try:
             text = line[: -2 if crlf else -1].decode("utf-8")
         except UnicodeDecodeError:
-            self._out.append(replies.BAD_UTF8.to_bytes())
+            self._reply(replies.BAD_UTF8)
             return None
         word, _, arg = text.partition(" ")
         name = word.upper() if word.isascii() else ""
@@ -309,16 +353,19 @@ class SMTPServerConnection:
                 if name in NOT_IMPLEMENTED_VERBS
                 else replies.UNKNOWN_COMMAND
             )
-            self._out.append(refusal.to_bytes())
+            self._reply(refusal)
             return None
         refused = sequence_refusal(self._state, verb)
         if refused is not None:
-            self._out.append(refused.to_bytes())
+            self._reply(refused)
             return None
         return _HANDLERS[verb](self, arg.strip(" "), crlf)
 
     def _reply(self, reply: Reply) -> None:
+        """Queue ``reply``, counting it towards the error cap when it is an error."""
         self._out.append(reply.to_bytes())
+        if reply.code >= 400 and reply not in _NOT_ERRORS:
+            self._errors += 1
 
     def _on_helo(self, arg: str, _crlf: bool) -> Event | None:
         if not arg:
@@ -341,6 +388,8 @@ class SMTPServerConnection:
         lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
         if settings.starttls_available and not self._tls_active:
             lines.append("STARTTLS")
+        if self._auth_offered:
+            lines.append(" ".join(("AUTH", *MECHANISMS)))
         lines.append("HELP")
         self._reply(Reply(250, tuple(lines)))
         return Helo(arg, extended=True)
@@ -421,6 +470,55 @@ class SMTPServerConnection:
         self._reply(replies.READY_FOR_TLS)
         return StartTLS()
 
+    @property
+    def _auth_offered(self) -> bool:
+        settings = self._settings
+        return settings.auth_available and (self._tls_active or settings.allow_insecure_auth)
+
+    def _on_auth(self, arg: str, _crlf: bool) -> Event | None:
+        if not self._settings.auth_available:
+            refusal = replies.AUTH_NOT_AVAILABLE
+        elif self._authenticated:
+            refusal = replies.AUTH_ALREADY
+        elif not self._auth_offered:
+            refusal = replies.AUTH_NEEDS_TLS
+        else:
+            exchange = SaslExchange()
+            try:
+                return self._sasl_result(exchange, exchange.start(arg))
+            except Refusal as refused:
+                refusal = refused.reply
+        self._reply(refusal)
+        return None
+
+    def _auth_event(self) -> Event | type[NEED_DATA] | None:
+        exchange = self._sasl
+        assert exchange is not None
+        line = self._read_line()
+        if line is None:
+            return self._closed_by_eof() if self._eof else NEED_DATA
+        try:
+            if line is _TOO_LONG:
+                raise Refusal(replies.AUTH_LINE_TOO_LONG)
+            assert isinstance(line, bytes)
+            return self._sasl_result(exchange, exchange.step(_strip_eol(line)))
+        except Refusal as refused:
+            self._sasl = None
+            self._reply(refused.reply)
+            self._move(Trigger.AUTH_DONE)
+            return None
+
+    def _sasl_result(self, exchange: SaslExchange, result: Challenge | Credentials) -> Event | None:
+        """Queue the next challenge, or hand out the credentials as the Auth policy event."""
+        if isinstance(result, Challenge):
+            self._sasl = exchange
+            self._move(Trigger.AUTH)
+            self._out.append(result.to_bytes())
+            return None
+        self._sasl = None
+        self._pending = event = Auth(result.mechanism.value, result.username, result.password)
+        return event
+
     def _data_event(self) -> Event | type[NEED_DATA] | None:
         decoder = self._decoder
         assert decoder is not None
@@ -465,4 +563,14 @@ _HANDLERS: dict[Verb, _Handler] = {
     Verb.VRFY: SMTPServerConnection._on_vrfy,
     Verb.HELP: SMTPServerConnection._on_help,
     Verb.STARTTLS: SMTPServerConnection._on_starttls,
+    Verb.AUTH: SMTPServerConnection._on_auth,
 }
+
+# Replies that are not the client's errors: a full transaction (RFC 5321 4.5.3.1.10 tells
+# clients to send the rest in a new one) and the server closing by itself.
+_NOT_ERRORS = frozenset({replies.TOO_MANY_RECIPIENTS, replies.TOO_MANY_ERRORS})
+
+
+def _strip_eol(line: bytes) -> str:
+    """A SASL response line without its line ending; non-ASCII is left to fail base64."""
+    return line.rstrip(b"\r\n").decode("ascii", "replace")

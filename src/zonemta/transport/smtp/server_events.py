@@ -5,8 +5,8 @@ Two kinds:
 - **informational** events (``Helo``, ``DataStart``, ``DataChunk``, ``DataAbort``, ``Rset``,
   ``Noop``, ``Quit``, ``StartTLS``, ``ConnectionClosed``): the server object has already queued
   whatever reply belongs to them; the driver only acts on them (stores chunks, starts TLS ...).
-- **policy** events (``MailFrom``, ``RcptTo``, ``DataEnd``): the driver decides and answers with
-  ``SMTPServerConnection.respond(reply)`` before asking for the next event.
+- **policy** events (``MailFrom``, ``RcptTo``, ``DataEnd``, ``Auth``): the driver decides and
+  answers with ``SMTPServerConnection.respond(reply)`` before asking for the next event.
 """
 
 from __future__ import annotations
@@ -120,6 +120,16 @@ class Quit(Event):
 @attrs.frozen
 class StartTLS(Event):
     """STARTTLS: 220 queued. Send it, do the TLS handshake, then call ``tls_started()``."""
+
+
+@attrs.frozen
+class Auth(Event):
+    """POLICY. AUTH decoded to credentials: check them, then respond() 235 (success), 535
+    (invalid credentials) or 454 (temporary failure). The password is kept out of ``repr``."""
+
+    mechanism: str = attrs.field(validator=_nonempty)
+    username: str = attrs.field(validator=_nonempty)
+    password: str = attrs.field(repr=False)
 
 
 @attrs.frozen

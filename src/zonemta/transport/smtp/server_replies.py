@@ -62,5 +62,20 @@ TLS_IN_TRANSACTION = _r(503, "5.5.1", "Error: STARTTLS not allowed during a mail
 TLS_ALREADY_ACTIVE = _r(503, "5.5.1", "Error: TLS already active")
 TLS_NOT_AVAILABLE = _r(502, "5.5.1", "Error: STARTTLS not available")
 TLS_INJECTION = _r(554, "5.5.1", "Error: command pipelining after STARTTLS")
+AUTH_IN_TRANSACTION = _r(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
 
-HELP = _r(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS")
+# AUTH (RFC 4954).
+AUTH_NOT_AVAILABLE = _r(502, "5.5.1", "Error: authentication not enabled")
+AUTH_ALREADY = _r(503, "5.5.1", "Error: already authenticated")
+AUTH_NEEDS_TLS = _r(538, "5.7.11", "Encryption required for requested authentication mechanism")
+AUTH_UNKNOWN_MECHANISM = _r(504, "5.5.4", "Unrecognized authentication type")
+AUTH_SYNTAX = _r(501, "5.5.2", "Syntax: AUTH mechanism [initial-response]")
+AUTH_CANNOT_DECODE = _r(501, "5.5.2", "Cannot decode response")
+AUTH_BAD_CREDENTIALS_SYNTAX = _r(501, "5.5.2", "Malformed credentials")
+AUTH_CANCELLED = _r(501, "5.0.0", "Authentication cancelled")
+AUTH_LINE_TOO_LONG = _r(500, "5.5.6", "Authentication exchange line too long")
+
+# The session's error cap (Postfix smtpd_hard_error_limit precedent).
+TOO_MANY_ERRORS = _r(421, "4.7.0", "Too many errors, closing connection")
+
+HELP = _r(214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH")

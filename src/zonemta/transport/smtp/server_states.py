@@ -28,6 +28,7 @@ class SessionState(enum.Enum):
     RCPT = "rcpt"  # at least one recipient accepted: DATA may start
     DATA = "data"  # reading message content (until CRLF.CRLF)
     STARTTLS = "starttls"  # 220 queued for STARTTLS; waiting for tls_started()
+    AUTH = "auth"  # AUTH started, a 334 challenge queued: reading the client's SASL response
     CLOSED = "closed"  # QUIT answered, close_with(), EOF or a fatal peer error
 
 
@@ -44,6 +45,8 @@ class Trigger(enum.Enum):
     DATA_DONE = "data_done"  # DataEnd answered, or an aborted body drained and refused
     STARTTLS = "starttls"
     TLS_STARTED = "tls_started"
+    AUTH = "auth"  # a 334 challenge queued (AUTH without initial response, or LOGIN's next)
+    AUTH_DONE = "auth_done"  # the Auth policy event answered, or the exchange refused/cancelled
     CLOSE = "close"
 
 
@@ -59,6 +62,8 @@ TRANSITIONS: Mapping[tuple[SessionState, Trigger], SessionState] = {
     (S.READY, T.MAIL_ACCEPTED): S.MAIL,
     (S.READY, T.MAIL_REFUSED): S.READY,
     (S.READY, T.STARTTLS): S.STARTTLS,
+    (S.READY, T.AUTH): S.AUTH,
+    (S.READY, T.AUTH_DONE): S.READY,
     (S.READY, T.CLOSE): S.CLOSED,
     (S.MAIL, T.HELLO): S.READY,
     (S.MAIL, T.RSET): S.READY,
@@ -75,6 +80,9 @@ TRANSITIONS: Mapping[tuple[SessionState, Trigger], SessionState] = {
     (S.DATA, T.CLOSE): S.CLOSED,
     (S.STARTTLS, T.TLS_STARTED): S.CONNECTED,
     (S.STARTTLS, T.CLOSE): S.CLOSED,
+    (S.AUTH, T.AUTH): S.AUTH,
+    (S.AUTH, T.AUTH_DONE): S.READY,
+    (S.AUTH, T.CLOSE): S.CLOSED,
 }
 
 
@@ -105,10 +113,11 @@ class Verb(enum.Enum):
     VRFY = "VRFY"
     HELP = "HELP"
     STARTTLS = "STARTTLS"
+    AUTH = "AUTH"
 
 
 # Known commands we deliberately do not implement: 502 rather than 500 (RFC 5321 4.2.4).
-NOT_IMPLEMENTED_VERBS = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "BDAT", "AUTH", "SEND", "SOML"})
+NOT_IMPLEMENTED_VERBS = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "BDAT", "SEND", "SOML"})
 
 # The states in which command lines are read, in the column order of COMMAND_TABLE.
 COMMAND_STATES = (S.CONNECTED, S.READY, S.MAIL, S.RCPT)
@@ -119,6 +128,7 @@ _NESTED = replies.NESTED_MAIL
 _NO_MAIL = replies.NEED_MAIL
 _NO_RCPT = replies.NO_VALID_RECIPIENTS
 _IN_TX = replies.TLS_IN_TRANSACTION
+_AUTH_IN_TX = replies.AUTH_IN_TRANSACTION
 # fmt: off
 COMMAND_TABLE: Mapping[Verb, tuple[Reply | None, Reply | None, Reply | None, Reply | None]] = {
     #               CONNECTED    READY     MAIL       RCPT
@@ -133,6 +143,7 @@ COMMAND_TABLE: Mapping[Verb, tuple[Reply | None, Reply | None, Reply | None, Rep
     Verb.VRFY:     (_OK,         _OK,      _OK,       _OK),
     Verb.HELP:     (_OK,         _OK,      _OK,       _OK),
     Verb.STARTTLS: (_HELO_FIRST, _OK,      _IN_TX,    _IN_TX),
+    Verb.AUTH:     (_HELO_FIRST, _OK,      _AUTH_IN_TX, _AUTH_IN_TX),
 }
 # fmt: on
 _COLUMN = {state: index for index, state in enumerate(COMMAND_STATES)}
