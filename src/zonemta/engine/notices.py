@@ -1,0 +1,244 @@
+"""What happens after an attempt besides the queue update: telling the sender (DSNs through
+the intake into the bounces zone) and the bounce webhook.
+
+The deliverer calls :meth:`BounceNotices.after_attempt` with the outcome *before* it
+persists it, so the original message is still in the store when a bounce needs its headers,
+and a DSN is queued durably before the bounced delivery disappears (a crash in between
+sends the DSN twice rather than never).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+
+import attrs
+import trio
+
+from zonemta.conf import Config, ConfigError
+from zonemta.conf.bounces import DsnConfig
+from zonemta.dkim.signer import DkimKeyError, DkimSigner, load_signer
+from zonemta.engine.bounces import BounceClassifier, RulesError
+from zonemta.engine.dsn import Notice, NoticeKind, build_dsn, delay_threshold_crossed, why_no_dsn
+from zonemta.engine.intake import Envelope, Intake, IntakeRejected
+from zonemta.engine.messages import MessageCache
+from zonemta.engine.retry import RetryPolicy
+from zonemta.engine.webhook import BounceWebhook, bounce_payload
+from zonemta.statemachine import DeliveryState, Trigger
+from zonemta.store import Delivery, StoreError
+
+__all__ = ["BounceHandling", "BounceNotices"]
+
+log = logging.getLogger(__name__)
+
+# Queuing a DSN is one store commit; never hold a finished attempt longer than this for it.
+_QUEUE_TIMEOUT = 30.0
+_BOUNCE_TRIGGERS = frozenset(
+    {Trigger.PERMANENT_FAILURE, Trigger.RETRIES_EXHAUSTED, Trigger.EXPIRED}
+)
+
+
+class BounceNotices:
+    """DSNs and webhook calls for delivery outcomes. :meth:`attach` the intake before the
+    first delivery runs."""
+
+    def __init__(
+        self,
+        *,
+        messages: MessageCache,
+        config: DsnConfig,
+        reporting_mta: str,
+        retry: RetryPolicy,
+        zones_without_dsn: Collection[str] = (),
+        webhook: BounceWebhook | None = None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.messages = messages
+        self.config = config
+        self.reporting_mta = reporting_mta
+        self.retry = retry
+        self.zones_without_dsn = frozenset(zones_without_dsn)
+        self.webhook = webhook
+        self.clock = clock
+        self.intake: Intake | None = None
+        self.queued = 0  # DSNs queued (failure and delay notices)
+
+    def attach(self, intake: Intake) -> None:
+        self.intake = intake
+
+    def _dsn_enabled(self, row: Delivery) -> bool:
+        return (
+            self.config.enabled
+            and self.intake is not None
+            and (row.zone not in self.zones_without_dsn)
+        )
+
+    async def after_attempt(
+        self,
+        row: Delivery,
+        trigger: Trigger,
+        target: DeliveryState,
+        *,
+        response: str,
+        category: str | None,
+        mx: str | None,
+    ) -> None:
+        """React to an attempt's outcome. Never raises for a failed notification: it is
+        logged (the delivery's own outcome matters more)."""
+        if target is DeliveryState.BOUNCED and trigger in _BOUNCE_TRIGGERS:
+            await self._bounced(row, trigger, response=response, category=category, mx=mx)
+        elif target is DeliveryState.DEFERRED and self._delay_due(row):
+            await self._delayed(row, response=response, mx=mx)
+
+    def _delay_due(self, row: Delivery) -> bool:
+        if not self._dsn_enabled(row):
+            return False
+        schedule = self.retry.schedule
+        previous_wait = schedule[min(max(row.attempts - 1, 0), len(schedule) - 1)]
+        return delay_threshold_crossed(
+            row,
+            now=self.clock(),
+            after=self.config.delay_after.total_seconds(),
+            previous_wait=previous_wait,
+        )
+
+    async def _bounced(
+        self,
+        row: Delivery,
+        trigger: Trigger,
+        *,
+        response: str,
+        category: str | None,
+        mx: str | None,
+    ) -> None:
+        message = await self.messages.get(row.message_id)
+        if message is None:
+            return
+        now = self.clock()
+        expired = trigger in (Trigger.EXPIRED, Trigger.RETRIES_EXHAUSTED)
+        # An expiry is found before any attempt: the last real answer is on the row.
+        detail = row.last_response if trigger is Trigger.EXPIRED and row.last_response else response
+        if self.webhook is not None:
+            self.webhook.submit_nowait(
+                bounce_payload(row, message, response=detail, category=category, mx=mx, now=now)
+            )
+        if not self._dsn_enabled(row):
+            return
+        notice = Notice(
+            NoticeKind.FAILED,
+            message,
+            row.recipient,
+            row.seq,
+            detail,
+            remote_mta=mx,
+            last_attempt=now,
+            expired=expired,
+        )
+        await self._queue(notice, now)
+
+    async def _delayed(self, row: Delivery, *, response: str, mx: str | None) -> None:
+        message = await self.messages.get(row.message_id)
+        if message is None:
+            return
+        now = self.clock()
+        notice = Notice(
+            NoticeKind.DELAYED,
+            message,
+            row.recipient,
+            row.seq,
+            response,
+            remote_mta=mx,
+            last_attempt=now,
+            retry_until=row.created + self.retry.max_queue_time,
+        )
+        await self._queue(notice, now)
+
+    async def _queue(self, notice: Notice, now: float) -> None:
+        message = notice.message
+        reason = why_no_dsn(message)
+        if reason is not None:
+            log.info("%s.%03x no DSN: %s", message.id, notice.seq, reason)
+            return
+        intake = self.intake
+        assert intake is not None  # _dsn_enabled checked it
+        content = build_dsn(notice, reporting_mta=self.reporting_mta, now=now)
+        envelope = Envelope(
+            mail_from="",
+            recipients=(message.mail_from,),
+            interface="bounce",
+            transtype="LOCAL",
+            body_8bit=not content.isascii(),
+            smtputf8=not message.mail_from.isascii(),
+            zone=self.config.zone,
+        )
+        try:
+            reception = intake.begin(envelope)
+            with trio.fail_after(_QUEUE_TIMEOUT):
+                try:
+                    await reception.feed(content)
+                    queued = await reception.commit()
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await reception.abort()  # no-op once committed
+        except (IntakeRejected, StoreError, trio.TooSlowError) as exc:
+            log.error("%s.%03x queuing the DSN failed: %r", message.id, notice.seq, exc)
+            return
+        self.queued += 1
+        log.info(
+            "%s.%03x DSN (%s) to <%s> queued as %s",
+            message.id,
+            notice.seq,
+            notice.kind.value,
+            message.mail_from,
+            queued,
+        )
+
+
+@attrs.frozen
+class BounceHandling:
+    """Everything the deliverers need for message hygiene on the way out and for bounces,
+    built once from the configuration."""
+
+    classifier: BounceClassifier
+    signer: DkimSigner | None
+    notices: BounceNotices
+    webhook: BounceWebhook | None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        messages: MessageCache,
+        retry: RetryPolicy,
+        clock: Callable[[], float],
+    ) -> BounceHandling:
+        """Load the bounce rules and DKIM keys (once, at start). Raises
+        :class:`ConfigError` naming the bad key, rules file or zone."""
+        errors: list[str] = []
+        classifier: BounceClassifier | None = None
+        signer: DkimSigner | None = None
+        try:
+            classifier = BounceClassifier.load(config.bounces.rules_file or None)
+        except RulesError as exc:
+            errors.append(f"config.bounces.rules_file: {exc}")
+        try:
+            signer = load_signer(config.dkim, clock=clock)
+        except DkimKeyError as exc:
+            errors.append(str(exc))
+        dsn = config.bounces.dsn
+        if dsn.zone not in config.zones:
+            errors.append(f"config.bounces.dsn.zone: no zone named {dsn.zone!r}")
+        if errors or classifier is None:
+            raise ConfigError("configuration", errors)
+        webhook = BounceWebhook(config.bounces.webhook) if config.bounces.webhook.url else None
+        notices = BounceNotices(
+            messages=messages,
+            config=dsn,
+            reporting_mta=dsn.hostname or config.hostname,
+            retry=retry,
+            zones_without_dsn=[name for name, zone in config.zones.items() if not zone.dsn],
+            webhook=webhook,
+            clock=clock,
+        )
+        return cls(classifier, signer, notices, webhook)
