@@ -1,0 +1,94 @@
+"""Metrics fed by bus events: counters, histograms, queue gauges, pool figures."""
+
+from __future__ import annotations
+
+import itertools
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from zonemta.engine.bus import Event, EventBus
+from zonemta.engine.connections import ZoneConnections
+from zonemta.engine.ids import QueueIdGenerator
+from zonemta.http.metrics import Metrics, queued_at
+from zonemta.store import ZoneCounts
+
+
+def delivery(message_id: str, seq: int, source: str, target: str, at: float) -> Event:
+    return Event(
+        "delivery", message_id, at, seq=seq, zone="default", from_state=source, to_state=target
+    )
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_queue_id_time_is_read_back() -> None:
+    message_id = QueueIdGenerator(lambda: 1_700_000_000.123).next_id()
+    assert queued_at(message_id) == 1_700_000_000.123
+    assert queued_at("zz") is None and queued_at("not-hex-at-all-really") is None
+
+
+def test_outcomes_attempt_durations_and_time_in_queue() -> None:
+    metrics = Metrics(zones=["default", "bounces"], pools={})
+    bus = EventBus()
+    bus.add_listener(metrics.on_event)
+    mid = QueueIdGenerator(lambda: 1000.0).next_id()
+    bus.publish(Event("message.queued", mid, 1000.0))
+    path = ["queued", "locked", "resolving", "connecting", "sending", "deferred"]
+    for n, (a, b) in enumerate(itertools.pairwise(path)):
+        bus.publish(delivery(mid, 1, a, b, 1000.0 + n))  # locked→resolving at 1001
+    for a, b, at in [
+        ("deferred", "locked", 1100.0),
+        ("locked", "sending", 1100.5),
+        ("sending", "delivered", 1102.5),
+    ]:
+        bus.publish(delivery(mid, 1, a, b, at))
+    for a, b, at in [("queued", "locked", 1000.0), ("locked", "bounced", 1000.0)]:
+        bus.publish(delivery(mid, 2, a, b, at))  # suppressed: no attempt
+    bus.publish(Event("message.rejected", "", 1.0))
+    bus.publish(Event("message.dropped", "x", 1.0))
+
+    status = "zonemta_delivery_status_total"
+    assert sample(metrics, status, result="deferred", zone="default") == 1
+    assert sample(metrics, status, result="delivered", zone="default") == 1
+    assert sample(metrics, status, result="rejected", zone="default") == 1
+    assert sample(metrics, status, result="delivered", zone="bounces") == 0
+    assert sample(metrics, "zonemta_message_push_total", result="success") == 1
+    assert sample(metrics, "zonemta_message_push_total", result="fail") == 1
+    assert sample(metrics, "zonemta_message_drop_total") == 1
+    attempt = "zonemta_smtp_attempt_duration_seconds"
+    assert (
+        sample(metrics, attempt + "_sum", zone="default", result="deferred") == 3.0
+    )  # 1001 → 1004
+    assert sample(metrics, attempt + "_sum", zone="default", result="delivered") == 2.0
+    assert sample(metrics, attempt + "_count", zone="default", result="rejected") is None
+    queue = "zonemta_queue_time_seconds"
+    assert sample(metrics, queue + "_sum", zone="default", result="delivered") == 102.5
+    assert sample(metrics, queue + "_count", zone="default", result="rejected") == 1
+
+
+def test_exposition_has_the_reference_family_names() -> None:
+    pool = ZoneConnections(3)
+    pool.reuses = 7
+    metrics = Metrics(zones=["default"], pools={"default": pool})
+    metrics.set_queue_sizes({"default": ZoneCounts(2, 5), "bounces": ZoneCounts(1, 0)})
+    body, content_type = metrics.render("text/plain")
+    assert content_type.startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert {
+        "zonemta_delivery_status",
+        "zonemta_message_push",
+        "zonemta_message_drop",
+        "zonemta_queue_size",
+        "zonemta_connection_reuses",
+        "zonemta_connection_pool_size",
+        "zonemta_queue_time_seconds",
+        "zonemta_smtp_attempt_duration_seconds",
+    } <= set(families)
+    assert families["zonemta_delivery_status"].type == "counter"
+    sizes = {s.labels["type"]: s.value for s in families["zonemta_queue_size"].samples}
+    assert sizes == {"queued": 3, "deferred": 5}
+    (reuses,) = families["zonemta_connection_reuses"].samples
+    assert reuses.labels == {"zone": "default"} and reuses.value == 7
+    assert not any(name.endswith("_created") for name in families)
