@@ -63,6 +63,7 @@ def build_config(
     config: dict[str, Any] = {
         "hostname": "bench.local",
         "smtp": {"feeder": {"host": "127.0.0.1", "port": port, "max_size": "2GB"}},
+        "api": {"host": "127.0.0.1", "port": 0},
         "queue": {"path": str(queue_dir)},
         "zones": {
             "default": {"host": "127.0.0.1", "port": sink_port, "connections": 20},

@@ -21,6 +21,7 @@ import pytest
 import trio
 
 from zonemta.store.base import (
+    BlacklistEntry,
     DeliveryKey,
     LeaseLost,
     MessageRecord,
@@ -493,3 +494,16 @@ class StoreContract:
             await store.add_suppression(now=1.0)
         with pytest.raises(ValueError):
             await store.add_suppression(address="a@b.example", domain="b.example", now=1.0)
+
+    async def test_blacklist_entries_replace_and_expire(self, store: Store) -> None:
+        first = BlacklistEntry("x.example", "127.0.0.2", 10.0, 100.0, "554 listed")
+        other = BlacklistEntry("x.example", "127.0.0.3", 10.0, 50.0, "554 listed too")
+        await store.put_blacklist(first)
+        await store.put_blacklist(other)
+        assert await store.list_blacklist(20.0) == [other, first]
+        renewed = BlacklistEntry("x.example", "127.0.0.2", 30.0, 300.0, "554 again")
+        await store.put_blacklist(renewed)
+        assert await store.list_blacklist(60.0) == [renewed]  # `other` expired at 50
+        assert await store.purge_blacklist(60.0) == 1
+        assert await store.purge_blacklist(60.0) == 0
+        assert await store.list_blacklist(0.0) == [renewed]

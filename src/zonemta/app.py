@@ -7,21 +7,28 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 import trio
 
-from zonemta.conf import Config
+from zonemta.conf import Config, QueueBackend
+from zonemta.conf.security import parse_network
+from zonemta.dkim.headers import HeaderPolicy
+from zonemta.engine.auth import PasswordAuthenticator
 from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.engine import DeliveryEngine
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake import Intake
 from zonemta.engine.routing import Router
+from zonemta.http import ApiContext, ApiServer
 from zonemta.store import Store
+from zonemta.store.mongodb import MongoStore
 from zonemta.store.sqlite import SqliteStore
 from zonemta.transport.dns import MxResolver
 from zonemta.transport.listener import InterfaceSettings, SmtpInterfaceService
 from zonemta.transport.smtp.server import ServerSettings
+from zonemta.transport.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +38,24 @@ SHUTDOWN_GRACE = 10.0
 
 @attrs.frozen
 class RelayInfo:
-    """What a started relay bound: interface name → SMTP port."""
+    """What a started relay bound: interface name → SMTP port, and the HTTP API's port
+    (None when ``[api] enabled = false``)."""
 
     smtp_ports: dict[str, int]
+    api_port: int | None = None
 
 
 def make_store(config: Config) -> Store:
+    """The queue backend ``[queue] backend`` selects (not opened yet)."""
     queue = config.queue
+    if queue.backend is QueueBackend.MONGODB:
+        return MongoStore(
+            queue.mongodb_uri,
+            queue.database,
+            instance_id=queue.instance_id,
+            durability=queue.durability.value,
+            chunk_size=queue.body_chunk_size,
+        )
     return SqliteStore(
         queue.path,
         durability=queue.durability.value,
@@ -46,7 +64,20 @@ def make_store(config: Config) -> Store:
 
 
 def interface_settings(config: Config, name: str) -> InterfaceSettings:
+    """Run-time settings of SMTP interface ``name``: loads its TLS certificate and users file.
+
+    Raises ``ConfigError`` when those files are missing or bad.
+    """
     iface = config.smtp[name]
+    where = f"config.smtp.{name}"
+    tls = server_context(iface.cert, iface.key, where=where) if iface.cert else None
+    authenticator = (
+        PasswordAuthenticator.from_users_file(
+            Path(iface.users_file), iface.auth_failure_delay.total_seconds()
+        )
+        if iface.authentication
+        else None
+    )
     return InterfaceSettings(
         name=name,
         host=iface.host,
@@ -57,11 +88,22 @@ def interface_settings(config: Config, name: str) -> InterfaceSettings:
             max_recipients=iface.max_recipients,
             max_line_length=iface.max_line_length,
             max_header_size=iface.max_header_size,
+            starttls_available=iface.starttls,
+            implicit_tls=iface.secure,
+            auth_available=iface.authentication,
+            allow_insecure_auth=iface.allow_insecure_auth,
+            max_errors=iface.max_errors,
         ),
         idle_timeout=iface.idle_timeout.total_seconds(),
         data_timeout=iface.data_timeout.total_seconds(),
         max_clients=iface.max_clients,
         max_header_size=iface.max_header_size,
+        tls_context=tls,
+        relay_networks=tuple(parse_network(n) for n in iface.relay_networks),
+        max_clients_per_address=iface.max_clients_per_address,
+        proxy_protocol=iface.proxy_protocol,
+        proxy_networks=tuple(parse_network(n) for n in iface.proxy_networks),
+        authenticator=authenticator,
     )
 
 
@@ -108,12 +150,18 @@ class Relay:
             clock=clock,
             on_queued=self.engine.wake,
             on_stored=self.engine.messages.put,
+            headers=HeaderPolicy.from_config(config.headers, config.hostname),
         )
+        self.engine.bounces.notices.attach(self.intake)  # DSNs are queued through the intake
         self.interfaces = [
             SmtpInterfaceService(interface_settings(config, name), self.intake)
             for name, iface in config.smtp.items()
             if iface.enabled
         ]
+        self.api: ApiServer | None = None
+        if config.api.enabled:
+            context = ApiContext(config, self.store, self.bus, self.engine, self.intake, clock)
+            self.api = ApiServer(context)
         self._stop = trio.Event()
 
     def request_stop(self) -> None:
@@ -136,14 +184,23 @@ class Relay:
                 ports: dict[str, int] = {}
                 for service in self.interfaces:
                     ports[service.settings.name] = await nursery.start(service.run)
-                log.info("zonemta ready: SMTP %s", ", ".join(f"{n}={p}" for n, p in ports.items()))
-                task_status.started(RelayInfo(ports))
+                api_port: int | None = None
+                if self.api is not None:
+                    api_port = await nursery.start(self.api.run)
+                log.info(
+                    "zonemta ready: SMTP %s; HTTP API %s",
+                    ", ".join(f"{n}={p}" for n, p in ports.items()),
+                    api_port if api_port is not None else "disabled",
+                )
+                task_status.started(RelayInfo(ports, api_port))
                 await self._stop.wait()
                 log.info("shutting down")
                 async with trio.open_nursery() as stopping:
                     for service in self.interfaces:
                         stopping.start_soon(service.stop, self.shutdown_grace)
                     stopping.start_soon(self.engine.stop, self.shutdown_grace)
+                    if self.api is not None:
+                        stopping.start_soon(self.api.stop, self.shutdown_grace)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):

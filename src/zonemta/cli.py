@@ -1,4 +1,4 @@
-"""Command line: ``zonemta run | config``."""
+"""Command line: ``zonemta run | config | passwd | events | check-bounce``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import trio
 
 from zonemta import __version__
 from zonemta.conf import Config, ConfigError, dump_config, load_config
+from zonemta.events_cli import add_arguments as add_event_arguments
+from zonemta.events_cli import options_from_args, run_events
 
 
 def _load(path: str | None) -> Config:
@@ -44,6 +46,53 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """Print a users-file line ``USER:argon2-hash``; the password comes from the terminal
+    (asked twice) or from the first line of standard input."""
+    import getpass
+
+    from zonemta.engine.auth import hash_password
+
+    user: str = args.user
+    if not user or ":" in user or any(c.isspace() for c in user):
+        print(
+            "zonemta passwd: the user name must be non-empty, without ':' or spaces",
+            file=sys.stderr,
+        )
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("zonemta passwd: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("zonemta passwd: empty password", file=sys.stderr)
+        return 1
+    print(f"{user}:{hash_password(password)}")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    return run_events(options_from_args(args, _load))
+
+
+def cmd_check_bounce(args: argparse.Namespace) -> int:
+    """Classify the SMTP reply on standard input with the bounce rules (the built-in ones,
+    after ``--rules FILE`` or the configured ``[bounces] rules_file``)."""
+    from zonemta.engine.bounces import BounceClassifier, RulesError
+
+    rules = args.rules or _load(args.config).bounces.rules_file or None
+    try:
+        classifier = BounceClassifier.load(rules)
+    except RulesError as exc:
+        print(f"zonemta check-bounce: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(classifier.format(classifier.classify(sys.stdin.read())))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zonemta", description="Outbound SMTP relay")
     parser.add_argument("--version", action="version", version=f"zonemta {__version__}")
@@ -54,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="print the effective configuration as TOML")
     config.add_argument("-c", "--config", help="TOML configuration file")
     config.set_defaults(func=cmd_config)
+    passwd = commands.add_parser("passwd", help="print a users-file line for SMTP AUTH")
+    passwd.add_argument("user", help="the user name")
+    passwd.set_defaults(func=cmd_passwd)
+    events = commands.add_parser("events", help="follow the live delivery event stream")
+    add_event_arguments(events)
+    events.set_defaults(func=cmd_events)
+    check = commands.add_parser("check-bounce", help="classify an SMTP reply read from stdin")
+    check.add_argument("-c", "--config", help="TOML configuration file (for its rules_file)")
+    check.add_argument("--rules", help="extra bounce rules file, tried before the built-in")
+    check.set_defaults(func=cmd_check_bounce)
     return parser
 
 

@@ -33,6 +33,8 @@ connect_timeout = "5s"
 host = "127.0.0.1"
 port = {mx_port}
 connections = 2
+[api]
+port = 0
 """
     )
     return path

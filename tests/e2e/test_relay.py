@@ -23,6 +23,7 @@ MESSAGE = (
     b"To: a@one.test, b@two.test\r\n"
     b"Subject: hello\r\n"
     b"Message-ID: <1@origin.test>\r\n"
+    b"Date: Wed, 25 Nov 2026 12:00:00 +0000\r\n"
     b"\r\n"
     b"Body line 1\r\n"
     b".leading dot\r\n"
@@ -43,7 +44,9 @@ def without_received(content: bytes) -> bytes:
 
 
 def smart_host(mx: TestMx) -> dict[str, object]:
-    return {"default": {"host": "127.0.0.1", "port": mx.port}}
+    """Every zone (bounce notices too) delivers to the test MX."""
+    target = {"host": "127.0.0.1", "port": mx.port}
+    return {"default": target, "bounces": {**target, "connections": 1}}
 
 
 async def test_smart_host_delivers_every_recipient_intact(tmp_path: Path, mx: TestMx) -> None:
@@ -94,9 +97,13 @@ async def test_mx_lookup_through_loopback_dns(tmp_path: Path, mx: TestMx) -> Non
         async with running_relay(config) as (relay, info):
             events = relay.bus.subscribe()
             recipients = ["a@one.test", "b@two.test", "c@implicit.test", "d@nullmx.test"]
-            await submit_async(info.smtp_ports["feeder"], "s@origin.test", recipients, MESSAGE)
-            seen = await collect_until(events, lambda ev: len(terminal(ev)) == 4)
-    outcome = {e.recipient: e for e in terminal(seen)}
+            message_id = await submit_async(
+                info.smtp_ports["feeder"], "s@origin.test", recipients, MESSAGE
+            )
+            seen = await collect_until(
+                events, lambda ev: len([e for e in terminal(ev) if e.id == message_id]) == 4
+            )
+    outcome = {e.recipient: e for e in terminal(seen) if e.id == message_id}
     for recipient in recipients[:3]:
         assert outcome[recipient].to_state == "delivered"
         assert without_received(mx.for_recipient(recipient)[0].content) == MESSAGE
@@ -149,9 +156,11 @@ async def test_permanent_failure_bounces_and_removes_the_message(tmp_path: Path)
                 ["nobody@one.test", "someone@one.test"],
                 MESSAGE,
             )
-            seen = await collect_until(events, lambda ev: len(terminal(ev)) == 2)
+            seen = await collect_until(
+                events, lambda ev: len([e for e in terminal(ev) if e.id == message_id]) == 2
+            )
             stored = await relay.store.get_message(message_id)
-    outcome = {e.recipient: e for e in terminal(seen)}
+    outcome = {e.recipient: e for e in terminal(seen) if e.id == message_id}
     assert outcome["nobody@one.test"].to_state == "bounced"
     assert outcome["nobody@one.test"].response == "550 5.1.1 no such user"
     assert outcome["someone@one.test"].to_state == "delivered"
@@ -161,7 +170,10 @@ async def test_permanent_failure_bounces_and_removes_the_message(tmp_path: Path)
 async def test_twenty_megabyte_message_arrives_byte_for_byte(tmp_path: Path, mx: TestMx) -> None:
     line = os.urandom(38).hex().encode() + b"\r\n"  # 78 bytes per line
     lines = [line if n % 97 else b"." + line for n in range(20 * 1024 * 1024 // len(line))]
-    message = b"From: s@origin.test\r\nSubject: big\r\n\r\n" + b"".join(lines)
+    message = (
+        b"From: s@origin.test\r\nSubject: big\r\nMessage-ID: <big@origin.test>\r\n"
+        b"Date: Wed, 25 Nov 2026 12:00:00 +0000\r\n\r\n" + b"".join(lines)
+    )
     config = relay_config(tmp_path / "q", zones=smart_host(mx))
     async with running_relay(config) as (relay, info):
         events = relay.bus.subscribe()

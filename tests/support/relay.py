@@ -18,12 +18,17 @@ from zonemta.engine.bus import Event, Subscription
 
 def relay_config(queue_path: Path, **tables: Any) -> Config:
     """A config for tests: SMTP on a free loopback port, sqlite in ``queue_path``, a short
-    retry schedule; ``tables`` are merged over it (one level deep)."""
+    retry schedule; ``tables`` are merged over it (one level deep).
+
+    DNS goes to a loopback port where nothing answers unless the test gives nameservers, so a
+    test never queries a resolver outside this machine (lookups fail fast instead)."""
     data: dict[str, Any] = {
         "hostname": "relay.test",
         "smtp": {"feeder": {"host": "127.0.0.1", "port": 0}},
         "queue": {"path": str(queue_path), "retry_schedule": ["1s", "1s", "1s"]},
         "delivery": {"connect_timeout": "5s", "command_timeout": "10s", "data_timeout": "60s"},
+        "api": {"port": 0},
+        "dns": {"nameservers": ["127.0.0.1:1"], "timeout": "2s"},
     }
     for key, value in tables.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -102,3 +107,9 @@ def states_of(events: list[Event], message_id: str, seq: int) -> list[str]:
                 path.append(event.from_state or "")
             path.append(event.to_state or "")
     return path
+
+
+def api_url(info: RelayInfo, scheme: str = "http") -> str:
+    """Base URL of a running relay's HTTP API (``scheme="ws"`` for websockets)."""
+    assert info.api_port is not None, "the relay runs without its HTTP API"
+    return f"{scheme}://127.0.0.1:{info.api_port}"

@@ -258,8 +258,10 @@ def test_to_toml_values() -> None:
         "nested": {"deep": {"v": -1}},
     }
     assert tomllib.loads(to_toml(data)) == data
+    # An unset optional setting is left out; None where a value must stand cannot be written.
+    assert tomllib.loads(to_toml({"x": None, "t": {"k": None, "v": 1}})) == {"t": {"v": 1}}
     with pytest.raises(TypeError, match="cannot write"):
-        to_toml({"x": None})
+        to_toml({"x": [None]})
 
 
 # ------------------------------------------------------------------------- strict scalars

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
+from zonemta.conf.rates import parse_rate
 from zonemta.engine.connections import ZoneConnections
 from zonemta.transport.outbound import OutboundConnection, Timeouts
 from zonemta.transport.smtp.client import SMTPClientConnection
@@ -102,3 +103,27 @@ async def test_broken_connections_are_not_kept(autojump_clock: trio.testing.Mock
         pool.checkin(slot)
         assert pool.open_connections == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_zone_throttle_paces_each_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    pool = ZoneConnections(2, throttle=parse_rate("10 messages/minute"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        start = trio.current_time()
+        sent: list[float] = []
+        for _ in range(3):  # one connection, reused: 6 s between its messages
+            slot = await pool.checkout(("", "a.test"))
+            if slot.connection is None:
+                slot.connection = connection()
+            assert slot.throttle is not None
+            await slot.throttle.wait()
+            sent.append(trio.current_time() - start)
+            pool.checkin(slot)
+        other = await pool.checkout(("", "b.test"))  # a second connection has its own pace
+        assert other.throttle is not None
+        await other.throttle.wait()
+        assert trio.current_time() - start == sent[-1]
+        nursery.cancel_scope.cancel()
+    assert sent == [0, 6, 12]

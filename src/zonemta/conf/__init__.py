@@ -4,6 +4,9 @@ See ``docs/config.md`` for every key. Entry points: :func:`load_config` (file),
 :func:`config_from_dict` (parsed data), :func:`dump_config` (effective config as TOML).
 """
 
+from zonemta.conf.api import ApiConfig
+from zonemta.conf.bounces import BouncesConfig, DsnConfig, WebhookConfig, WebhookFormat
+from zonemta.conf.dkim import DkimAlgorithm, DkimConfig, DkimKey, HeadersConfig
 from zonemta.conf.dump import dump_config, to_toml
 from zonemta.conf.loader import ConfigError, config_from_dict, load_config
 from zonemta.conf.model import (
@@ -23,18 +26,27 @@ from zonemta.conf.model import (
 from zonemta.conf.units import ByteSize, format_duration, format_size, parse_duration, parse_size
 
 __all__ = [
+    "ApiConfig",
+    "BouncesConfig",
     "ByteSize",
     "Config",
     "ConfigError",
     "DeliveryConfig",
+    "DkimAlgorithm",
+    "DkimConfig",
+    "DkimKey",
     "DnsConfig",
+    "DsnConfig",
     "Durability",
+    "HeadersConfig",
     "LogConfig",
     "LogLevel",
     "QueueBackend",
     "QueueConfig",
     "SmtpInterface",
     "TlsMode",
+    "WebhookConfig",
+    "WebhookFormat",
     "ZoneConfig",
     "config_from_dict",
     "dump_config",

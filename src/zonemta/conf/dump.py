@@ -38,7 +38,8 @@ def to_toml(data: Mapping[str, Any]) -> str:
     """Render a mapping as a TOML document.
 
     Supports tables (nested mappings), str, int, float, bool, and arrays (lists or tuples) of
-    those or of mappings (written as inline tables). Raises ``TypeError`` for anything else.
+    those or of mappings (written as inline tables). A key whose value is None (an optional
+    setting left unset) is left out. Raises ``TypeError`` for anything else.
     """
     lines: list[str] = []
     _emit_table(lines, [], data)
@@ -46,7 +47,7 @@ def to_toml(data: Mapping[str, Any]) -> str:
 
 
 def _emit_table(lines: list[str], path: list[str], table: Mapping[str, Any]) -> None:
-    scalars = [(k, v) for k, v in table.items() if not isinstance(v, Mapping)]
+    scalars = [(k, v) for k, v in table.items() if v is not None and not isinstance(v, Mapping)]
     tables = [(k, v) for k, v in table.items() if isinstance(v, Mapping)]
     if path and (scalars or not tables):
         lines.append("")
@@ -93,6 +94,6 @@ def _value(value: Any) -> str:
     if isinstance(value, Mapping):
         if not value:
             return "{}"
-        items = ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items())
+        items = ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None)
         return "{ " + items + " }"
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as TOML")

@@ -33,6 +33,7 @@ from cattrs.gen import make_dict_structure_fn
 
 from zonemta.conf.model import NAME_RE, Config
 from zonemta.conf.units import ByteSize, format_duration, format_size, parse_duration, parse_size
+from zonemta.conf.zones import TableKey
 
 __all__ = ["ConfigError", "config_from_dict", "converter", "load_config"]
 
@@ -96,6 +97,10 @@ def _structure_str(value: Any, typ: type) -> Any:
     if typ is not str:
         if isinstance(typ, type) and issubclass(typ, enum.Enum):
             return _structure_enum(value, typ)
+        if typ is TableKey:
+            if type(value) is not str:
+                raise _mismatch("str", value)
+            return TableKey(value)
         raise TypeError(f"no strict hook for str subclass {typ!r}")
     if type(value) is not str:
         raise _mismatch("str", value)

@@ -21,7 +21,25 @@ from typing import Any
 import attrs
 from attrs import validators as v
 
+from zonemta.conf import security
+from zonemta.conf.api import ApiConfig
+from zonemta.conf.bounces import BouncesConfig
+from zonemta.conf.dkim import DkimConfig, HeadersConfig
 from zonemta.conf.units import ByteSize, format_duration
+from zonemta.conf.zones import (
+    BlacklistConfig,
+    ConnectionCache,
+    DomainConfig,
+    PoolEntry,
+    RoutingConfig,
+    TableKey,
+    domain_list,
+    domain_table_keys,
+    header_map,
+    lower_keys,
+    lower_tuple,
+    rate_or_empty,
+)
 
 __all__ = [
     "NAME_RE",
@@ -43,6 +61,9 @@ __all__ = [
 NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 _INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _HOSTNAME_RE = re.compile(r"[^\s]+")
+#: A MongoDB database name: no ``/\. "$``, no NUL, at most 63 bytes (MongoDB's limits).
+_MONGO_DATABASE_RE = re.compile(r'[^/\\. "$\x00]{1,63}')
+_MONGO_URI_RE = re.compile(r"mongodb(\+srv)?://\S+")
 
 KB = 1024
 MB = 1024 * 1024
@@ -52,6 +73,7 @@ class QueueBackend(enum.StrEnum):
     """Where the queue lives."""
 
     SQLITE = "sqlite"
+    MONGODB = "mongodb"  # shared by several instances (``mongodb_uri``, ``database``)
 
 
 class Durability(enum.StrEnum):
@@ -147,32 +169,12 @@ def _to_bytesize(value: int) -> ByteSize:
 # -------------------------------------------------------------------------------------- model
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _loopback_only(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
-    # Without SMTP AUTH and relay networks (not in this version) anyone who can reach a
-    # non-loopback listener could relay through it: never start an open relay.
-    if not _is_loopback(value):
-        raise ValueError(
-            f"'{attribute.name}' must be a loopback address (127.0.0.0/8, ::1 or localhost): "
-            f"{value!r} would make an open relay, since this version has no SMTP "
-            "authentication or relay networks"
-        )
-
-
 @attrs.frozen
 class SmtpInterface:
-    """One SMTP listener (``[smtp.<name>]``)."""
+    """One SMTP listener (``[smtp.<name>]``). Security rules: ``conf/security.py``."""
 
     enabled: bool = True
-    host: str = attrs.field(default="127.0.0.1", validator=[_hostname, _loopback_only])
+    host: str = attrs.field(default="127.0.0.1", validator=_hostname)
     port: int = attrs.field(default=2525, validator=[v.ge(0), v.le(65535)])  # 0 = any free port
     hostname: str = attrs.field(default="", validator=_hostname_or_empty)  # "" → Config.hostname
     max_size: ByteSize = attrs.field(
@@ -192,6 +194,29 @@ class SmtpInterface:
         default=timedelta(minutes=10), validator=_positive_duration
     )
     max_clients: int = attrs.field(default=1000, validator=v.ge(1))
+    # Submission security (docs/config.md "Submission security", rules in conf/security.py).
+    starttls: bool = False
+    secure: bool = False
+    cert: str = ""
+    key: str = ""
+    authentication: bool = False
+    allow_insecure_auth: bool = False
+    users_file: str = ""
+    auth_failure_delay: timedelta = attrs.field(
+        default=timedelta(seconds=1), validator=_positive_duration
+    )
+    relay_networks: tuple[str, ...] = attrs.field(
+        default=security.LOOPBACK_NETWORKS, validator=security.network_list
+    )
+    max_clients_per_address: int = attrs.field(default=20, validator=v.ge(0))
+    max_errors: int = attrs.field(default=20, validator=v.ge(0))
+    proxy_protocol: bool = False
+    proxy_networks: tuple[str, ...] = attrs.field(
+        default=security.LOOPBACK_NETWORKS, validator=security.network_list
+    )
+
+    def __attrs_post_init__(self) -> None:
+        security.check_interface_security(self)
 
 
 _DEFAULT_RETRY_SCHEDULE: tuple[timedelta, ...] = (
@@ -237,6 +262,19 @@ class QueueConfig:
         converter=_to_bytesize,
         validator=[v.ge(ByteSize(4 * KB)), v.le(ByteSize(16 * MB))],
     )
+    mongodb_uri: str = attrs.field(
+        default="",
+        validator=_matches(
+            _MONGO_URI_RE, "a 'mongodb://' or 'mongodb+srv://' URI", allow_empty=True
+        ),
+    )
+    database: str = attrs.field(
+        default="zonemta", validator=_matches(_MONGO_DATABASE_RE, "a MongoDB database name")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.backend is QueueBackend.MONGODB and not self.mongodb_uri:
+            raise ValueError("'mongodb_uri' is required when 'backend' is 'mongodb'")
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -321,6 +359,20 @@ class ZoneConfig:
     local_address: str = attrs.field(default="", validator=_ip_literal_or_empty)
     name: str = attrs.field(default="", validator=_hostname_or_empty)  # EHLO; "" → Config.hostname
     tls: TlsMode = TlsMode.OPPORTUNISTIC
+    dsn: bool = True  # tell senders about this zone's bounces and delays ([bounces.dsn])
+    pool: str = ""  # a [pools] name; "" = local_address (or the OS's choice)
+    throttling: str = attrs.field(default="", validator=rate_or_empty)  # per connection
+    disabled: bool = False
+    sender_domains: tuple[str, ...] = attrs.field(
+        default=(), converter=lower_tuple, validator=domain_list
+    )
+    recipient_domains: tuple[str, ...] = attrs.field(
+        default=(), converter=lower_tuple, validator=domain_list
+    )
+    routing_headers: dict[TableKey, str] = attrs.field(
+        factory=dict, converter=lower_keys, validator=header_map
+    )
+    connection_cache: ConnectionCache = attrs.field(factory=ConnectionCache)
 
     def __attrs_post_init__(self) -> None:
         if self.ignore_ipv6 and self.prefer_ipv6:
@@ -374,6 +426,34 @@ class Config:
         factory=dict, converter=_with_builtin_zones, validator=_names
     )
     log: LogConfig = attrs.field(factory=LogConfig)
+    api: ApiConfig = attrs.field(factory=ApiConfig)
+    dkim: DkimConfig = attrs.field(factory=DkimConfig)
+    headers: HeadersConfig = attrs.field(factory=HeadersConfig)
+    bounces: BouncesConfig = attrs.field(factory=BouncesConfig)
+    pools: dict[str, tuple[PoolEntry, ...]] = attrs.field(factory=dict, validator=_names)
+    domains: dict[TableKey, DomainConfig] = attrs.field(factory=dict, validator=domain_table_keys)
+    routing: RoutingConfig = attrs.field(factory=RoutingConfig)
+    blacklist: BlacklistConfig = attrs.field(factory=BlacklistConfig)
+
+    def __attrs_post_init__(self) -> None:
+        for name, entries in self.pools.items():
+            fixed = sum(e.ratio for e in entries if e.ratio is not None)
+            if not entries:
+                raise ValueError(f"pool {name!r} is empty")
+            if fixed > 1 + 1e-9 or (fixed >= 1 - 1e-9 and any(e.ratio is None for e in entries)):
+                raise ValueError(
+                    f"pool {name!r}: ratios add up to {fixed:g}; they must stay below 1 when "
+                    "some addresses have no ratio, and never exceed 1"
+                )
+        for name, zone in self.zones.items():
+            if zone.pool and zone.pool not in self.pools:
+                raise ValueError(f"zone {name!r}: 'pool' {zone.pool!r} is not in [pools]")
+        if self.routing.default_zone not in self.zones:
+            raise ValueError(
+                f"[routing] 'default_zone' {self.routing.default_zone!r} is not a zone"
+            )
+        if self.zones[self.routing.default_zone].disabled:
+            raise ValueError(f"the default zone {self.routing.default_zone!r} is disabled")
 
     def interface_hostname(self, name: str) -> str:
         """The banner/EHLO name of SMTP interface ``name``. Raises ``KeyError`` if unknown."""

@@ -14,13 +14,19 @@ from email.utils import format_datetime
 import attrs
 import trio
 
+from zonemta.dkim.signer import DkimSigner
+from zonemta.engine.blacklist import Blacklist
+from zonemta.engine.bounces import BounceClassifier
 from zonemta.engine.bus import EventBus
 from zonemta.engine.connections import Slot, ZoneConnections
 from zonemta.engine.machine import DeliveryMachine
 from zonemta.engine.messages import MessageCache
+from zonemta.engine.notices import BounceNotices
+from zonemta.engine.pools import PoolAddress
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.suppression import SuppressionList
-from zonemta.statemachine import Persist, Transition, Trigger
+from zonemta.engine.zones import DomainPolicy, SourceAddresses
+from zonemta.statemachine import DeliveryState, Persist, Transition, Trigger
 from zonemta.store import Delivery, LeaseLost, MessageRecord, Store, StoreError
 from zonemta.transport.dns import Destination, DnsFailure, MxResolver
 from zonemta.transport.outbound import (
@@ -40,14 +46,13 @@ class ZoneRoute:
     """How a zone sends: smart host or MX, from which address, with which name."""
 
     name: str
-    ehlo_name: str
-    local_address: str | None
     smart_host: str | None
     port: int
     ipv6: bool
     prefer_ipv6: bool
     tls: TlsPolicy
     max_mx_hosts: int
+    connections: int = 10
 
 
 @attrs.frozen
@@ -91,6 +96,12 @@ class Deliverer:
         hostname: str,
         timeouts: Timeouts,
         clock: Callable[[], float],
+        classifier: BounceClassifier | None = None,
+        signer: DkimSigner | None = None,
+        notices: BounceNotices | None = None,
+        sources: SourceAddresses,
+        domains: DomainPolicy,
+        blacklist: Blacklist | None = None,
     ) -> None:
         self.zone = zone
         self.store = store
@@ -104,11 +115,21 @@ class Deliverer:
         self.hostname = hostname
         self.timeouts = timeouts
         self.clock = clock
+        self.classifier = classifier  # SMTP replies -> defer or bounce, and a category
+        self.signer = signer  # DKIM at send time
+        self.notices = notices  # DSNs and the bounce webhook
+        self.sources = sources  # local addresses of the zone (pool)
+        self.domains = domains  # per recipient domain limits
+        self.blacklist = blacklist  # local addresses blacklisted per domain
 
     def destination_of(self, row: Delivery) -> str:
         if self.zone.smart_host:
             return f"{self.zone.smart_host}:{self.zone.port}"
         return row.domain
+
+    async def release(self, machine: DeliveryMachine) -> None:
+        """Give the lease back without an attempt (cancelled before the attempt began)."""
+        await self._finish(machine, Outcome(Trigger.RELEASE, "released at shutdown"))
 
     async def deliver(self, machine: DeliveryMachine) -> None:
         """Attempt the leased delivery and persist the outcome. On cancellation (shutdown)
@@ -139,6 +160,11 @@ class Deliverer:
         else:
             category = "network" if exc.reply is None else None
             response = exc.response
+            if exc.reply is not None and self.classifier is not None:
+                verdict = self.classifier.classify(response)
+                if verdict.temporary:
+                    return self._temporary(row, response, verdict.category.value)
+                return Outcome(Trigger.PERMANENT_FAILURE, response, verdict.category.value)
         if exc.temporary:
             return self._temporary(row, response, category)
         return Outcome(Trigger.PERMANENT_FAILURE, response, category)
@@ -152,24 +178,47 @@ class Deliverer:
             return Outcome(Trigger.EXPIRED, "message expired in the queue", "expired")
         if self.suppressions.is_suppressed(row.recipient):
             return Outcome(Trigger.SUPPRESSED, "recipient is on the suppression list", "suppressed")
-        key = (self.zone.local_address or "", self.destination_of(row))
+        source = self._source(row)
+        if source is None:
+            return Outcome(
+                Trigger.PERMANENT_FAILURE,
+                f"every local address of zone {self.zone.name} is blacklisted by {row.domain}",
+                "blacklist",
+            )
+        machine.local_address = source.address or None
+        key = (source.address, self.destination_of(row))
         slot = await self.connections.checkout(key)
         try:
-            return await self._attempt_on(machine, message, slot)
+            return await self._attempt_on(machine, message, slot, source)
         except (DeliveryFailure, DnsFailure) as exc:
             return self._failure(row, exc)
         finally:
             self.connections.checkin(slot)
 
+    def _source(self, row: Delivery, *, ipv6: bool | None = None) -> PoolAddress | None:
+        """The local address for this delivery (stable across retries)."""
+        blacklisted = self.blacklist.disabled_for(row.domain) if self.blacklist else ()
+        return self.sources.choose(
+            str(row.key),
+            excluded=self.domains.settings(row.domain).disabled_addresses,
+            blacklisted=blacklisted,
+            ipv6=ipv6,
+        )
+
+    async def _throttle(self, slot: Slot) -> None:
+        """The zone's per-connection pace: wait for this connection's next turn."""
+        if slot.throttle is not None:
+            await slot.throttle.wait()
+
     async def _attempt_on(
-        self, machine: DeliveryMachine, message: MessageRecord, slot: Slot
+        self, machine: DeliveryMachine, message: MessageRecord, slot: Slot, source: PoolAddress
     ) -> Outcome:
         row = machine.row
         if slot.connection is not None:
             machine.mx = slot.connection.mx
-            machine.local_address = self.zone.local_address
             machine.fire(Trigger.REUSE_CONNECTION)
             try:
+                await self._throttle(slot)
                 reply = await self._send(slot.connection, message, row)
                 return Outcome(Trigger.ACCEPTED, str(reply))
             except DeliveryFailure as exc:
@@ -184,8 +233,9 @@ class Deliverer:
             machine.fire(Trigger.RESOLVE)
         destination = await self._resolve(row)
         machine.fire(Trigger.RESOLVED, hosts=[host.name for host in destination.hosts])
-        slot.connection = await self._connect(destination, machine)
+        slot.connection = await self._connect(destination, machine, source)
         machine.fire(Trigger.CONNECTED, tls=slot.connection.tls)
+        await self._throttle(slot)
         reply = await self._send(slot.connection, message, row)
         return Outcome(Trigger.ACCEPTED, str(reply))
 
@@ -203,23 +253,29 @@ class Deliverer:
         )
 
     async def _connect(
-        self, destination: Destination, machine: DeliveryMachine
+        self, destination: Destination, machine: DeliveryMachine, source: PoolAddress
     ) -> OutboundConnection:
         zone = self.zone
         last: DeliveryFailure | None = None
         for host in destination.hosts:
             for address in host.addresses:
-                if zone.local_address and (":" in zone.local_address) != (":" in address):
-                    continue  # the source address cannot reach this address family
+                ipv6 = ":" in address
+                local = source
+                if source.address and source.is_ipv6 != ipv6:
+                    # The pool's address of the other family, if it has one.
+                    other = self._source(machine.row, ipv6=ipv6)
+                    if other is None:
+                        continue
+                    local = other
                 machine.mx = host.name
-                machine.local_address = zone.local_address
+                machine.local_address = local.address or None
                 try:
                     return await OutboundConnection.connect(
                         address,
                         zone.port,
                         mx=host.name,
-                        ehlo_name=zone.ehlo_name,
-                        local_address=zone.local_address,
+                        ehlo_name=local.name,
+                        local_address=local.address or None,
                         tls=zone.tls,
                         timeouts=self.timeouts,
                     )
@@ -233,8 +289,16 @@ class Deliverer:
     async def _send(
         self, connection: OutboundConnection, message: MessageRecord, row: Delivery
     ) -> object:
-        received = received_header(message, row, self.zone.ehlo_name)
-        head = received + message.headers + b"\r\n"
+        received = received_header(message, row, connection.ehlo_name)
+        signatures = b""
+        if self.signer is not None:  # over the final header block, Received excepted
+            signatures = self.signer.sign(
+                message.headers,
+                body_hash=str(message.meta.get("dkim_bh") or ""),
+                mail_from=message.mail_from,
+                cache_key=message.id,
+            )
+        head = received + signatures + message.headers + b"\r\n"
         transaction = Transaction(
             mail_from=message.mail_from,
             recipient=row.recipient,
@@ -256,6 +320,21 @@ class Deliverer:
         row = machine.row
         now = self.clock()
         row_transition: Transition = machine.advance(outcome.trigger)
+        if (
+            outcome.category == "blacklist"
+            and self.blacklist is not None
+            and row_transition.source is not DeliveryState.LOCKED  # a remote reply said so
+        ):
+            await self.blacklist.add(row.domain, machine.local_address or "", outcome.response)
+        if self.notices is not None:  # before the bounced message can leave the store
+            await self.notices.after_attempt(
+                row,
+                outcome.trigger,
+                row_transition.target,
+                response=outcome.response,
+                category=outcome.category,
+                mx=machine.mx,
+            )
         try:
             match row_transition.persist:
                 case Persist.COMPLETE:

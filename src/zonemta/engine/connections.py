@@ -14,6 +14,8 @@ from collections import OrderedDict
 import attrs
 import trio
 
+from zonemta.conf.rates import Rate
+from zonemta.engine.ratelimit import Throttle
 from zonemta.transport.outbound import OutboundConnection
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ class Slot:
     key: PoolKey
     connection: OutboundConnection | None = None
     reused: bool = False
+    throttle: Throttle | None = None  # the zone's per-connection pace
 
 
 @attrs.frozen
@@ -39,10 +42,18 @@ class _Idle:
 
 
 class ZoneConnections:
-    def __init__(self, limit: int, *, idle_ttl: float = 10.0, max_messages: int = 100) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        idle_ttl: float = 10.0,
+        max_messages: int = 100,
+        throttle: Rate | None = None,
+    ) -> None:
         self.limiter = trio.CapacityLimiter(limit)
         self.idle_ttl = idle_ttl
         self.max_messages = max_messages
+        self.throttle = throttle
         self.reuses = 0
         self._idle: OrderedDict[int, _Idle] = OrderedDict()
         self._changed = trio.Event()
@@ -75,7 +86,7 @@ class ZoneConnections:
             slot = self._take_idle(key)
             if slot is not None:
                 return slot
-            slot = Slot(key)
+            slot = Slot(key, throttle=Throttle(self.throttle) if self.throttle else None)
             try:
                 self.limiter.acquire_on_behalf_of_nowait(slot)
                 return slot
@@ -114,6 +125,7 @@ class ZoneConnections:
             and connection.messages < self.max_messages
             and self._closer is not None
         ):
+            # The throttle stays with the slot: it paces this connection.
             slot.reused = False
             self._idle[id(slot)] = _Idle(slot, trio.current_time())
             self._notify()

@@ -9,35 +9,35 @@ from functools import partial
 import trio
 
 from zonemta.conf import Config, TlsMode
+from zonemta.conf.rates import parse_rate
 from zonemta.engine.attempt import Deliverer, ZoneRoute
+from zonemta.engine.blacklist import Blacklist
 from zonemta.engine.bus import EventBus
 from zonemta.engine.connections import ZoneConnections
 from zonemta.engine.messages import MessageCache
+from zonemta.engine.notices import BounceHandling
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.scheduler import ZoneScheduler
 from zonemta.engine.suppression import SuppressionList
+from zonemta.engine.zones import DomainPolicy, SourceAddresses
 from zonemta.store import Store
 from zonemta.transport.dns import MxResolver
 from zonemta.transport.outbound import Timeouts, TlsPolicy
 
 log = logging.getLogger(__name__)
 
-# Parallel deliveries to one recipient domain per zone (ZoneMTA's default maxConnections).
-DEFAULT_PER_DOMAIN = 5
-
 
 def zone_route(config: Config, name: str) -> ZoneRoute:
     zone = config.zones[name]
     return ZoneRoute(
         name=name,
-        ehlo_name=config.zone_hostname(name),
-        local_address=zone.local_address or None,
         smart_host=zone.host or None,
         port=zone.port,
         ipv6=not zone.ignore_ipv6,
         prefer_ipv6=zone.prefer_ipv6,
         tls=TlsPolicy(zone.tls.value if isinstance(zone.tls, TlsMode) else zone.tls),
         max_mx_hosts=config.delivery.max_mx_hosts,
+        connections=zone.connections,
     )
 
 
@@ -56,8 +56,14 @@ class DeliveryEngine:
         self.bus = bus
         self.messages = MessageCache(store)
         self.suppressions = SuppressionList(store)
+        self.domains = DomainPolicy(config)
+        self.blacklist = Blacklist(store, ttl=config.blacklist.ttl.total_seconds(), clock=clock)
         queue = config.queue
         retry = RetryPolicy.from_config(queue.retry_schedule, queue.max_queue_time)
+        # Bounce rules, DKIM keys, DSNs, webhook (raises ConfigError for bad keys or rules).
+        self.bounces = BounceHandling.from_config(
+            config, messages=self.messages, retry=retry, clock=clock
+        )
         delivery = config.delivery
         timeouts = Timeouts(
             connect=delivery.connect_timeout.total_seconds(),
@@ -68,7 +74,14 @@ class DeliveryEngine:
         self.pools: dict[str, ZoneConnections] = {}
         self.schedulers: dict[str, ZoneScheduler] = {}
         for name, zone in config.zones.items():
-            pool = ZoneConnections(zone.connections)
+            if zone.disabled:
+                continue
+            pool = ZoneConnections(
+                zone.connections,
+                idle_ttl=zone.connection_cache.ttl.total_seconds(),
+                max_messages=zone.connection_cache.reuse_count,
+                throttle=parse_rate(zone.throttling) if zone.throttling else None,
+            )
             deliverer = Deliverer(
                 zone=zone_route(config, name),
                 store=store,
@@ -82,6 +95,12 @@ class DeliveryEngine:
                 hostname=config.hostname,
                 timeouts=timeouts,
                 clock=clock,
+                classifier=self.bounces.classifier,
+                signer=self.bounces.signer,
+                notices=self.bounces.notices,
+                sources=SourceAddresses.for_zone(config, name),
+                domains=self.domains,
+                blacklist=self.blacklist,
             )
             self.pools[name] = pool
             self.schedulers[name] = ZoneScheduler(
@@ -91,7 +110,7 @@ class DeliveryEngine:
                 owner=queue.instance_id,
                 lease_time=queue.lease_time.total_seconds(),
                 max_inflight=zone.connections * 2,
-                per_destination=min(DEFAULT_PER_DOMAIN, zone.connections),
+                domains=self.domains,
                 clock=clock,
             )
 
@@ -104,6 +123,9 @@ class DeliveryEngine:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.suppressions.run)
+            await nursery.start(self.blacklist.run)
+            if self.bounces.webhook is not None:
+                await nursery.start(self.bounces.webhook.run)
             for pool in self.pools.values():
                 await nursery.start(pool.run)
             async with trio.open_nursery() as schedulers:

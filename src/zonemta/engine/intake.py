@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
+from zonemta.dkim.bodyhash import RelaxedBodyHasher
+from zonemta.dkim.headers import HeaderPolicy, HopLimitExceeded
 from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.ids import QueueIdGenerator
-from zonemta.engine.routing import Router
+from zonemta.engine.routing import Router, strip_routing_fields
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, Store, StoreError
 from zonemta.transport.smtp.reply import Reply
 
@@ -48,6 +50,7 @@ class Envelope:
     body_8bit: bool = False
     smtputf8: bool = False
     user: str | None = None
+    zone: str | None = None  # internal submissions (DSNs) name their sending zone
 
 
 def split_header_block(content: bytes) -> tuple[bytes, bytes] | None:
@@ -88,6 +91,7 @@ class Reception:
         self._done = False
         self._small: list[bytes] | None = []
         self._small_size = 0
+        self._bodyhash = RelaxedBodyHasher()  # DKIM bh=, computed as the body streams in
 
     @property
     def failed(self) -> bool:
@@ -102,6 +106,7 @@ class Reception:
                 self._small.append(data)
             else:
                 self._small = None
+        self._bodyhash.update(data)
         await self._body.write(data)
 
     async def feed(self, chunk: bytes) -> None:
@@ -165,9 +170,20 @@ class Reception:
                 except StoreError:
                     await self.abort()
                     raise
+        policy = self._intake.headers
+        if policy is not None:
+            try:
+                headers = policy.apply(
+                    headers, mail_from=self.envelope.mail_from, now=self._intake.clock()
+                )
+            except HopLimitExceeded as exc:
+                await self.abort()
+                raise IntakeRejected(exc.reply) from exc
         self._done = True
         try:
-            return await self._intake._commit(self, headers, self._body, self._body_8bit)
+            return await self._intake._commit(
+                self, headers, self._body, self._body_8bit, self._bodyhash.b64digest()
+            )
         except BaseException:
             await self._body.abort()
             raise
@@ -186,6 +202,7 @@ class Intake:
         clock: Callable[[], float],
         on_queued: Callable[[Iterable[str]], None] = lambda _zones: None,
         on_stored: Callable[[MessageRecord, bytes | None, int], None] = lambda *_: None,
+        headers: HeaderPolicy | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -194,6 +211,7 @@ class Intake:
         self.clock = clock
         self.on_queued = on_queued
         self.on_stored = on_stored
+        self.headers = headers  # Message-ID/Date when missing, hop limit
 
     def begin(self, envelope: Envelope, *, max_header: int = 1024 * 1024) -> Reception:
         if not envelope.recipients:
@@ -201,11 +219,23 @@ class Intake:
         return Reception(self, envelope, self.ids.next_id(), max_header)
 
     async def _commit(
-        self, reception: Reception, headers: bytes, body: BodyWriter, body_8bit: bool
+        self,
+        reception: Reception,
+        headers: bytes,
+        body: BodyWriter,
+        body_8bit: bool,
+        body_hash: str = "",
     ) -> str:
         envelope = reception.envelope
         now = self.clock()
-        routes = self.router.route(envelope.recipients)
+        routes = self.router.route(
+            envelope.recipients,
+            zone=envelope.zone,
+            interface=envelope.interface,
+            mail_from=envelope.mail_from,
+            headers=headers,
+        )
+        headers = strip_routing_fields(headers)
         deliveries = [
             NewDelivery(
                 seq=n, recipient=r.recipient, domain=r.domain, zone=r.zone, next_attempt=now
@@ -220,6 +250,7 @@ class Intake:
             "body_8bit": body_8bit,
             "smtputf8": envelope.smtputf8,
             "user": envelope.user,
+            "dkim_bh": body_hash,
         }
         record = MessageRecord(
             id=reception.id,

@@ -1,12 +1,33 @@
-"""Which sending zone each recipient of a message goes through."""
+"""Which sending zone each recipient of a message goes through.
+
+Order (the first rule that names an enabled zone wins):
+
+1. an internal submission's own zone (DSNs go through ``bounces``);
+2. the ``X-Sending-Zone`` header, honoured only for interfaces listed in
+   ``[routing] allow_routing_headers`` (default ``api`` and ``bounce``);
+3. a zone's ``routing_headers`` (header name → value, names case-insensitive, values exact
+   after trimming; the lowest matching header field wins, as in ZoneMTA);
+4. a zone's ``sender_domains`` (the envelope sender's domain);
+5. a zone's ``recipient_domains`` (per recipient);
+6. ``[routing] default_zone``.
+
+The same rules apply to SMTP and HTTP submissions. ``X-Sending-Zone`` and ``Bcc`` never
+reach the stored message (:func:`strip_routing_fields`).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import attrs
 
 from zonemta.conf import Config
+
+#: Header fields removed from every message before it is stored.
+STRIPPED_FIELDS = ("x-sending-zone", "bcc")
+
+_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r\n[ \t].*)*)\r\n", re.MULTILINE)
 
 
 @attrs.frozen
@@ -23,16 +44,90 @@ def recipient_domain(address: str) -> str:
     return domain.lower()
 
 
+def header_fields(headers: bytes) -> list[tuple[str, str]]:
+    """``(lower-case name, unfolded stripped value)`` of every field, in order."""
+    result: list[tuple[str, str]] = []
+    for match in _FIELD.finditer(headers):
+        value = re.sub(rb"\r\n(?=[ \t])", b"", match.group(2)).strip()
+        result.append(
+            (match.group(1).decode("ascii").lower(), value.decode("utf-8", "surrogateescape"))
+        )
+    return result
+
+
+def strip_routing_fields(headers: bytes) -> bytes:
+    """The header block without ``X-Sending-Zone`` and ``Bcc`` fields (continuations too)."""
+    lowered = headers.lower()
+    if not any(
+        name.encode() + b":" in lowered or name.encode() + b" " in lowered
+        for name in STRIPPED_FIELDS
+    ):
+        return headers
+    kept: list[bytes] = []
+    position = 0
+    for match in _FIELD.finditer(headers):
+        if match.start() > position:
+            kept.append(headers[position : match.start()])
+        if match.group(1).decode("ascii").lower() not in STRIPPED_FIELDS:
+            kept.append(match.group(0))
+        position = match.end()
+    kept.append(headers[position:])
+    return b"".join(kept)
+
+
 class Router:
-    """Routes recipients to zones. Zones that are not configured are never chosen."""
+    """Routes recipients to zones. Disabled and unknown zones are never chosen."""
 
-    def __init__(self, config: Config, default_zone: str = "default") -> None:
-        self._zones = config.zones
-        self.default_zone = default_zone
+    def __init__(self, config: Config) -> None:
+        self.zones = frozenset(name for name, zone in config.zones.items() if not zone.disabled)
+        self.default_zone = config.routing.default_zone
+        self.header_interfaces = frozenset(config.routing.allow_routing_headers)
+        self._by_header: dict[tuple[str, str], str] = {}
+        self._by_sender: dict[str, str] = {}
+        self._by_recipient: dict[str, str] = {}
+        for name in sorted(self.zones):
+            zone = config.zones[name]
+            for header, value in zone.routing_headers.items():
+                self._by_header.setdefault((header.lower(), value.strip()), name)
+            for domain in zone.sender_domains:
+                self._by_sender.setdefault(domain, name)
+            for domain in zone.recipient_domains:
+                self._by_recipient.setdefault(domain, name)
 
-    def route(self, recipients: Sequence[str]) -> list[Route]:
+    def message_zone(
+        self, *, zone: str | None, interface: str, mail_from: str, headers: bytes
+    ) -> str | None:
+        """The zone every recipient takes, when a message-level rule decides it."""
+        if zone is not None and zone in self.zones:
+            return zone
+        fields = header_fields(headers) if headers else []
+        if interface in self.header_interfaces:
+            for name, value in reversed(fields):
+                if name == "x-sending-zone" and value in self.zones:
+                    return value
+        if self._by_header:
+            for name, value in reversed(fields):
+                found = self._by_header.get((name, value))
+                if found is not None:
+                    return found
+        if self._by_sender and "@" in mail_from:
+            return self._by_sender.get(recipient_domain(mail_from))
+        return None
+
+    def route(
+        self,
+        recipients: Sequence[str],
+        *,
+        zone: str | None = None,
+        interface: str = "",
+        mail_from: str = "",
+        headers: bytes = b"",
+    ) -> list[Route]:
         """One route per distinct recipient, in submission order. Recipients are compared
         with their domain lower-cased (local parts are case-sensitive, RFC 5321 2.4)."""
+        chosen = self.message_zone(
+            zone=zone, interface=interface, mail_from=mail_from, headers=headers
+        )
         seen: set[str] = set()
         routes: list[Route] = []
         for recipient in recipients:
@@ -42,5 +137,6 @@ class Router:
             if normalised in seen:
                 continue
             seen.add(normalised)
-            routes.append(Route(normalised, domain, self.default_zone))
+            target = chosen or self._by_recipient.get(domain) or self.default_zone
+            routes.append(Route(normalised, domain, target))
         return routes

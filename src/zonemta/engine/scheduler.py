@@ -9,6 +9,7 @@ another instance released).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ import trio
 from zonemta.engine.attempt import Deliverer
 from zonemta.engine.bus import EventBus
 from zonemta.engine.machine import DeliveryMachine
+from zonemta.engine.zones import DomainPolicy
 from zonemta.statemachine import Trigger
 from zonemta.store import Delivery, DeliveryKey, Store, StoreError
 
@@ -36,7 +38,7 @@ class ZoneScheduler:
         owner: str,
         lease_time: float,
         max_inflight: int,
-        per_destination: int,
+        domains: DomainPolicy,
         clock: Callable[[], float],
     ) -> None:
         self.deliverer = deliverer
@@ -46,11 +48,13 @@ class ZoneScheduler:
         self.owner = owner
         self.lease_time = lease_time
         self.max_inflight = max_inflight
-        self.per_destination = per_destination
+        self.domains = domains
+        self.connections = deliverer.zone.connections
         self.clock = clock
         self.inflight: dict[DeliveryKey, DeliveryMachine] = {}
         self._destinations: dict[str, int] = {}
         self._destination_limits: dict[str, trio.CapacityLimiter] = {}
+        self._rated: set[str] = set()  # recipient domains with a rate, seen in flight
         self._changed = trio.Event()
         self._stopping = False
         self._drained = trio.Event()
@@ -80,10 +84,27 @@ class ZoneScheduler:
             await self._drained.wait()
         self._cancel.cancel()
 
+    def _limit(self, domain: str) -> int:
+        """Deliveries to ``domain`` at once in this zone."""
+        return min(self.domains.settings(domain).max_connections, self.connections)
+
     def _skip_domains(self) -> list[str]:
-        if self.deliverer.zone.smart_host:
-            return []
-        return [d for d, n in self._destinations.items() if n >= self.per_destination]
+        """Recipient domains not to lease now: at their connection limit (MX zones) or
+        waiting for their rate."""
+        skip = []
+        if not self.deliverer.zone.smart_host:
+            skip = [d for d, n in self._destinations.items() if n >= self._limit(d)]
+        for domain in list(self._rated):
+            if self.domains.rate_limited(domain) is not None:
+                skip.append(domain)
+            elif domain not in self._destinations:
+                self._rated.discard(domain)
+        return skip
+
+    def _next_rate_slot(self) -> float | None:
+        """The soonest trio time a rate-limited domain may send again."""
+        times = [t for d in self._rated if (t := self.domains.rate_limited(d)) is not None]
+        return min(times) if times else None
 
     async def _lease_loop(self, nursery: trio.Nursery) -> None:
         while not self._stopping:
@@ -124,6 +145,9 @@ class ZoneScheduler:
             timeout = POLL_INTERVAL
         if timeout <= 0:
             return
+        slot = self._next_rate_slot()
+        if slot is not None:
+            timeout = min(timeout, max(slot - trio.current_time(), 0.0))
         with trio.move_on_after(timeout):
             await self._changed.wait()
 
@@ -133,19 +157,29 @@ class ZoneScheduler:
         self.inflight[row.key] = machine
         destination = self.deliverer.destination_of(row)
         self._destinations[destination] = self._destinations.get(destination, 0) + 1
+        if self.domains.bucket(row.domain) is not None:
+            self._rated.add(row.domain)
         nursery.start_soon(self._run_attempt, machine, destination)
 
     async def _run_attempt(self, machine: DeliveryMachine, destination: str) -> None:
+        started = False
         try:
-            if self.deliverer.zone.smart_host:
+            bucket = self.domains.bucket(machine.row.domain)
+            if bucket is not None:
+                await bucket.take()  # the lease is renewed meanwhile; no connection is held
+            limiter = (
+                contextlib.nullcontext()
+                if self.deliverer.zone.smart_host
+                else (self._destination_limiter(destination))
+            )
+            async with limiter:
+                started = True
                 await self.deliverer.deliver(machine)
-            else:
-                limiter = self._destination_limits.get(destination)
-                if limiter is None:
-                    limiter = trio.CapacityLimiter(self.per_destination)
-                    self._destination_limits[destination] = limiter
-                async with limiter:
-                    await self.deliverer.deliver(machine)
+        except trio.Cancelled:
+            if not started:  # deliver() releases its own lease when cancelled
+                with trio.CancelScope(shield=True):
+                    await self.deliverer.release(machine)
+            raise
         finally:
             del self.inflight[machine.row.key]
             left = self._destinations[destination] - 1
@@ -157,6 +191,13 @@ class ZoneScheduler:
             if self._stopping and not self.inflight:
                 self._drained.set()
             self.wake()
+
+    def _destination_limiter(self, destination: str) -> trio.CapacityLimiter:
+        limiter = self._destination_limits.get(destination)
+        if limiter is None:
+            limiter = trio.CapacityLimiter(self._limit(destination))
+            self._destination_limits[destination] = limiter
+        return limiter
 
     async def _renew_leases(self) -> None:
         while True:

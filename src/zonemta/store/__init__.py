@@ -1,6 +1,7 @@
 """Queue storage: the contract (:mod:`zonemta.store.base`) and its backends."""
 
 from zonemta.store.base import (
+    BlacklistEntry,
     BodyWriter,
     Delivery,
     DeliveryKey,
@@ -15,6 +16,7 @@ from zonemta.store.base import (
 )
 
 __all__ = [
+    "BlacklistEntry",
     "BodyWriter",
     "Delivery",
     "DeliveryKey",

@@ -132,6 +132,18 @@ class SuppressionEntry:
     domain: str | None = None
 
 
+@attrs.frozen
+class BlacklistEntry:
+    """A local ``address`` disabled for deliveries to recipient ``domain`` until
+    ``expires`` (epoch seconds), because of ``response``."""
+
+    domain: str
+    address: str
+    created: float
+    expires: float
+    response: str
+
+
 class BodyWriter(abc.ABC):
     """Receives one message body in chunks. Memory held is bounded by the backend's chunk
     size whatever the message size. Either :meth:`Store.commit_message` consumes it, or
@@ -288,6 +300,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def is_suppressed(self, recipient: str) -> bool:
         """Whether the recipient address or its domain is on the suppression list."""
+
+    @abc.abstractmethod
+    async def put_blacklist(self, entry: BlacklistEntry) -> None:
+        """Store an entry, replacing an earlier one for the same (domain, address)."""
+
+    @abc.abstractmethod
+    async def list_blacklist(self, now: float) -> list[BlacklistEntry]:
+        """Entries that have not expired at ``now``, soonest expiry first."""
+
+    @abc.abstractmethod
+    async def purge_blacklist(self, now: float) -> int:
+        """Delete entries expired at ``now``; returns how many."""
 
     @abc.abstractmethod
     async def remove_orphans(self) -> int:

@@ -128,6 +128,7 @@ class OutboundConnection:
         self.tls = False
         self.messages = 0
         self.broken = False
+        self.ehlo_name = ""  # the name this side greeted with (for Received headers)
 
     @classmethod
     async def connect(
@@ -199,6 +200,7 @@ class OutboundConnection:
             greeting = await connection._read_reply(Stage.GREETING, timeouts.greeting)
             if not greeting.is_positive:
                 raise DeliveryFailure.from_reply(Stage.GREETING, greeting)
+            connection.ehlo_name = ehlo_name
             await connection._hello(ehlo_name)
         except BaseException:
             await connection.aclose(polite=False)

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Collection, Sequence
 
 from zonemta.store.base import (
+    BlacklistEntry,
     Delivery,
     DeliveryKey,
     LeaseLost,
@@ -265,6 +266,18 @@ def add_suppression(
 def remove_suppression(entry_id: str, conn: sqlite3.Connection) -> bool:
     cur = conn.execute("DELETE FROM suppressions WHERE id = ?", (entry_id,))
     return cur.rowcount > 0
+
+
+def put_blacklist(entry: BlacklistEntry, conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO blacklist (domain, address, created, expires, response)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (entry.domain, entry.address, entry.created, entry.expires, entry.response),
+    )
+
+
+def purge_blacklist(now: float, conn: sqlite3.Connection) -> int:
+    return conn.execute("DELETE FROM blacklist WHERE expires <= ?", (now,)).rowcount
 
 
 def _delete_message(message_id: str, conn: sqlite3.Connection) -> None:

@@ -17,6 +17,7 @@ from typing import TypeVar
 import trio
 
 from zonemta.store.base import (
+    BlacklistEntry,
     Delivery,
     MessageRecord,
     StoreError,
@@ -198,3 +199,16 @@ def is_suppressed(recipient: str, conn: sqlite3.Connection) -> bool:
         "SELECT 1 FROM suppressions WHERE address = ? OR domain = ? LIMIT 1", (address, domain)
     ).fetchone()
     return row is not None
+
+
+def list_blacklist(now: float, conn: sqlite3.Connection) -> list[BlacklistEntry]:
+    return [
+        BlacklistEntry(
+            domain=row[0], address=row[1], created=row[2], expires=row[3], response=row[4]
+        )
+        for row in conn.execute(
+            "SELECT domain, address, created, expires, response FROM blacklist"
+            " WHERE expires > ? ORDER BY expires, domain, address",
+            (now,),
+        )
+    ]

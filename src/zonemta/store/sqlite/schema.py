@@ -73,6 +73,14 @@ CREATE TABLE IF NOT EXISTS suppressions (
     domain TEXT UNIQUE,
     CHECK ((address IS NULL) != (domain IS NULL))
 );
+CREATE TABLE IF NOT EXISTS blacklist (
+    domain TEXT NOT NULL,
+    address TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    response TEXT NOT NULL,
+    PRIMARY KEY (domain, address)
+);
 """
 
 #: The columns :func:`row_to_delivery` expects, in order.

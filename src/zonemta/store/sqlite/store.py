@@ -32,6 +32,7 @@ from typing import Final
 import trio
 
 from zonemta.store.base import (
+    BlacklistEntry,
     BodyWriter,
     Delivery,
     DeliveryKey,
@@ -299,6 +300,15 @@ class SqliteStore(Store):
 
     async def is_suppressed(self, recipient: str) -> bool:
         return await self._readers.run(partial(readers.is_suppressed, recipient))
+
+    async def put_blacklist(self, entry: BlacklistEntry) -> None:
+        await self._writer.submit(partial(ops.put_blacklist, entry))
+
+    async def list_blacklist(self, now: float) -> list[BlacklistEntry]:
+        return await self._readers.run(partial(readers.list_blacklist, now))
+
+    async def purge_blacklist(self, now: float) -> int:
+        return await self._writer.submit(partial(ops.purge_blacklist, now))
 
 
 @asynccontextmanager

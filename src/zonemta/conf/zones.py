@@ -1,0 +1,162 @@
+"""Configuration of sending zones' pools, recipient domains, routing and the blacklist.
+
+``[pools]``, ``[domains.<domain>]``, ``[routing]`` and ``[blacklist]`` tables, and the pieces
+of ``[zones.<name>]`` that belong to routing and pacing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import attrs
+from attrs import validators as v
+
+from zonemta.conf.rates import Rate, parse_rate
+from zonemta.conf.units import format_duration
+
+_DOMAIN_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+_HEADER_RE = re.compile(r"[!-9;-~]+")
+
+
+class TableKey(str):
+    """A table key that is not a zone or interface name (a recipient domain in
+    ``[domains."example.com"]``, a header name in ``routing_headers``): a distinct type so the
+    converter does not hold it to the zone-name syntax."""
+
+    __slots__ = ()
+
+
+def _ip_literal(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"'{attribute.name}' must be an IP address: {value!r}") from None
+
+
+def _ratio(_inst: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and not 0 < value <= 1:
+        raise ValueError(f"'{attribute.name}' must be > 0 and <= 1: {value!r}")
+
+
+def rate_or_empty(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value:
+        parse_rate(value)  # raises ValueError naming the value
+
+
+def _ip_literals(_inst: object, attribute: attrs.Attribute[tuple[str, ...]], value: Any) -> None:
+    for item in value:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(f"'{attribute.name}' entries must be IP addresses: {item!r}") from None
+
+
+def domain_list(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    for item in value:
+        if _DOMAIN_RE.fullmatch(item) is None:
+            raise ValueError(f"'{attribute.name}': not a domain name: {item!r}")
+
+
+def header_map(_inst: object, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
+    for name in value:
+        if _HEADER_RE.fullmatch(name) is None:
+            raise ValueError(f"'{attribute.name}': not a header name: {name!r}")
+
+
+def lower_tuple(value: Any) -> Any:
+    return tuple(item.lower() for item in value) if isinstance(value, tuple | list) else value
+
+
+def lower_keys(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k).lower(): v for k, v in value.items()}
+    return value
+
+
+@attrs.frozen
+class PoolEntry:
+    """One local address of a pool (``[[pools.<name>]]``)."""
+
+    address: str = attrs.field(validator=_ip_literal)
+    name: str = ""  # EHLO name from this address; "" = the zone's name or the hostname
+    ratio: float | None = attrs.field(default=None, validator=_ratio)
+
+
+@attrs.frozen
+class ConnectionCache:
+    """How long an idle delivery connection waits for the next message, and how many
+    messages one connection carries (``[zones.<name>.connection_cache]``)."""
+
+    ttl: timedelta = timedelta(seconds=10)
+    reuse_count: int = attrs.field(default=100, validator=v.ge(1))
+
+
+@attrs.frozen
+class DomainConfig:
+    """Limits for one recipient domain (``[domains.<domain>]``; ``default`` applies to all).
+    A key left out of a domain's table comes from ``[domains.default]``."""
+
+    max_connections: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)))
+    disabled_addresses: tuple[str, ...] | None = attrs.field(
+        default=None, validator=v.optional(_ip_literals)
+    )
+    rate: str | None = attrs.field(default=None, validator=v.optional(rate_or_empty))
+
+
+@attrs.frozen
+class DomainSettings:
+    """A recipient domain's limits with the defaults applied."""
+
+    max_connections: int = 5
+    disabled_addresses: frozenset[str] = frozenset()
+    rate: Rate | None = None
+
+
+def resolve_domain(domains: Mapping[TableKey, DomainConfig], domain: str) -> DomainSettings:
+    """The settings for ``domain``: its own table over ``default`` over built-in defaults."""
+    base = DomainSettings()
+    merged: dict[str, Any] = {}
+    for table in (domains.get(TableKey("default")), domains.get(TableKey(domain.lower()))):
+        if table is None:
+            continue
+        for key in ("max_connections", "disabled_addresses", "rate"):
+            value = getattr(table, key)
+            if value is not None:
+                merged[key] = value
+    return DomainSettings(
+        max_connections=merged.get("max_connections", base.max_connections),
+        disabled_addresses=frozenset(merged.get("disabled_addresses", ())),
+        rate=parse_rate(merged["rate"]) if merged.get("rate") else None,
+    )
+
+
+def domain_table_keys(
+    _inst: object, attribute: attrs.Attribute[Any], value: Mapping[str, Any]
+) -> None:
+    for name in value:
+        if name != "default" and _DOMAIN_RE.fullmatch(name) is None:
+            raise ValueError(f"'{attribute.name}': not a domain name: {name!r}")
+
+
+@attrs.frozen
+class RoutingConfig:
+    """``[routing]``: where ``X-Sending-Zone`` is honoured, and the fallback zone."""
+
+    allow_routing_headers: tuple[str, ...] = ("api", "bounce")
+    default_zone: str = "default"
+
+
+@attrs.frozen
+class BlacklistConfig:
+    """``[blacklist]``: how long a local address stays disabled for a recipient domain
+    after a reply that says the address is blacklisted there."""
+
+    ttl: timedelta = timedelta(hours=6)
+
+    def __attrs_post_init__(self) -> None:
+        if self.ttl <= timedelta(0):
+            raise ValueError(f"'ttl' must be > 0s: {format_duration(self.ttl)}")
