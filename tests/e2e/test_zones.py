@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.dnsserver import run_dns_server
 from tests.support.mx import TestMx
@@ -187,6 +188,7 @@ async def test_a_blacklist_reply_moves_the_retry_to_another_address(tmp_path: Pa
             stored = await relay.store.list_blacklist(relay.clock())
             async with httpx.AsyncClient(base_url=api_url(info)) as client:
                 listing = (await client.get("/blacklist")).json()
+                metrics = (await client.get("/metrics")).text
     assert {e.to_state for e in terminal(seen) if e.id == message_id} == {"delivered"}
     deferred = [e for e in seen if e.to_state == "deferred" and e.id == message_id]
     assert deferred and all(e.category == "blacklist" for e in deferred)

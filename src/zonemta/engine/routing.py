@@ -100,8 +100,11 @@ class Router:
         """The zone every recipient takes, when a message-level rule decides it."""
         if zone is not None and zone in self.zones:
             return zone
-        fields = header_fields(headers) if headers else []
-        if interface in self.header_interfaces:
+        by_zone_header = interface in self.header_interfaces
+        # Parse the header block only when a header rule can apply (the common SMTP case
+        # has none).
+        fields = header_fields(headers) if headers and (by_zone_header or self._by_header) else []
+        if by_zone_header:
             for name, value in reversed(fields):
                 if name == "x-sending-zone" and value in self.zones:
                     return value
