@@ -195,6 +195,8 @@ async def test_a_blacklist_reply_moves_the_retry_to_another_address(tmp_path: Pa
     assert {m.peer for m in mx.received()} == {"127.0.0.3"}
     assert [(e.domain, e.address) for e in stored] == [("listing.test", "127.0.0.2")]
     assert [(e["domain"], e["address"]) for e in listing["list"]] == [("listing.test", "127.0.0.2")]
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    assert families["zonemta_blacklisted"].samples[0].value == 1
 
 
 async def test_every_address_blacklisted_bounces(tmp_path: Path) -> None:

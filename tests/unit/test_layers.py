@@ -28,7 +28,7 @@ def modules(*parts: str) -> list[Path]:
     return found
 
 
-PURE = modules("conf", "statemachine", "transport/smtp")
+PURE = modules("conf", "statemachine", "transport/smtp", "dkim")
 BELOW_ENGINE = modules("conf", "statemachine", "transport", "store")
 
 

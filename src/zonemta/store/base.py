@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import secrets
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
@@ -254,7 +255,6 @@ class Store(abc.ABC):
     async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:
         """Pending deliveries per zone."""
 
-    @abc.abstractmethod
     async def list_deliveries(
         self,
         zone: str,
@@ -268,7 +268,17 @@ class Store(abc.ABC):
         """Pending deliveries of ``zone`` for listings: ``deferred=False`` lists the active
         ones (due at ``now`` or leased), ``deferred=True`` those waiting for a later
         ``next_attempt`` (the split of :meth:`zone_counts`). Ordered by ``(created,
-        message_id, seq)``, ascending unless ``descending``; ``start``/``limit`` page it."""
+        message_id, seq)``, ascending unless ``descending``; ``start``/``limit`` page it.
+        Raises ValueError for a negative ``start`` or ``limit``."""
+        if start < 0 or limit < 0:
+            raise ValueError("start and limit must not be negative")
+        return await self._list_deliveries(zone, deferred, now, start, limit, descending)
+
+    @abc.abstractmethod
+    async def _list_deliveries(
+        self, zone: str, deferred: bool, now: float, start: int, limit: int, descending: bool
+    ) -> list[Delivery]:
+        """:meth:`list_deliveries` with its arguments checked."""
 
     @abc.abstractmethod
     async def reschedule(self, message_id: str, seq: int | None, *, next_attempt: float) -> int:
@@ -281,13 +291,27 @@ class Store(abc.ABC):
         bounce; the message and body go with the last delivery. Leased ones are left alone.
         Returns how many were removed."""
 
-    @abc.abstractmethod
     async def add_suppression(
         self, *, address: str | None = None, domain: str | None = None, now: float
     ) -> SuppressionEntry:
         """Add an address (compared case-insensitively in the domain part, exactly in the
         local part) or a domain (lower-case). Exactly one must be given (ValueError
         otherwise). Adding an existing one returns the existing entry."""
+        if (address is None) == (domain is None):
+            raise ValueError("give exactly one of address and domain")
+        return await self._add_suppression(
+            secrets.token_hex(12),
+            normalize_address(address) if address is not None else None,
+            domain.lower() if domain is not None else None,
+            now,
+        )
+
+    @abc.abstractmethod
+    async def _add_suppression(
+        self, entry_id: str, address: str | None, domain: str | None, now: float
+    ) -> SuppressionEntry:
+        """Store a normalised entry under ``entry_id`` unless the same address or domain is
+        there; return the stored entry."""
 
     @abc.abstractmethod
     async def list_suppressions(self) -> list[SuppressionEntry]:

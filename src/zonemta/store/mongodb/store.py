@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -40,7 +39,6 @@ from zonemta.store.base import (
     StoreError,
     SuppressionEntry,
     ZoneCounts,
-    normalize_address,
 )
 from zonemta.store.mongodb import gc, ops, readers
 from zonemta.store.mongodb.body import MongoBodyWriter, Receptions
@@ -297,18 +295,9 @@ class MongoStore(Store):
     async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:
         return await self._runner.run(partial(readers.zone_counts, now))
 
-    async def list_deliveries(
-        self,
-        zone: str,
-        *,
-        deferred: bool,
-        now: float,
-        start: int = 0,
-        limit: int = 1000,
-        descending: bool = False,
+    async def _list_deliveries(
+        self, zone: str, deferred: bool, now: float, start: int, limit: int, descending: bool
     ) -> list[Delivery]:
-        if start < 0 or limit < 0:
-            raise ValueError("start and limit must not be negative")
         return await self._runner.run(
             partial(readers.list_deliveries, zone, deferred, now, start, limit, descending)
         )
@@ -321,17 +310,11 @@ class MongoStore(Store):
 
     # -- suppression list ------------------------------------------------------------------
 
-    async def add_suppression(
-        self, *, address: str | None = None, domain: str | None = None, now: float
+    async def _add_suppression(
+        self, entry_id: str, address: str | None, domain: str | None, now: float
     ) -> SuppressionEntry:
-        if (address is None) == (domain is None):
-            raise ValueError("give exactly one of address and domain")
-        if address is not None:
-            address = normalize_address(address)
-        if domain is not None:
-            domain = domain.lower()
         return await self._runner.run(
-            partial(readers.add_suppression, secrets.token_hex(12), address, domain, now)
+            partial(readers.add_suppression, entry_id, address, domain, now)
         )
 
     async def list_suppressions(self) -> list[SuppressionEntry]:

@@ -21,7 +21,6 @@ code (and every test) wants.
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -42,7 +41,6 @@ from zonemta.store.base import (
     StoreError,
     SuppressionEntry,
     ZoneCounts,
-    normalize_address,
 )
 from zonemta.store.sqlite import ops, readers
 from zonemta.store.sqlite.body import SqliteBodyWriter
@@ -257,18 +255,9 @@ class SqliteStore(Store):
     async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:
         return await self._readers.run(partial(readers.zone_counts, now))
 
-    async def list_deliveries(
-        self,
-        zone: str,
-        *,
-        deferred: bool,
-        now: float,
-        start: int = 0,
-        limit: int = 1000,
-        descending: bool = False,
+    async def _list_deliveries(
+        self, zone: str, deferred: bool, now: float, start: int, limit: int, descending: bool
     ) -> list[Delivery]:
-        if start < 0 or limit < 0:
-            raise ValueError("start and limit must not be negative")
         return await self._readers.run(
             partial(readers.list_deliveries, zone, deferred, now, start, limit, descending)
         )
@@ -279,17 +268,11 @@ class SqliteStore(Store):
     async def remove_deliveries(self, message_id: str, seq: int | None) -> int:
         return await self._writer.submit(partial(ops.remove_deliveries, message_id, seq))
 
-    async def add_suppression(
-        self, *, address: str | None = None, domain: str | None = None, now: float
+    async def _add_suppression(
+        self, entry_id: str, address: str | None, domain: str | None, now: float
     ) -> SuppressionEntry:
-        if (address is None) == (domain is None):
-            raise ValueError("give exactly one of address and domain")
-        if address is not None:
-            address = normalize_address(address)
-        if domain is not None:
-            domain = domain.lower()
         return await self._writer.submit(
-            partial(ops.add_suppression, secrets.token_hex(12), address, domain, now)
+            partial(ops.add_suppression, entry_id, address, domain, now)
         )
 
     async def list_suppressions(self) -> list[SuppressionEntry]:
