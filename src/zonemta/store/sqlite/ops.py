@@ -164,17 +164,17 @@ def defer(
         raise LeaseLost(f"delivery {key} is not leased by {owner}")
 
 
-def complete(key: DeliveryKey, owner: str, conn: sqlite3.Connection) -> None:
+def complete(key: DeliveryKey, owner: str, conn: sqlite3.Connection) -> bool:
     """Remove a finished row, and its message and body if it was the last one. Raises
-    :class:`LeaseLost` if ``owner`` does not hold the row."""
+    :class:`LeaseLost` if ``owner`` does not hold the row. True when a large body's chunks
+    remain to be deleted in slices (:func:`delete_chunk_slice`)."""
     cur = conn.execute(f"DELETE FROM deliveries WHERE {_HELD}", (key.message_id, key.seq, owner))
     if cur.rowcount != 1:
         raise LeaseLost(f"delivery {key} is not leased by {owner}")
     remaining = conn.execute(
         "SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1", (key.message_id,)
     ).fetchone()
-    if remaining is None:
-        _delete_message(key.message_id, conn)
+    return remaining is None and _delete_message(key.message_id, conn)
 
 
 def recover_leases(owner: str, conn: sqlite3.Connection) -> int:
@@ -190,7 +190,8 @@ def recover_leases(owner: str, conn: sqlite3.Connection) -> int:
 
 def remove_orphans(live_bodies: frozenset[str], conn: sqlite3.Connection) -> int:
     """Delete messages without deliveries, and chunks without a message unless their body
-    is still being written (``live_bodies``). Returns how many message ids were cleaned."""
+    is still being written or being deleted in slices (``live_bodies``). Returns how many
+    message ids were cleaned."""
     orphan_messages = [
         row[0]
         for row in conn.execute(
@@ -199,7 +200,7 @@ def remove_orphans(live_bodies: frozenset[str], conn: sqlite3.Connection) -> int
         )
     ]
     for message_id in orphan_messages:
-        _delete_message(message_id, conn)
+        conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
     orphan_bodies = [
         row[0]
         for row in conn.execute(
@@ -209,7 +210,7 @@ def remove_orphans(live_bodies: frozenset[str], conn: sqlite3.Connection) -> int
         if row[0] not in live_bodies
     ]
     conn.executemany("DELETE FROM chunks WHERE message_id = ?", [(m,) for m in orphan_bodies])
-    return len(orphan_messages) + len(orphan_bodies)
+    return len({*orphan_messages, *orphan_bodies})
 
 
 def _matching(message_id: str, seq: int | None) -> tuple[str, tuple[object, ...]]:
@@ -230,18 +231,22 @@ def reschedule(
     return cur.rowcount
 
 
-def remove_deliveries(message_id: str, seq: int | None, conn: sqlite3.Connection) -> int:
-    """Delete unleased deliveries, and the message with the last one; returns how many."""
+def remove_deliveries(
+    message_id: str, seq: int | None, conn: sqlite3.Connection
+) -> tuple[int, bool]:
+    """Delete unleased deliveries, and the message with the last one; returns how many, and
+    whether a large body's chunks remain to be deleted in slices."""
     where, args = _matching(message_id, seq)
     cur = conn.execute(f"DELETE FROM deliveries WHERE {where}", args)
     removed = cur.rowcount
+    reap = False
     if removed:
         remaining = conn.execute(
             "SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1", (message_id,)
         ).fetchone()
         if remaining is None:
-            _delete_message(message_id, conn)
-    return removed
+            reap = _delete_message(message_id, conn)
+    return removed, reap
 
 
 def add_suppression(
@@ -280,6 +285,24 @@ def purge_blacklist(now: float, conn: sqlite3.Connection) -> int:
     return conn.execute("DELETE FROM blacklist WHERE expires <= ?", (now,)).rowcount
 
 
-def _delete_message(message_id: str, conn: sqlite3.Connection) -> None:
-    conn.execute("DELETE FROM chunks WHERE message_id = ?", (message_id,))
+#: Chunk rows deleted per writer operation. Freeing a large body's pages takes sqlite a
+#: while (it walks every overflow page); in slices, other writes are not held up behind it.
+CHUNK_SLICE = 16
+
+
+def _delete_message(message_id: str, conn: sqlite3.Connection) -> bool:
+    """Delete the message and its body; a body of more than :data:`CHUNK_SLICE` chunks
+    loses only its first slice here. Returns True when chunks remain (they are orphans
+    now, invisible to readers, and :func:`delete_chunk_slice` takes them in turns)."""
     conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+    return delete_chunk_slice(message_id, CHUNK_SLICE, conn) == CHUNK_SLICE
+
+
+def delete_chunk_slice(message_id: str, limit: int, conn: sqlite3.Connection) -> int:
+    """Delete up to ``limit`` chunk rows of ``message_id``; returns how many."""
+    cur = conn.execute(
+        "DELETE FROM chunks WHERE message_id = ? AND idx IN"
+        " (SELECT idx FROM chunks WHERE message_id = ? ORDER BY idx LIMIT ?)",
+        (message_id, message_id, limit),
+    )
+    return cur.rowcount

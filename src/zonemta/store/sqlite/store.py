@@ -21,6 +21,7 @@ code (and every test) wants.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
@@ -54,6 +55,9 @@ READ_BYTES_PER_CALL: Final = 512 * 1024
 READ_POOL_SIZE: Final = 4
 
 
+log = logging.getLogger(__name__)
+
+
 class SqliteStore(Store):
     """The queue in ``path / "queue.sqlite3"``; see the module docstring for the lifecycle.
 
@@ -80,6 +84,8 @@ class SqliteStore(Store):
         self._writer = GroupCommitWriter(batch_limit=batch_limit)
         self._readers = readers.ReadPool(READ_POOL_SIZE)
         self._live_bodies: set[str] = set()
+        self._reaping: set[str] = set()  # messages whose large bodies are being deleted
+        self._reap_wanted = trio.Event()
         self._opened = False
         self._closed = False
         self._open_lock = trio.Lock()
@@ -122,10 +128,36 @@ class SqliteStore(Store):
         self._writer.attach(conn)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The writer service. Opens the store if needed, reports started, and runs until
-        :meth:`aclose` (or cancellation). Raises :class:`StoreError` if it cannot open."""
+        """The writer service (and the deleter of large bodies, slice by slice). Opens the
+        store if needed, reports started, and runs until :meth:`aclose` (or cancellation).
+        Raises :class:`StoreError` if it cannot open."""
         await self.open()
-        await self._writer.run(task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reap_bodies)
+            await nursery.start(self._writer.run)
+            task_status.started()
+            await self._writer.wait_stopped()
+            nursery.cancel_scope.cancel()
+
+    def _reap(self, message_id: str) -> None:
+        """Delete the rest of a large body's chunks in the background."""
+        self._reaping.add(message_id)
+        self._reap_wanted.set()
+
+    async def _reap_bodies(self) -> None:
+        while True:
+            await self._reap_wanted.wait()
+            self._reap_wanted = trio.Event()
+            while self._reaping:
+                message_id = next(iter(self._reaping))
+                try:
+                    while await self._writer.submit(
+                        partial(ops.delete_chunk_slice, message_id, ops.CHUNK_SLICE)
+                    ):
+                        pass
+                except StoreError as exc:  # orphans: remove_orphans takes them later
+                    log.warning("deleting the body of %s failed: %s", message_id, exc)
+                self._reaping.discard(message_id)
 
     async def aclose(self) -> None:
         """Let queued writes finish, stop the writer, close the connections. Shielded from
@@ -208,14 +240,16 @@ class SqliteStore(Store):
         await self._writer.submit(partial(ops.defer, key, owner, now, next_attempt, response))
 
     async def complete(self, key: DeliveryKey, *, owner: str) -> None:
-        await self._writer.submit(partial(ops.complete, key, owner))
+        if await self._writer.submit(partial(ops.complete, key, owner)):
+            self._reap(key.message_id)
 
     async def recover_leases(self, owner: str) -> int:
         return await self._writer.submit(partial(ops.recover_leases, owner))
 
     async def remove_orphans(self) -> int:
         """Runs in the writer; spares bodies being written by this process right now."""
-        return await self._writer.submit(partial(ops.remove_orphans, frozenset(self._live_bodies)))
+        spared = frozenset({*self._live_bodies, *self._reaping})
+        return await self._writer.submit(partial(ops.remove_orphans, spared))
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -266,7 +300,10 @@ class SqliteStore(Store):
         return await self._writer.submit(partial(ops.reschedule, message_id, seq, next_attempt))
 
     async def remove_deliveries(self, message_id: str, seq: int | None) -> int:
-        return await self._writer.submit(partial(ops.remove_deliveries, message_id, seq))
+        removed, reap = await self._writer.submit(partial(ops.remove_deliveries, message_id, seq))
+        if reap:
+            self._reap(message_id)
+        return removed
 
     async def _add_suppression(
         self, entry_id: str, address: str | None, domain: str | None, now: float
