@@ -18,10 +18,12 @@ from zonemta.dkim.headers import HeaderPolicy
 from zonemta.engine.auth import PasswordAuthenticator
 from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.engine import DeliveryEngine
+from zonemta.engine.hooks import Hooks
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake import Intake
 from zonemta.engine.routing import Router
 from zonemta.http import ApiContext, ApiServer
+from zonemta.plugins import PluginHost
 from zonemta.store import Store
 from zonemta.store.mongodb import MongoStore
 from zonemta.store.sqlite import SqliteStore
@@ -141,7 +143,12 @@ class Relay:
             timeout=config.dns.timeout.total_seconds(),
             cache_size=config.dns.cache_size,
         )
-        self.engine = DeliveryEngine(config, self.store, self.bus, self.resolver, clock=clock)
+        self.hooks = Hooks()  # filled by the plugins' init (run())
+        self.plugins = PluginHost(config, self.hooks)
+        self.plugins.load()  # imports plugins, checks their options (ConfigError)
+        self.engine = DeliveryEngine(
+            config, self.store, self.bus, self.resolver, clock=clock, hooks=self.hooks
+        )
         self.intake = Intake(
             self.store,
             Router(config),
@@ -151,6 +158,7 @@ class Relay:
             on_queued=self.engine.wake,
             on_stored=self.engine.messages.put,
             headers=HeaderPolicy.from_config(config.headers, config.hostname),
+            hooks=self.hooks,
         )
         self.engine.bounces.notices.attach(self.intake)  # DSNs are queued through the intake
         self.interfaces = [
@@ -180,12 +188,14 @@ class Relay:
                 orphans = await store.remove_orphans()
                 if recovered or orphans:
                     log.info("recovered %d leases, removed %d orphaned bodies", recovered, orphans)
+                await nursery.start(self.plugins.start, self.bus, store)
                 await nursery.start(self.engine.run)
                 ports: dict[str, int] = {}
                 for service in self.interfaces:
                     ports[service.settings.name] = await nursery.start(service.run)
                 api_port: int | None = None
                 if self.api is not None:
+                    self.plugins.register_routes(self.api.app)
                     api_port = await nursery.start(self.api.run)
                 log.info(
                     "zonemta ready: SMTP %s; HTTP API %s",

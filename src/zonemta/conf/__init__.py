@@ -8,7 +8,7 @@ from zonemta.conf.api import ApiConfig
 from zonemta.conf.bounces import BouncesConfig, DsnConfig, WebhookConfig, WebhookFormat
 from zonemta.conf.dkim import DkimAlgorithm, DkimConfig, DkimKey, HeadersConfig
 from zonemta.conf.dump import dump_config, to_toml
-from zonemta.conf.loader import ConfigError, config_from_dict, load_config
+from zonemta.conf.loader import ConfigError, config_from_dict, converter, load_config
 from zonemta.conf.model import (
     Config,
     DeliveryConfig,
@@ -23,7 +23,10 @@ from zonemta.conf.model import (
     ZoneConfig,
     parse_nameserver,
 )
+from zonemta.conf.plugins import PluginConfig, register_plugin_hooks
 from zonemta.conf.units import ByteSize, format_duration, format_size, parse_duration, parse_size
+
+register_plugin_hooks(converter)  # [plugins.<name>]: core keys checked, options kept raw
 
 __all__ = [
     "ApiConfig",
@@ -41,6 +44,7 @@ __all__ = [
     "HeadersConfig",
     "LogConfig",
     "LogLevel",
+    "PluginConfig",
     "QueueBackend",
     "QueueConfig",
     "SmtpInterface",

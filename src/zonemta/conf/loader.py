@@ -261,7 +261,7 @@ def _format_exception(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _error_lines(exc: BaseException, path: str) -> list[str]:
+def error_lines(exc: BaseException, path: str) -> list[str]:
     """Flatten cattrs' nested exception groups into ``path: message`` lines.
 
     Like ``cattrs.transform_error`` but with the path first and dict keys written as
@@ -280,7 +280,7 @@ def _error_lines(exc: BaseException, path: str) -> list[str]:
                 index = note.index
                 sub_path = f"{path}.{index}" if isinstance(index, str) else f"{path}[{index}]"
                 break
-        lines.extend(_error_lines(sub, sub_path))
+        lines.extend(error_lines(sub, sub_path))
     return lines
 
 
@@ -295,7 +295,7 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "<dict>") -> Conf
     try:
         return converter.structure(data, Config)
     except Exception as exc:
-        raise ConfigError(source, _error_lines(exc, ROOT)) from exc
+        raise ConfigError(source, error_lines(exc, ROOT)) from exc
 
 
 _TOML_POSITION_RE = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")

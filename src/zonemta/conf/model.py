@@ -25,6 +25,7 @@ from zonemta.conf import security
 from zonemta.conf.api import ApiConfig
 from zonemta.conf.bounces import BouncesConfig
 from zonemta.conf.dkim import DkimConfig, HeadersConfig
+from zonemta.conf.plugins import PluginConfig
 from zonemta.conf.units import ByteSize, format_duration
 from zonemta.conf.zones import (
     BlacklistConfig,
@@ -434,6 +435,7 @@ class Config:
     domains: dict[TableKey, DomainConfig] = attrs.field(factory=dict, validator=domain_table_keys)
     routing: RoutingConfig = attrs.field(factory=RoutingConfig)
     blacklist: BlacklistConfig = attrs.field(factory=BlacklistConfig)
+    plugins: dict[str, PluginConfig] = attrs.field(factory=dict, validator=_names)
 
     def __attrs_post_init__(self) -> None:
         for name, entries in self.pools.items():

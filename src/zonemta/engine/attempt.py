@@ -19,6 +19,16 @@ from zonemta.engine.blacklist import Blacklist
 from zonemta.engine.bounces import BounceClassifier
 from zonemta.engine.bus import EventBus
 from zonemta.engine.connections import Slot, ZoneConnections
+from zonemta.engine.hooks import (
+    ConnectTarget,
+    DeliveryReport,
+    FetchedDelivery,
+    HeaderBlock,
+    HookReject,
+    Hooks,
+    OutgoingHeaders,
+    run_notices,
+)
 from zonemta.engine.machine import DeliveryMachine
 from zonemta.engine.messages import MessageCache
 from zonemta.engine.notices import BounceNotices
@@ -102,6 +112,7 @@ class Deliverer:
         sources: SourceAddresses,
         domains: DomainPolicy,
         blacklist: Blacklist | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.zone = zone
         self.store = store
@@ -121,6 +132,7 @@ class Deliverer:
         self.sources = sources  # local addresses of the zone (pool)
         self.domains = domains  # per recipient domain limits
         self.blacklist = blacklist  # local addresses blacklisted per domain
+        self.hooks = hooks if hooks is not None else Hooks()  # plugins (engine/hooks.py)
 
     def destination_of(self, row: Delivery) -> str:
         if self.zone.smart_host:
@@ -178,6 +190,14 @@ class Deliverer:
             return Outcome(Trigger.EXPIRED, "message expired in the queue", "expired")
         if self.suppressions.is_suppressed(row.recipient):
             return Outcome(Trigger.SUPPRESSED, "recipient is on the suppression list", "suppressed")
+        fixed_mx: str | None = None
+        routes = message.meta.get("routes")
+        if routes or self.hooks.fetch:
+            fetched = FetchedDelivery(row, message, **(routes or {}).get(str(row.seq), {}))
+            decided = await self._fetched(machine, fetched)
+            if decided is not None:
+                return decided
+            fixed_mx = fetched.mx
         source = self._source(row)
         if source is None:
             return Outcome(
@@ -185,15 +205,54 @@ class Deliverer:
                 f"every local address of zone {self.zone.name} is blacklisted by {row.domain}",
                 "blacklist",
             )
+        if self.hooks.before_connect:
+            target = ConnectTarget(row, message, fixed_mx, source.address or None)
+            for hook in self.hooks.before_connect:
+                await hook(target)  # an exception defers the delivery (deliver())
+            fixed_mx = target.mx
+            if (target.local_address or "") != source.address:
+                source = PoolAddress(target.local_address or "", source.name)
         machine.local_address = source.address or None
-        key = (source.address, self.destination_of(row))
+        key = (source.address, fixed_mx or self.destination_of(row))
         slot = await self.connections.checkout(key)
         try:
-            return await self._attempt_on(machine, message, slot, source)
+            return await self._attempt_on(machine, message, slot, source, mx=fixed_mx)
         except (DeliveryFailure, DnsFailure) as exc:
+            if self.hooks.response_error:
+                report = DeliveryReport(row, message, str(exc), mx=machine.mx)
+                await run_notices("response_error", self.hooks.response_error, report)
             return self._failure(row, exc)
         finally:
             self.connections.checkin(slot)
+
+    async def _fetched(self, machine: DeliveryMachine, fetched: FetchedDelivery) -> Outcome | None:
+        """Run the ``fetch`` hooks; an outcome when they settle the delivery (suppressed,
+        rejected, diverted), None to go on with SMTP. Other exceptions propagate (deferral)."""
+        row = machine.row
+        try:
+            for hook in self.hooks.fetch:
+                await hook(fetched)
+        except HookReject as exc:
+            if exc.reply.code >= 500:
+                return Outcome(Trigger.PERMANENT_FAILURE, str(exc.reply), "plugin")
+            return self._temporary(row, str(exc.reply), "plugin")
+        if fetched.suppress:
+            return Outcome(Trigger.SUPPRESSED, "suppressed by a plugin", "suppressed")
+        if fetched.divert is not None:
+            machine.fire(Trigger.RESOLVE)
+            machine.mx = fetched.http_url or "divert"
+            machine.fire(Trigger.RESOLVED, hosts=[machine.mx])
+            machine.fire(Trigger.CONNECTED, tls=False)
+            head = fetched.message.headers + b"\r\n"
+            result = await fetched.divert(fetched, self._content(head, fetched.message))
+            if result.status == "delivered":
+                return Outcome(Trigger.ACCEPTED, result.response)
+            if result.status == "bounced":
+                return Outcome(Trigger.PERMANENT_FAILURE, result.response, "http")
+            return self._temporary(row, result.response, "http")
+        if fetched.http_url:
+            return self._temporary(row, "no plugin delivers to HTTP targets", "plugin")
+        return None
 
     def _source(self, row: Delivery, *, ipv6: bool | None = None) -> PoolAddress | None:
         """The local address for this delivery (stable across retries)."""
@@ -211,7 +270,13 @@ class Deliverer:
             await slot.throttle.wait()
 
     async def _attempt_on(
-        self, machine: DeliveryMachine, message: MessageRecord, slot: Slot, source: PoolAddress
+        self,
+        machine: DeliveryMachine,
+        message: MessageRecord,
+        slot: Slot,
+        source: PoolAddress,
+        *,
+        mx: str | None = None,
     ) -> Outcome:
         row = machine.row
         if slot.connection is not None:
@@ -231,9 +296,17 @@ class Deliverer:
                 machine.fire(Trigger.RECONNECT, response=exc.response)
         else:
             machine.fire(Trigger.RESOLVE)
-        destination = await self._resolve(row)
+        port = self.zone.port
+        if mx is not None:  # fixed by a plugin: "host" or "host:port"
+            host, _, given = mx.rpartition(":") if mx.count(":") == 1 else (mx, "", "")
+            mx, port = (host, int(given)) if given.isdigit() else (mx, port)
+            destination = await self.resolver.resolve_host(
+                mx, port=port, ipv6=self.zone.ipv6, prefer_ipv6=self.zone.prefer_ipv6
+            )
+        else:
+            destination = await self._resolve(row)
         machine.fire(Trigger.RESOLVED, hosts=[host.name for host in destination.hosts])
-        slot.connection = await self._connect(destination, machine, source)
+        slot.connection = await self._connect(destination, machine, source, port=port)
         machine.fire(Trigger.CONNECTED, tls=slot.connection.tls)
         await self._throttle(slot)
         reply = await self._send(slot.connection, message, row)
@@ -253,9 +326,15 @@ class Deliverer:
         )
 
     async def _connect(
-        self, destination: Destination, machine: DeliveryMachine, source: PoolAddress
+        self,
+        destination: Destination,
+        machine: DeliveryMachine,
+        source: PoolAddress,
+        *,
+        port: int | None = None,
     ) -> OutboundConnection:
         zone = self.zone
+        port = zone.port if port is None else port
         last: DeliveryFailure | None = None
         for host in destination.hosts:
             for address in host.addresses:
@@ -272,7 +351,7 @@ class Deliverer:
                 try:
                     return await OutboundConnection.connect(
                         address,
-                        zone.port,
+                        port,
                         mx=host.name,
                         ehlo_name=local.name,
                         local_address=local.address or None,
@@ -280,7 +359,7 @@ class Deliverer:
                         timeouts=self.timeouts,
                     )
                 except DeliveryFailure as exc:
-                    log.info("%s [%s]:%s: %s", host.name, address, zone.port, exc)
+                    log.info("%s [%s]:%s: %s", host.name, address, port, exc)
                     last = exc
         if last is None:
             raise DeliveryFailure(Stage.CONNECT, f"no usable address for {destination.domain}")
@@ -290,15 +369,22 @@ class Deliverer:
         self, connection: OutboundConnection, message: MessageRecord, row: Delivery
     ) -> object:
         received = received_header(message, row, connection.ehlo_name)
+        headers, cache_key = message.headers, message.id
+        if self.hooks.send_headers:  # the last edit; DKIM signs the edited block
+            outgoing = OutgoingHeaders(row, message, HeaderBlock(headers))
+            for hook in self.hooks.send_headers:
+                await hook(outgoing)
+            if outgoing.headers.changed:
+                headers, cache_key = outgoing.headers.to_bytes(), ""
         signatures = b""
         if self.signer is not None:  # over the final header block, Received excepted
             signatures = self.signer.sign(
-                message.headers,
+                headers,
                 body_hash=str(message.meta.get("dkim_bh") or ""),
                 mail_from=message.mail_from,
-                cache_key=message.id,
+                cache_key=cache_key,
             )
-        head = received + signatures + message.headers + b"\r\n"
+        head = received + signatures + headers + b"\r\n"
         transaction = Transaction(
             mail_from=message.mail_from,
             recipient=row.recipient,
@@ -335,6 +421,9 @@ class Deliverer:
                 category=outcome.category,
                 mx=machine.mx,
             )
+        hooks = self.hooks
+        if hooks.delivered or hooks.bounce or hooks.delayed:
+            await self._report(row_transition.target, row, outcome, machine.mx)
         try:
             match row_transition.persist:
                 case Persist.COMPLETE:
@@ -359,6 +448,25 @@ class Deliverer:
         self.messages.attempted(row.message_id)
         machine.publish(row_transition, response=outcome.response, category=outcome.category)
         log_outcome(row, machine, outcome)
+
+    async def _report(
+        self, target: DeliveryState, row: Delivery, outcome: Outcome, mx: str | None
+    ) -> None:
+        """The ``delivered``, ``bounce`` and ``delayed`` hooks (before the outcome is
+        persisted, so the message is still in the store). Failures are only logged."""
+        hooks = {
+            DeliveryState.DELIVERED: ("delivered", self.hooks.delivered),
+            DeliveryState.BOUNCED: ("bounce", self.hooks.bounce),
+            DeliveryState.DEFERRED: ("delayed", self.hooks.delayed),
+        }.get(target)
+        if hooks is None or not hooks[1]:
+            return
+        try:
+            message = await self.messages.get(row.message_id)
+        except StoreError:
+            message = None
+        report = DeliveryReport(row, message, outcome.response, outcome.category, mx)
+        await run_notices(hooks[0], hooks[1], report)
 
 
 def log_outcome(row: Delivery, machine: DeliveryMachine, outcome: Outcome) -> None:

@@ -14,6 +14,7 @@ from zonemta.engine.attempt import Deliverer, ZoneRoute
 from zonemta.engine.blacklist import Blacklist
 from zonemta.engine.bus import EventBus
 from zonemta.engine.connections import ZoneConnections
+from zonemta.engine.hooks import Hooks
 from zonemta.engine.messages import MessageCache
 from zonemta.engine.notices import BounceHandling
 from zonemta.engine.retry import RetryPolicy
@@ -50,6 +51,7 @@ class DeliveryEngine:
         resolver: MxResolver,
         *,
         clock: Callable[[], float],
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -101,6 +103,7 @@ class DeliveryEngine:
                 sources=SourceAddresses.for_zone(config, name),
                 domains=self.domains,
                 blacklist=self.blacklist,
+                hooks=hooks,
             )
             self.pools[name] = pool
             self.schedulers[name] = ZoneScheduler(

@@ -16,8 +16,18 @@ import attrs
 from zonemta.dkim.bodyhash import RelaxedBodyHasher
 from zonemta.dkim.headers import HeaderPolicy, HopLimitExceeded
 from zonemta.engine.bus import Event, EventBus
+from zonemta.engine.hooks import (
+    HeaderBlock,
+    HookDrop,
+    HookFailed,
+    Hooks,
+    MessageHeaders,
+    QueueingMessage,
+    RouteDecision,
+    run_checks,
+)
 from zonemta.engine.ids import QueueIdGenerator
-from zonemta.engine.routing import Router, strip_routing_fields
+from zonemta.engine.routing import Route, Router, strip_routing_fields
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, Store, StoreError
 from zonemta.transport.smtp.reply import Reply
 
@@ -92,6 +102,7 @@ class Reception:
         self._small: list[bytes] | None = []
         self._small_size = 0
         self._bodyhash = RelaxedBodyHasher()  # DKIM bh=, computed as the body streams in
+        self._hook_reply: Reply | None = None  # a body hook failed
 
     @property
     def failed(self) -> bool:
@@ -107,7 +118,20 @@ class Reception:
             else:
                 self._small = None
         self._bodyhash.update(data)
+        if self._intake.hooks.body and self._hook_reply is None:
+            await self._run_body_hooks(data)
         await self._body.write(data)
+
+    async def _run_body_hooks(self, data: bytes) -> None:
+        """Body hooks see each chunk read-only; a failure is answered at :meth:`commit`."""
+        view = memoryview(data).toreadonly()
+        for hook in self._intake.hooks.body:
+            try:
+                await hook(self.id, view)
+            except Exception:
+                log.exception("body hook %r failed on %s", hook, self.id)
+                self._hook_reply = HookFailed("body", Exception()).reply
+                return
 
     async def feed(self, chunk: bytes) -> None:
         """Take the next content chunk. Store errors are remembered, not raised: the caller
@@ -179,6 +203,14 @@ class Reception:
             except HopLimitExceeded as exc:
                 await self.abort()
                 raise IntakeRejected(exc.reply) from exc
+        hooks = self._intake.hooks
+        if hooks.headers or hooks.queue or self._hook_reply is not None:
+            try:
+                headers = await self._plugin_checks(headers)
+            except HookDrop as exc:
+                await self.abort()
+                self._intake.publish_dropped(self, exc.reason)
+                return self.id
         self._done = True
         try:
             return await self._intake._commit(
@@ -187,6 +219,31 @@ class Reception:
         except BaseException:
             await self._body.abort()
             raise
+
+    async def _plugin_checks(self, headers: bytes) -> bytes:
+        """The ``headers`` then ``queue`` hooks; returns the (maybe edited) header block.
+        Raises IntakeRejected (after aborting) for a rejection or a failed hook, and
+        HookDrop for a message to discard."""
+        hooks = self._intake.hooks
+        try:
+            reply = self._hook_reply
+            if reply is None and hooks.headers:
+                edit = MessageHeaders(self.id, self.envelope, HeaderBlock(headers))
+                reply = await run_checks("headers", hooks.headers, edit)
+                self.envelope = edit.envelope
+                if edit.headers.changed:
+                    headers = edit.headers.to_bytes()
+            if reply is None and hooks.queue:
+                queued = QueueingMessage(self.id, self.envelope, headers, self._body.size)
+                reply = await run_checks("queue", hooks.queue, queued, allow_drop=True)
+        except HookFailed as exc:
+            reply = exc.reply
+        except HookDrop:
+            raise
+        if reply is not None:
+            await self.abort()
+            raise IntakeRejected(reply)
+        return headers
 
 
 class Intake:
@@ -203,6 +260,7 @@ class Intake:
         on_queued: Callable[[Iterable[str]], None] = lambda _zones: None,
         on_stored: Callable[[MessageRecord, bytes | None, int], None] = lambda *_: None,
         headers: HeaderPolicy | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.store = store
         self.router = router
@@ -212,11 +270,40 @@ class Intake:
         self.on_queued = on_queued
         self.on_stored = on_stored
         self.headers = headers  # Message-ID/Date when missing, hop limit
+        self.hooks = hooks if hooks is not None else Hooks()  # plugins (engine/hooks.py)
+
+    def publish_dropped(self, reception: Reception, reason: str) -> None:
+        """A hook dropped the message: accepted, nothing stored."""
+        details = {"interface": reception.envelope.interface, "reason": reason}
+        self.bus.publish(Event("message.dropped", reception.id, self.clock(), details=details))
 
     def begin(self, envelope: Envelope, *, max_header: int = 1024 * 1024) -> Reception:
         if not envelope.recipients:
             raise IntakeRejected(Reply(554, ("no valid recipients",), "5.5.1"))
         return Reception(self, envelope, self.ids.next_id(), max_header)
+
+    async def _route_hooks(
+        self, envelope: Envelope, routes: list[Route], fixed: dict[str, dict[str, str]]
+    ) -> list[Route]:
+        """Run the ``route`` hooks per recipient; fills ``fixed`` (seq → mx / http).
+        Raises IntakeRejected for a failed hook or an unknown or disabled zone."""
+        changed: list[Route] = []
+        for seq, route in enumerate(routes, start=1):
+            decision = RouteDecision(route.recipient, route.domain, route.zone)
+            for hook in self.hooks.route:
+                try:
+                    await hook(envelope, decision)
+                except Exception as exc:
+                    log.exception("route hook %r failed", hook)
+                    raise IntakeRejected(HookFailed("route", exc).reply) from exc
+            if decision.zone not in self.router.zones:
+                log.error("a route hook chose the unknown or disabled zone %r", decision.zone)
+                raise IntakeRejected(HookFailed("route", ValueError(decision.zone)).reply)
+            extra = {"mx": decision.mx, "http_url": decision.http_url}
+            if any(extra.values()):
+                fixed[str(seq)] = {k: v for k, v in extra.items() if v}
+            changed.append(attrs.evolve(route, zone=decision.zone))
+        return changed
 
     async def _commit(
         self,
@@ -236,6 +323,9 @@ class Intake:
             headers=headers,
         )
         headers = strip_routing_fields(headers)
+        plugin_routes: dict[str, dict[str, str]] = {}
+        if self.hooks.route:
+            routes = await self._route_hooks(envelope, routes, plugin_routes)
         deliveries = [
             NewDelivery(
                 seq=n, recipient=r.recipient, domain=r.domain, zone=r.zone, next_attempt=now
@@ -252,6 +342,8 @@ class Intake:
             "user": envelope.user,
             "dkim_bh": body_hash,
         }
+        if plugin_routes:
+            meta["routes"] = plugin_routes  # fixed MX / HTTP target per seq (route hooks)
         record = MessageRecord(
             id=reception.id,
             mail_from=envelope.mail_from,

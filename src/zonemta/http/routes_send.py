@@ -13,6 +13,7 @@ from quart import request
 from werkzeug.exceptions import BadRequest
 
 from zonemta.engine.bus import Event
+from zonemta.engine.hooks import HookFailed, run_checks
 from zonemta.engine.intake import (
     Envelope,
     IntakeRejected,
@@ -75,7 +76,17 @@ class SendRoutes:
             user=user,
         )
 
-    def _begin(self, envelope: Envelope) -> Reception:
+    async def _begin(self, envelope: Envelope) -> Reception:
+        """Start the reception; ``api`` hooks first (a 5xx refusal is a 400, a 4xx or a
+        failed hook a 503, the reply as the error text)."""
+        hooks = self.ctx.intake.hooks.api
+        if hooks:
+            try:
+                refusal = await run_checks("api", hooks, envelope)
+            except HookFailed as exc:
+                refusal = exc.reply
+            if refusal is not None:
+                raise ApiError(400 if refusal.code >= 500 else 503, str(refusal))
         try:
             return self.ctx.intake.begin(envelope, max_header=MAX_HEADER)
         except IntakeRejected as exc:
@@ -119,7 +130,7 @@ class SendRoutes:
         except ComposeError as exc:
             raise ApiError(400, str(exc)) from exc
         envelope = self._envelope(composed.mail_from, composed.recipients, composed.smtputf8)
-        reception = self._begin(envelope)
+        reception = await self._begin(envelope)
         content = composed.content
         try:
             for offset in range(0, len(content), FEED_CHUNK):
@@ -208,6 +219,6 @@ class SendRoutes:
         except RawMessageError as exc:
             raise ApiError(400, str(exc)) from exc
         smtputf8 = not (raw.mail_from.isascii() and all(r.isascii() for r in raw.recipients))
-        reception = self._begin(self._envelope(raw.mail_from, raw.recipients, smtputf8))
+        reception = await self._begin(self._envelope(raw.mail_from, raw.recipients, smtputf8))
         await reception.feed(raw.headers + b"\r\n" + rest)
         return reception

@@ -18,11 +18,12 @@ import ipaddress
 import logging
 import ssl
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
 
+from zonemta.engine.hooks import HookFailed, SessionInfo, run_checks
 from zonemta.engine.intake import Envelope, Intake, IntakeRejected, Reception
 from zonemta.store import StoreError
 from zonemta.transport.proxy import NEED_DATA, ProxyHeaderParser, ProxyProtocolError
@@ -266,6 +267,12 @@ class SmtpInterfaceService:
             except TlsHandshakeFailed as exc:
                 log.info("%s: %s from %s", settings.name, exc, address)
                 return
+        if self.intake.hooks.connect:
+            refusal = await _connect_check(settings.name, address, self.intake)
+            if refusal is not None:
+                with trio.move_on_after(REFUSAL_TIMEOUT):
+                    await stream.send_all(refusal.to_bytes())
+                return
         session = SmtpSession(self, stream, address)
         self._live.add(session)
         try:
@@ -288,6 +295,14 @@ def _peer(stream: trio.abc.Stream) -> str:
     except OSError:
         return ""
     return str(address[0]) if isinstance(address, tuple) else str(address)
+
+
+async def _connect_check(interface: str, address: str, intake: Intake) -> Reply | None:
+    """The ``connect`` hooks' verdict on a new client (a 451 when a hook failed)."""
+    try:
+        return await run_checks("connect", intake.hooks.connect, SessionInfo(interface, address))
+    except HookFailed as exc:
+        return exc.reply
 
 
 class _SessionOver(Exception):
@@ -315,6 +330,19 @@ class SmtpSession:
         self.reception: Reception | None = None
         self._data_deadline = float("inf")
         self._read_scope: trio.CancelScope | None = None
+        self._data_reply: Reply | None = None  # a data hook refused: the answer at DataEnd
+        self.hooks = service.intake.hooks
+
+    def info(self) -> SessionInfo:
+        """This session as plugin hooks see it."""
+        return SessionInfo(self.settings.name, self.client_address, self.helo, self.user)
+
+    async def _check(self, name: str, hooks: list[Any], *args: object) -> Reply | None:
+        """Run one intake hook list; a failed hook is a 451."""
+        try:
+            return await run_checks(name, hooks, self.info(), *args)
+        except HookFailed as exc:
+            return exc.reply
 
     def interrupt_idle(self) -> None:
         """Shutdown: a session waiting for a command stops waiting (and gets 421)."""
@@ -385,6 +413,11 @@ class SmtpSession:
                 self._reset_transaction()
             case smtp.MailFrom(address=address, params=params):
                 self._reset_transaction()
+                if self.hooks.mail_from:
+                    refusal = await self._check("mail_from", self.hooks.mail_from, address, params)
+                    if refusal is not None:
+                        self.protocol.respond(refusal)
+                        return
                 self.mail_from = address
                 self.mail_params = dict(params)
                 self.protocol.respond(Reply(250, ("sender ok",), "2.1.0"))
@@ -393,6 +426,11 @@ class SmtpSession:
                     log.info("relay denied: %s -> <%s>", self.client_address, address)
                     self.protocol.respond(REPLY_RELAY_DENIED)
                     return
+                if self.hooks.rcpt_to:
+                    refusal = await self._check("rcpt_to", self.hooks.rcpt_to, address)
+                    if refusal is not None:
+                        self.protocol.respond(refusal)
+                        return
                 self.recipients.append(address)
                 self.protocol.respond(Reply(250, ("recipient ok",), "2.1.5"))
             case smtp.Auth(username=username, password=password):
@@ -401,6 +439,8 @@ class SmtpSession:
                 await self._start_tls()
             case smtp.DataStart():
                 self._begin_data()
+                if self.hooks.data and self.reception is not None:
+                    await self._data_check(self.reception)
             case smtp.DataChunk(data=data):
                 if self.reception is not None:
                     await self.reception.feed(data)
@@ -416,7 +456,23 @@ class SmtpSession:
             case _:
                 pass
 
+    async def _data_check(self, reception: Reception) -> None:
+        """The ``data`` hooks; a refusal discards the content and answers at its end."""
+        refusal = await self._check("data", self.hooks.data, reception.envelope)
+        if refusal is not None:
+            self._data_reply = refusal
+            self.reception = None
+            await reception.abort()
+
     async def _authenticate(self, username: str, password: str) -> None:
+        if self.hooks.auth:
+            verdict = await self._check("auth", self.hooks.auth, username, password)
+            if verdict is not None:  # a hook decided: 2xx is a success
+                if verdict.code // 100 == 2:
+                    log.info("authenticated %r from %s (plugin)", username, self.client_address)
+                    self.user = username
+                self.protocol.respond(verdict)
+                return
         authenticator = self.settings.authenticator
         assert authenticator is not None  # the server offers AUTH only with one
         try:
@@ -478,6 +534,7 @@ class SmtpSession:
 
     async def _abort_data(self) -> None:
         self._data_deadline = float("inf")
+        self._data_reply = None
         if self.reception is not None:
             reception, self.reception = self.reception, None
             await reception.abort()
@@ -486,6 +543,10 @@ class SmtpSession:
         self._data_deadline = float("inf")
         reception, self.reception = self.reception, None
         self._reset_transaction()
+        if self._data_reply is not None:
+            reply, self._data_reply = self._data_reply, None
+            self.protocol.respond(reply)
+            return
         if reception is None:
             self.protocol.respond(REPLY_STORE_FAILED)
             return
