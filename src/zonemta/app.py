@@ -110,10 +110,11 @@ def interface_settings(config: Config, name: str) -> InterfaceSettings:
 
 
 def log_message_event(event: Event) -> None:
-    """One log line per accepted message (delivery outcomes are logged by the attempt)."""
-    if event.type == "message.queued":
+    """A debug line per accepted message. At the default level the log has one line per
+    delivery outcome (written by the attempt), which carries the queue id too."""
+    if event.type == "message.queued" and log.isEnabledFor(logging.DEBUG):
         details = event.details or {}
-        log.info(
+        log.debug(
             "%s QUEUED from=<%s> recipients=%s size=%s interface=%s",
             event.id,
             details.get("from", ""),

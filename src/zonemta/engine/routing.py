@@ -26,6 +26,10 @@ from zonemta.conf import Config
 
 #: Header fields removed from every message before it is stored.
 STRIPPED_FIELDS = ("x-sending-zone", "bcc")
+# What a header block must contain (lower-cased) for one of them to be there at all.
+_STRIPPED_HINTS = tuple(
+    name.encode() + end for name in STRIPPED_FIELDS for end in (b":", b" ", b"\t")
+)
 
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r\n[ \t].*)*)\r\n", re.MULTILINE)
 
@@ -58,10 +62,7 @@ def header_fields(headers: bytes) -> list[tuple[str, str]]:
 def strip_routing_fields(headers: bytes) -> bytes:
     """The header block without ``X-Sending-Zone`` and ``Bcc`` fields (continuations too)."""
     lowered = headers.lower()
-    if not any(
-        name.encode() + b":" in lowered or name.encode() + b" " in lowered
-        for name in STRIPPED_FIELDS
-    ):
+    if not any(hint in lowered for hint in _STRIPPED_HINTS):
         return headers
     kept: list[bytes] = []
     position = 0

@@ -294,7 +294,11 @@ def _delete_message(message_id: str, conn: sqlite3.Connection) -> bool:
     """Delete the message and its body; a body of more than :data:`CHUNK_SLICE` chunks
     loses only its first slice here. Returns True when chunks remain (they are orphans
     now, invisible to readers, and :func:`delete_chunk_slice` takes them in turns)."""
+    row = conn.execute("SELECT chunk_count FROM messages WHERE id = ?", (message_id,)).fetchone()
     conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+    if row is not None and row[0] <= CHUNK_SLICE:
+        conn.execute("DELETE FROM chunks WHERE message_id = ?", (message_id,))
+        return False
     return delete_chunk_slice(message_id, CHUNK_SLICE, conn) == CHUNK_SLICE
 
 
