@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import attrs
 import dkim
 import pytest
 import trio
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
+from tests.support.http import HttpRecorder, http_server
 from tests.support.mx import Received, _Handler
 from tests.support.mx import TestMx as PlainTestMx
 from tests.support.relay import collect_until, relay_config, running_relay, submit_async
@@ -70,60 +68,11 @@ def mx() -> Iterator[TestMx]:
         yield server
 
 
-@attrs.frozen
-class HookRequest:
-    content_type: str
-    body: bytes
-    status: int
-
-
-class HookServer:
-    """A tiny ASGI app: records every request and answers with the next scripted status."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.send, self.receive = trio.open_memory_channel[HookRequest](100)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        status = self.statuses.pop(0) if self.statuses else 200
-        headers = dict(scope["headers"])
-        await self.send.send(HookRequest(headers.get(b"content-type", b"").decode(), body, status))
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-
 @asynccontextmanager
-async def hook_server(statuses: list[int]) -> AsyncIterator[tuple[HookServer, str]]:
-    app = HookServer(statuses)
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = None
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve(
-                app, config, shutdown_trigger=stop.wait, task_status=task_status
-            )  # type: ignore[arg-type]
-        )
-        try:
-            yield app, f"{binds[0]}/bounces"
-        finally:
-            stop.set()
+async def hook_server(statuses: list[int]) -> AsyncIterator[tuple[HttpRecorder, str]]:
+    """The webhook sink: a recording HTTP server and the URL to post bounces to."""
+    async with http_server(statuses) as (recorder, base):
+        yield recorder, f"{base}/bounces"
 
 
 def smart_hosts(mx: TestMx) -> dict[str, object]:

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import smtplib
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
 import dkim
 import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
+from tests.support.http import http_server
 from tests.support.mx import TestMx
 from tests.support.relay import (
     api_url,
@@ -79,68 +75,6 @@ async def wait_for(predicate: Any, seconds: float = 10) -> None:
     with trio.fail_after(seconds):
         while not predicate():  # noqa: ASYNC110 - filled by the plugin's event task
             await trio.sleep(0.02)
-
-
-@attrs.frozen
-class HttpRequest:
-    path: str
-    headers: dict[bytes, bytes]
-    body: bytes
-
-
-class HttpRecorder:
-    """A tiny ASGI app: records requests, answers with the next scripted status."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.statuses = statuses
-        self.requests: list[HttpRequest] = []
-        self.decide: Any = None  # request -> status, instead of the script
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                event = await receive()
-                if event["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif event["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if not event.get("more_body"):
-                break
-        path = scope["path"] + (
-            "?" + scope["query_string"].decode() if scope["query_string"] else ""
-        )
-        request = HttpRequest(path, dict(scope["headers"]), body)
-        self.requests.append(request)
-        status = self.statuses.pop(0) if self.statuses else 200
-        if self.decide is not None:
-            status = self.decide(request)
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-
-@asynccontextmanager
-async def http_server(statuses: list[int]) -> AsyncIterator[tuple[HttpRecorder, str]]:
-    app = HttpRecorder(statuses)
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    config.errorlog = None
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve(
-                app, config, shutdown_trigger=stop.wait, task_status=task_status
-            )  # type: ignore[arg-type]
-        )
-        try:
-            yield app, binds[0]
-        finally:
-            stop.set()
 
 
 # ---------------------------------------------------------------------- SMTP intake hooks
