@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -11,7 +10,8 @@ from typing import Final
 import attrs
 import trio
 
-from zonemta.store.base import BodyWriter, StoreError
+from zonemta.store.base import StoreError
+from zonemta.store.chunking import BodyState, ChunkingBodyWriter
 from zonemta.store.mongodb import ops
 from zonemta.store.mongodb.client import DatabaseUnavailable, MongoRunner
 
@@ -42,15 +42,7 @@ class Receptions:
         self.body_ids.discard(body_id)
 
 
-class _State(enum.Enum):
-    OPEN = "open"
-    FAILED = "failed"  # a chunk could not be stored: only abort() is left
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    ABORTED = "aborted"
-
-
-class MongoBodyWriter(BodyWriter):
+class MongoBodyWriter(ChunkingBodyWriter):
     """Buffers up to ``chunk_size`` bytes and stores each full chunk as a GridFS chunk
     document (one thread call per chunk, awaited before the next is taken). Memory stays
     under one chunk plus the caller's largest ``write``; a body smaller than a chunk costs
@@ -73,16 +65,11 @@ class MongoBodyWriter(BodyWriter):
         on_orphan: Callable[[], None] = lambda: None,
     ) -> None:
         receptions.add(message_id, body_id)
-        self.message_id = message_id
+        super().__init__(message_id, chunk_size)
         self.body_id = body_id
-        self.size = 0
         self._runner = runner
         self._receptions = receptions
         self._owner = owner
-        self._chunk_size = chunk_size
-        self._buffer = bytearray()
-        self._stored = 0
-        self._state = _State.OPEN
         self._unavailable = False
         self._on_orphan = on_orphan
 
@@ -90,44 +77,21 @@ class MongoBodyWriter(BodyWriter):
     def runner(self) -> MongoRunner:
         return self._runner
 
-    async def write(self, chunk: bytes) -> None:
-        """Append ``chunk``; stores full chunks. Raises :class:`StoreError` if a chunk could
-        not be stored or the body is no longer open."""
-        if self._state is not _State.OPEN:
-            raise StoreError(f"body of {self.message_id} is {self._state.value}")
-        self._buffer += chunk
-        self.size += len(chunk)
-        size = self._chunk_size
-        while len(self._buffer) >= size:
-            data = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            try:
-                await self._runner.run(
-                    partial(
-                        ops.insert_chunk,
-                        self.body_id,
-                        self.message_id,
-                        self._owner,
-                        self._stored,
-                        data,
-                        size,
-                    )
-                )
-            except BaseException as exc:
-                self._state = _State.FAILED
-                self._unavailable = isinstance(exc, DatabaseUnavailable)
-                raise
-            self._stored += 1
+    async def _store_chunk(self, index: int, data: bytes) -> None:
+        await self._runner.run(
+            partial(
+                ops.insert_chunk,
+                self.body_id,
+                self.message_id,
+                self._owner,
+                index,
+                data,
+                self._chunk_size,
+            )
+        )
 
-    def begin_commit(self) -> tuple[bytes, int]:
-        """For the store's commit: the unwritten tail and how many chunks are stored.
-        Raises :class:`StoreError` if the body is not open (failed, aborted, committed)."""
-        if self._state is not _State.OPEN:
-            raise StoreError(f"body of {self.message_id} is {self._state.value}")
-        self._state = _State.COMMITTING
-        tail = bytes(self._buffer)
-        self._buffer = bytearray()
-        return tail, self._stored
+    def _chunk_failed(self, exc: BaseException) -> None:
+        self._unavailable = isinstance(exc, DatabaseUnavailable)
 
     def database_unavailable(self) -> None:
         """The commit failed because the database is unreachable: :meth:`abort` will not
@@ -136,7 +100,7 @@ class MongoBodyWriter(BodyWriter):
 
     def end_commit(self) -> None:
         """The message is committed: the body belongs to the queue now."""
-        self._state = _State.COMMITTED
+        self._state = BodyState.COMMITTED
         self._receptions.discard(self.message_id, self.body_id)
 
     async def abort(self) -> None:
@@ -145,11 +109,10 @@ class MongoBodyWriter(BodyWriter):
         after a commit. Never raises StoreError: failures are logged and the body is left to
         orphan collection, as it is at once when the database was found unreachable (so a
         submitter gets its temporary failure without waiting for another timeout)."""
-        if self._state in (_State.ABORTED, _State.COMMITTED):
+        previous = self._begin_abort()
+        if previous is None:
             return
-        written = self._stored > 0 or self._state in (_State.COMMITTING, _State.FAILED)
-        self._state = _State.ABORTED
-        self._buffer = bytearray()
+        written = self._stored > 0 or previous in (BodyState.COMMITTING, BodyState.FAILED)
         if written and self._unavailable:
             self._receptions.discard(self.message_id, self.body_id)
             self._on_orphan()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 import logging
 from functools import partial
 from typing import Final
 
 import trio
 
-from zonemta.store.base import BodyWriter, StoreError
+from zonemta.store.base import StoreError
+from zonemta.store.chunking import BodyState, ChunkingBodyWriter
 from zonemta.store.sqlite import ops
 from zonemta.store.sqlite.writer import GroupCommitWriter, Pending
 
@@ -20,19 +20,10 @@ log = logging.getLogger(__name__)
 ABORT_TIMEOUT_SECONDS: Final = 10.0
 
 
-class _State(enum.Enum):
-    OPEN = "open"
-    FAILED = "failed"  # a chunk could not be stored: only abort() is left
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    ABORTED = "aborted"
-
-
-class SqliteBodyWriter(BodyWriter):
-    """Buffers up to ``chunk_size`` bytes; each full chunk goes to the group-commit writer as
-    its own op (an orphan chunk row until the message row is committed). One chunk may be in
-    flight while the next one fills, so memory stays under two chunks plus the caller's
-    largest ``write``.
+class SqliteBodyWriter(ChunkingBodyWriter):
+    """Each full chunk goes to the group-commit writer as its own op (an orphan chunk row
+    until the message row is committed). One chunk may be in flight while the next one
+    fills, so memory stays under two chunks plus the caller's largest ``write``.
 
     Made by :meth:`SqliteStore.new_body`; ``live`` is the store's set of bodies being written,
     which orphan collection must spare. The writer leaves that set when it is committed or
@@ -42,62 +33,27 @@ class SqliteBodyWriter(BodyWriter):
     def __init__(
         self, writer: GroupCommitWriter, live: set[str], message_id: str, chunk_size: int
     ) -> None:
-        self.message_id = message_id
-        self.size = 0
+        super().__init__(message_id, chunk_size)
         self._writer = writer
         self._live = live
-        self._chunk_size = chunk_size
-        self._buffer = bytearray()
-        self._stored = 0  # chunks handed to the writer
         self._inflight: Pending[None] | None = None
-        self._state = _State.OPEN
         live.add(message_id)
 
     @property
     def writer(self) -> GroupCommitWriter:
         return self._writer
 
-    async def write(self, chunk: bytes) -> None:
-        """Append ``chunk``; hands full chunks to the writer. Raises :class:`StoreError` if a
-        chunk could not be stored or the body is no longer open."""
-        if self._state is not _State.OPEN:
-            raise StoreError(f"body of {self.message_id} is {self._state.value}")
-        self._buffer += chunk
-        self.size += len(chunk)
-        size = self._chunk_size
-        while len(self._buffer) >= size:
-            data = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            await self._hand_over(data)
-
-    async def _hand_over(self, data: bytes) -> None:
-        try:
-            if self._inflight is not None:
-                await self._inflight.wait()
-                self._inflight = None
-            self._inflight = await self._writer.enqueue(
-                partial(ops.insert_chunk, self.message_id, self._stored, data)
-            )
-        except BaseException:
-            # Failed or cancelled half-way: ``data`` may not be stored, so this body can no
-            # longer be committed whole.
-            self._state = _State.FAILED
-            raise
-        self._stored += 1
-
-    def begin_commit(self) -> tuple[bytes, int]:
-        """For the store's commit: the unwritten tail and how many chunks were handed over.
-        Raises :class:`StoreError` if the body is not open (failed, aborted, committed)."""
-        if self._state is not _State.OPEN:
-            raise StoreError(f"body of {self.message_id} is {self._state.value}")
-        self._state = _State.COMMITTING
-        tail = bytes(self._buffer)
-        self._buffer = bytearray()
-        return tail, self._stored
+    async def _store_chunk(self, index: int, data: bytes) -> None:
+        if self._inflight is not None:
+            await self._inflight.wait()
+            self._inflight = None
+        self._inflight = await self._writer.enqueue(
+            partial(ops.insert_chunk, self.message_id, index, data)
+        )
 
     def end_commit(self) -> None:
         """The message row is committed: the body belongs to the queue now."""
-        self._state = _State.COMMITTED
+        self._state = BodyState.COMMITTED
         self._inflight = None
         self._live.discard(self.message_id)
 
@@ -106,10 +62,8 @@ class SqliteBodyWriter(BodyWriter):
         for at most :data:`ABORT_TIMEOUT_SECONDS`). Safe to call twice, and a no-op after a
         successful commit. Never raises StoreError: failures are logged and the chunks are
         left to ``remove_orphans``."""
-        if self._state in (_State.ABORTED, _State.COMMITTED):
+        if self._begin_abort() is None:
             return
-        self._state = _State.ABORTED
-        self._buffer = bytearray()
         self._inflight = None
         try:
             if self._stored:
