@@ -77,8 +77,8 @@ def interface_settings(config: Config, name: str) -> InterfaceSettings:
         PasswordAuthenticator.from_users_file(
             Path(iface.users_file), iface.auth_failure_delay.total_seconds()
         )
-        if iface.authentication
-        else None
+        if iface.authentication and iface.users_file
+        else None  # no users file: AUTH is answered by plugins (config checks there is one)
     )
     return InterfaceSettings(
         name=name,

@@ -271,8 +271,14 @@ async def test_queue_routes(tmp_path: Path) -> None:
                         "/send", json={"from": "s@origin.test", "to": "later@one.test"}
                     )
                 ).json()["id"]
+                # Wait for both deferrals and for the raw message's three other recipients
+                # (delivered at once), so that nothing but the two deferrals is pending.
                 deferred = await collect_until(
-                    events, lambda ev: sum(e.to_state == "deferred" for e in ev) == 2
+                    events,
+                    lambda ev: (
+                        sum(e.to_state == "deferred" for e in ev) == 2
+                        and sum(e.to_state == "delivered" for e in ev) == 3
+                    ),
                 )
                 assert {e.id for e in deferred if e.to_state == "deferred"} == {first, second}
                 await check_listings(client, first, second)

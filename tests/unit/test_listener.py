@@ -472,11 +472,23 @@ async def test_proxy_protocol_gives_the_real_client_address(store: SqliteStore) 
         nursery.cancel_scope.cancel()
 
 
-def test_interface_settings_need_their_context_and_authenticator() -> None:
+def test_interface_settings_need_their_tls_context() -> None:
     with pytest.raises(ValueError, match="context"):
         secure_settings(server={"starttls_available": True})
-    with pytest.raises(ValueError, match="authenticator"):
-        secure_settings(server={"auth_available": True})
+
+
+async def test_auth_without_users_file_or_deciding_plugin_fails(store: SqliteStore) -> None:
+    # With no users file AUTH is the plugins' to answer; when none does, it fails.
+    service = SmtpInterfaceService(
+        secure_settings(server={"auth_available": True, "allow_insecure_auth": True}),
+        make_intake(store),
+    )
+    async with trio.open_nursery() as nursery:
+        client = await serve_one(nursery, service)
+        assert b"AUTH PLAIN LOGIN" in await ehlo(client)
+        await client.send(plain("alice", "wonderland"))
+        assert (await client.reply()).startswith(b"535")
+        nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------- configuration rules
@@ -494,7 +506,7 @@ def test_interface_settings_need_their_context_and_authenticator() -> None:
         ({"relay_networks": ["nonsense"]}, "bad network 'nonsense'"),
         ({"starttls": True, "cert": "c.pem"}, "'starttls' needs 'cert' and 'key'"),
         ({"secure": True, "starttls": True}, "exclude each other"),
-        ({"authentication": True}, "'authentication' needs 'users_file'"),
+        ({"authentication": True}, "'authentication' needs 'users_file' or an enabled plugin"),
         ({"max_errors": -1}, "max_errors"),
     ],
 )

@@ -438,6 +438,13 @@ class Config:
     plugins: dict[str, PluginConfig] = attrs.field(factory=dict, validator=_names)
 
     def __attrs_post_init__(self) -> None:
+        plugins = any(p.enabled for p in self.plugins.values())
+        for name, iface in self.smtp.items():
+            if iface.authentication and not iface.users_file and not plugins:
+                raise ValueError(
+                    f"[smtp.{name}] 'authentication' needs 'users_file' or an enabled plugin "
+                    "that answers AUTH (e.g. http-auth)"
+                )
         for name, entries in self.pools.items():
             fixed = sum(e.ratio for e in entries if e.ratio is not None)
             if not entries:

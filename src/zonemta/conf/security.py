@@ -84,15 +84,13 @@ class _Interface(Protocol):
 
 def check_interface_security(iface: _Interface) -> None:
     """Raise ``ValueError`` naming the keys when the interface's settings do not fit together:
-    STARTTLS with implicit TLS, TLS without ``cert``/``key``, AUTH without ``users_file``, and
+    STARTTLS with implicit TLS, TLS without ``cert``/``key``, and
     a public listener that would be an open relay."""
     if iface.starttls and iface.secure:
         raise ValueError("'starttls' and 'secure' exclude each other (choose one)")
     if (iface.starttls or iface.secure) and not (iface.cert and iface.key):
         mode = "starttls" if iface.starttls else "secure"
         raise ValueError(f"'{mode}' needs 'cert' and 'key' (PEM file paths)")
-    if iface.authentication and not iface.users_file:
-        raise ValueError("'authentication' needs 'users_file'")
     if is_loopback_host(iface.host) or iface.authentication:
         return
     public = [n for n in iface.relay_networks if not parse_network(n).is_loopback]
