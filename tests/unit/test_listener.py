@@ -207,7 +207,9 @@ async def test_store_failure_answers_451_and_keeps_nothing(tmp_path: Path) -> No
     await store.open()
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
-        service = SmtpInterfaceService(settings(), make_intake(store))
+        intake = make_intake(store)
+        events = intake.bus.subscribe()
+        service = SmtpInterfaceService(settings(), intake)
         client = await serve_one(nursery, service)
         await client.send(
             b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@d.test>\r\nDATA\r\n"
@@ -215,6 +217,8 @@ async def test_store_failure_answers_451_and_keeps_nothing(tmp_path: Path) -> No
         )
         replies = [await client.reply() for _ in range(5)]
         assert replies[-1].startswith(b"451 4.3.0")
+        rejected = events.receive.receive_nowait()
+        assert rejected.type == "message.rejected" and "disk full" in rejected.to_json()["reason"]
         # The session goes on: the client may try again.
         await client.send(b"NOOP\r\n")
         assert (await client.reply()).startswith(b"250")
@@ -565,3 +569,21 @@ def test_the_submission_example_in_the_docs_loads() -> None:
     example = text.split("A submission port for users", 1)[1].split("```\n", 2)[1]
     iface = config_from_dict(tomllib.loads(example)).smtp["submission"]
     assert (iface.host, iface.starttls, iface.authentication) == ("0.0.0.0", True, True)
+
+
+async def test_refused_and_abandoned_receptions_are_published(store: SqliteStore) -> None:
+    intake = make_intake(store)
+    events = intake.bus.subscribe()
+    service = SmtpInterfaceService(settings(), intake)
+    async with trio.open_nursery() as nursery:
+        client = await serve_one(nursery, service)
+        too_big = b"Subject: x\r\n\r\n" + b"y" * (1024 * 1024 + 10) + b"\r\n.\r\n"
+        await client.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@d.test>\r\nDATA\r\n")
+        for _ in range(3):
+            await client.reply()
+        assert (await client.reply()).startswith(b"354")
+        await client.send(too_big)
+        assert (await client.reply()).startswith(b"552")
+        nursery.cancel_scope.cancel()
+    kinds = [events.receive.receive_nowait().type for _ in range(1)]
+    assert kinds == ["message.dropped"]

@@ -277,6 +277,12 @@ class Intake:
         details = {"interface": reception.envelope.interface, "reason": reason}
         self.bus.publish(Event("message.dropped", reception.id, self.clock(), details=details))
 
+    def report(self, kind: str, message_id: str, *, interface: str, reason: str) -> None:
+        """Publish ``message.rejected`` or ``message.dropped`` for a reception that did not
+        become a stored message (logs and metrics read it)."""
+        details = {"interface": interface, "reason": reason}
+        self.bus.publish(Event(kind, message_id, self.clock(), details=details))
+
     def begin(self, envelope: Envelope, *, max_header: int = 1024 * 1024) -> Reception:
         if not envelope.recipients:
             raise IntakeRejected(Reply(554, ("no valid recipients",), "5.5.1"))

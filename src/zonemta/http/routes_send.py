@@ -12,7 +12,6 @@ import trio
 from quart import request
 from werkzeug.exceptions import BadRequest
 
-from zonemta.engine.bus import Event
 from zonemta.engine.hooks import HookFailed, run_checks
 from zonemta.engine.intake import (
     Envelope,
@@ -61,8 +60,7 @@ class SendRoutes:
         app.add_url_rule("/send-raw", "send_raw", self.send_raw, methods=["POST"])
 
     def _publish(self, kind: str, message_id: str, reason: str) -> None:
-        details = {"interface": INTERFACE, "reason": reason}
-        self.ctx.bus.publish(Event(kind, message_id, self.ctx.clock(), details=details))
+        self.ctx.intake.report(kind, message_id, interface=INTERFACE, reason=reason)
 
     def _envelope(self, mail_from: str, recipients: tuple[str, ...], smtputf8: bool) -> Envelope:
         client, user = _submitter()

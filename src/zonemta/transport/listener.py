@@ -533,12 +533,18 @@ class SmtpSession:
         )
         self._data_deadline = trio.current_time() + self.settings.data_timeout
 
+    def _publish(self, kind: str, reception: Reception, reason: str) -> None:
+        """``message.rejected`` (refused at the end of data) or ``message.dropped`` (a
+        reception abandoned half-way), as the HTTP API publishes them: for logs and metrics."""
+        self.service.intake.report(kind, reception.id, interface=self.settings.name, reason=reason)
+
     async def _abort_data(self) -> None:
         self._data_deadline = float("inf")
         self._data_reply = None
         if self.reception is not None:
             reception, self.reception = self.reception, None
             await reception.abort()
+            self._publish("message.dropped", reception, "reception abandoned")
 
     async def _end_data(self) -> None:
         self._data_deadline = float("inf")
@@ -555,10 +561,12 @@ class SmtpSession:
             with trio.CancelScope(shield=True):
                 queue_id = await reception.commit()
         except IntakeRejected as exc:
+            self._publish("message.rejected", reception, str(exc.reply))
             self.protocol.respond(exc.reply)
             return
         except StoreError as exc:
             log.warning("message from %s not stored: %s", self.client_address, exc)
+            self._publish("message.rejected", reception, f"store failed: {exc}")
             self.protocol.respond(REPLY_STORE_FAILED)
             return
         self.protocol.respond(Reply(250, (f"Message queued as {queue_id}",), "2.0.0"))
