@@ -14,7 +14,6 @@ import trio
 
 from zonemta.conf import Config, QueueBackend
 from zonemta.conf.security import parse_network
-from zonemta.dkim.headers import HeaderPolicy
 from zonemta.engine.auth import PasswordAuthenticator
 from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.engine import DeliveryEngine
@@ -22,6 +21,7 @@ from zonemta.engine.hooks import Hooks
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake import Intake
 from zonemta.engine.routing import Router
+from zonemta.headers import HeaderPolicy
 from zonemta.http import ApiContext, ApiServer
 from zonemta.plugins import PluginHost
 from zonemta.store import Store

@@ -21,15 +21,19 @@ from zonemta.conf.loader import ConfigError
 from zonemta.dkim import (
     DkimKeyError,
     DkimSigner,
-    HeaderPolicy,
-    HopLimitExceeded,
     RelaxedBodyHasher,
     SigningKey,
     dns_record,
     load_key,
     relaxed_body_hash,
 )
-from zonemta.dkim.headers import count_fields, first_value, from_domain
+from zonemta.headers import (
+    HeaderPolicy,
+    HopLimitExceeded,
+    count_fields,
+    first_value,
+    from_domain,
+)
 
 # ------------------------------------------------------------------------------ body hash
 

@@ -28,7 +28,7 @@ def modules(*parts: str) -> list[Path]:
     return found
 
 
-PURE = modules("conf", "statemachine", "transport/smtp", "dkim")
+PURE = modules("conf", "statemachine", "transport/smtp", "dkim", "headers.py")
 BELOW_ENGINE = modules("conf", "statemachine", "transport", "store")
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 from zonemta.conf import config_from_dict
-from zonemta.engine.routing import Router, header_fields, strip_routing_fields
+from zonemta.engine.routing import Router, strip_routing_fields
+from zonemta.headers import unfolded_fields
 
 
 def router(**zones: Any) -> Router:
@@ -73,4 +74,4 @@ def test_strip_routing_fields_removes_folded_fields_and_keeps_the_rest() -> None
 
 
 def test_header_fields_unfold() -> None:
-    assert header_fields(b"A: one\r\n two\r\nB:x\r\n") == [("a", "one two"), ("b", "x")]
+    assert unfolded_fields(b"A: one\r\n two\r\nB:x\r\n") == [("a", "one two"), ("b", "x")]

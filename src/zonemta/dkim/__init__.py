@@ -1,8 +1,7 @@
-"""DKIM: the body hash computed while a message streams in, the signature made at delivery
-time over the final headers, and the header-block helpers both use."""
+"""DKIM: the body hash computed while a message streams in, and the signature made at
+delivery time over the final headers (the header-block helpers are in ``zonemta.headers``)."""
 
 from zonemta.dkim.bodyhash import RelaxedBodyHasher, relaxed_body_hash
-from zonemta.dkim.headers import HeaderPolicy, HopLimitExceeded
 from zonemta.dkim.signer import (
     DkimKeyError,
     DkimSigner,
@@ -15,8 +14,6 @@ from zonemta.dkim.signer import (
 __all__ = [
     "DkimKeyError",
     "DkimSigner",
-    "HeaderPolicy",
-    "HopLimitExceeded",
     "RelaxedBodyHasher",
     "SigningKey",
     "dns_record",

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy
 
 from zonemta.conf.dkim import DkimAlgorithm, DkimConfig, DkimKey
-from zonemta.dkim.headers import field_names, from_domain
+from zonemta.headers import field_names, from_domain
 
 __all__ = ["DkimKeyError", "DkimSigner", "SigningKey", "dns_record", "load_key", "load_signer"]
 

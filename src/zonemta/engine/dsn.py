@@ -14,7 +14,7 @@ from email.utils import format_datetime
 
 import attrs
 
-from zonemta.dkim.headers import count_fields, first_value
+from zonemta.headers import count_fields, first_value
 from zonemta.store import Delivery, MessageRecord
 
 __all__ = [

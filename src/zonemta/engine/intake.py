@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 import attrs
 
 from zonemta.dkim.bodyhash import RelaxedBodyHasher
-from zonemta.dkim.headers import HeaderPolicy, HopLimitExceeded
 from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.hooks import (
     HeaderBlock,
@@ -28,6 +27,7 @@ from zonemta.engine.hooks import (
 )
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.routing import Route, Router, strip_routing_fields
+from zonemta.headers import HeaderPolicy, HopLimitExceeded
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, Store, StoreError
 from zonemta.transport.smtp.reply import Reply
 

@@ -17,12 +17,12 @@ reach the stored message (:func:`strip_routing_fields`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import attrs
 
 from zonemta.conf import Config
+from zonemta.headers import remove_fields, unfolded_fields
 
 #: Header fields removed from every message before it is stored.
 STRIPPED_FIELDS = ("x-sending-zone", "bcc")
@@ -30,8 +30,6 @@ STRIPPED_FIELDS = ("x-sending-zone", "bcc")
 _STRIPPED_HINTS = tuple(
     name.encode() + end for name in STRIPPED_FIELDS for end in (b":", b" ", b"\t")
 )
-
-_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r\n[ \t].*)*)\r\n", re.MULTILINE)
 
 
 @attrs.frozen
@@ -48,32 +46,12 @@ def recipient_domain(address: str) -> str:
     return domain.lower()
 
 
-def header_fields(headers: bytes) -> list[tuple[str, str]]:
-    """``(lower-case name, unfolded stripped value)`` of every field, in order."""
-    result: list[tuple[str, str]] = []
-    for match in _FIELD.finditer(headers):
-        value = re.sub(rb"\r\n(?=[ \t])", b"", match.group(2)).strip()
-        result.append(
-            (match.group(1).decode("ascii").lower(), value.decode("utf-8", "surrogateescape"))
-        )
-    return result
-
-
 def strip_routing_fields(headers: bytes) -> bytes:
     """The header block without ``X-Sending-Zone`` and ``Bcc`` fields (continuations too)."""
     lowered = headers.lower()
     if not any(hint in lowered for hint in _STRIPPED_HINTS):
         return headers
-    kept: list[bytes] = []
-    position = 0
-    for match in _FIELD.finditer(headers):
-        if match.start() > position:
-            kept.append(headers[position : match.start()])
-        if match.group(1).decode("ascii").lower() not in STRIPPED_FIELDS:
-            kept.append(match.group(0))
-        position = match.end()
-    kept.append(headers[position:])
-    return b"".join(kept)
+    return remove_fields(headers, frozenset(STRIPPED_FIELDS))
 
 
 class Router:
@@ -104,7 +82,7 @@ class Router:
         by_zone_header = interface in self.header_interfaces
         # Parse the header block only when a header rule can apply (the common SMTP case
         # has none).
-        fields = header_fields(headers) if headers and (by_zone_header or self._by_header) else []
+        fields = unfolded_fields(headers) if headers and (by_zone_header or self._by_header) else []
         if by_zone_header:
             for name, value in reversed(fields):
                 if name == "x-sending-zone" and value in self.zones:

@@ -18,7 +18,7 @@ import httpx
 import trio
 
 from zonemta.conf.bounces import WebhookConfig, WebhookFormat
-from zonemta.dkim.headers import first_value
+from zonemta.headers import first_value
 from zonemta.store import Delivery, MessageRecord
 
 __all__ = ["BounceWebhook", "WebhookStats", "bounce_payload"]

@@ -1,4 +1,5 @@
-"""The header block as stored: reading fields, and the hygiene applied at intake.
+"""The header block as stored: reading and removing fields, and the hygiene applied at
+intake. Shared by the intake, routing, DKIM signing and the bounce notices.
 
 A header block is bytes of ``Name: value`` lines (continuation lines start with a space or
 tab), every line ending in CRLF, without the empty line that ends it. Field names are
@@ -26,9 +27,14 @@ __all__ = [
     "fields",
     "first_value",
     "from_domain",
+    "remove_fields",
+    "unfolded_fields",
 ]
 
 _FIELD_START = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
+# A whole field: its name, its value and continuation lines, and the final CRLF.
+_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\r\n[ \t].*)*)\r\n", re.MULTILINE)
+_FOLD = re.compile(rb"\r\n(?=[ \t])")
 
 
 def fields(headers: bytes) -> Iterator[tuple[str, bytes]]:
@@ -41,6 +47,33 @@ def fields(headers: bytes) -> Iterator[tuple[str, bytes]]:
         if value.endswith(b"\r\n"):
             value = value[:-2]
         yield match.group(1).decode("ascii").lower(), value
+
+
+def unfolded_fields(headers: bytes) -> list[tuple[str, str]]:
+    """``(lower-case name, unfolded stripped value)`` of every field, in order (values as
+    UTF-8, undecodable bytes kept as surrogates)."""
+    return [
+        (
+            match.group(1).decode("ascii").lower(),
+            _FOLD.sub(b"", match.group(2)).strip().decode("utf-8", "surrogateescape"),
+        )
+        for match in _FIELD.finditer(headers)
+    ]
+
+
+def remove_fields(headers: bytes, names: frozenset[str]) -> bytes:
+    """The header block without the fields called ``names`` (lower-case; continuation lines
+    go with their field); anything that is not a well-formed field is kept."""
+    kept: list[bytes] = []
+    position = 0
+    for match in _FIELD.finditer(headers):
+        if match.start() > position:
+            kept.append(headers[position : match.start()])
+        if match.group(1).decode("ascii").lower() not in names:
+            kept.append(match.group(0))
+        position = match.end()
+    kept.append(headers[position:])
+    return b"".join(kept)
 
 
 def field_names(headers: bytes) -> set[str]:
