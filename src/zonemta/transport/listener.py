@@ -14,98 +14,44 @@ is accepted only from an authenticated user or a client in ``relay_networks`` (e
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import ssl
 from functools import partial
-from typing import Any, Protocol
 
-import attrs
 import trio
 
 from zonemta.engine.hooks import HookFailed, SessionInfo, run_checks
-from zonemta.engine.intake import Envelope, Intake, IntakeRejected, Reception
-from zonemta.store import StoreError
+from zonemta.engine.intake import Intake
+from zonemta.transport.interface import (
+    LOOPBACK_NETWORKS,
+    Authenticator,
+    InterfaceSettings,
+    Network,
+    in_networks,
+)
 from zonemta.transport.proxy import NEED_DATA, ProxyHeaderParser, ProxyProtocolError
-from zonemta.transport.smtp import server as smtp
-from zonemta.transport.smtp.errors import RemoteProtocolError
+from zonemta.transport.session import (
+    RECEIVE_SIZE,
+    REFUSAL_TIMEOUT,
+    REPLY_TOO_MANY,
+    REPLY_TOO_MANY_FROM_ADDRESS,
+    SmtpSession,
+)
 from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.tls import TlsHandshakeFailed, start_server_tls
 
+__all__ = [
+    "LOOPBACK_NETWORKS",
+    "Authenticator",
+    "InterfaceSettings",
+    "Network",
+    "PrefixedStream",
+    "SmtpInterfaceService",
+    "SmtpSession",
+    "in_networks",
+    "read_proxy_header",
+]
+
 log = logging.getLogger(__name__)
-
-RECEIVE_SIZE = 64 * 1024
-# How long a refused client (421) may take to read its reply.
-REFUSAL_TIMEOUT = 5.0
-
-REPLY_IDLE_TIMEOUT = Reply(421, ("timeout exceeded, closing connection",), "4.4.2")
-REPLY_SHUTDOWN = Reply(421, ("server shutting down, try again later",), "4.3.2")
-REPLY_TOO_MANY = Reply(421, ("too many connections, try again later",), "4.7.0")
-REPLY_TOO_MANY_FROM_ADDRESS = Reply(
-    421, ("too many connections from your address, try again later",), "4.7.0"
-)
-REPLY_STORE_FAILED = Reply(451, ("temporary failure storing the message, try again",), "4.3.0")
-REPLY_RELAY_DENIED = Reply(554, ("relay access denied",), "5.7.1")
-REPLY_AUTH_OK = Reply(235, ("Authentication successful",), "2.7.0")
-REPLY_AUTH_FAILED = Reply(535, ("Authentication credentials invalid",), "5.7.8")
-REPLY_AUTH_UNAVAILABLE = Reply(454, ("Temporary authentication failure",), "4.7.0")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-LOOPBACK_NETWORKS: tuple[Network, ...] = (
-    ipaddress.ip_network("127.0.0.0/8"),
-    ipaddress.ip_network("::1/128"),
-)
-
-
-class Authenticator(Protocol):
-    """Checks AUTH credentials (implemented by :mod:`zonemta.engine.auth`)."""
-
-    async def authenticate(self, client_address: str, username: str, password: str) -> bool:
-        """True for valid credentials; a failure may take a while (throttling)."""
-        ...
-
-
-def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
-    """True when the IP literal ``address`` lies in one of ``networks`` (IPv4-mapped IPv6
-    addresses count as IPv4). False for anything that is not an IP address."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
-
-
-@attrs.frozen
-class InterfaceSettings:
-    """What one SMTP interface needs at run time (built from the config by the app).
-
-    ``tls_context`` serves both STARTTLS (``server.starttls_available``) and implicit TLS
-    (``server.implicit_tls``). ``max_clients_per_address`` (0 = no limit) does not apply to
-    clients inside ``relay_networks``. With ``proxy_protocol`` every connection must start
-    with a PROXY header and come from ``proxy_networks``.
-    """
-
-    name: str
-    host: str
-    port: int
-    server: smtp.ServerSettings
-    idle_timeout: float
-    data_timeout: float
-    max_clients: int
-    max_header_size: int
-    tls_context: ssl.SSLContext | None = None
-    relay_networks: tuple[Network, ...] = LOOPBACK_NETWORKS
-    max_clients_per_address: int = 0
-    proxy_protocol: bool = False
-    proxy_networks: tuple[Network, ...] = LOOPBACK_NETWORKS
-    authenticator: Authenticator | None = None
-
-    def __attrs_post_init__(self) -> None:
-        tls_needed = self.server.starttls_available or self.server.implicit_tls
-        if tls_needed and self.tls_context is None:
-            raise ValueError(f"interface {self.name}: STARTTLS or implicit TLS needs a context")
 
 
 class PrefixedStream(trio.abc.Stream):
@@ -301,272 +247,3 @@ async def _connect_check(interface: str, address: str, intake: Intake) -> Reply 
         return await run_checks("connect", intake.hooks.connect, SessionInfo(interface, address))
     except HookFailed as exc:
         return exc.reply
-
-
-class _SessionOver(Exception):
-    """The connection cannot go on (a failed STARTTLS handshake); nothing more to send."""
-
-
-class SmtpSession:
-    """One client connection."""
-
-    def __init__(
-        self, service: SmtpInterfaceService, stream: trio.abc.Stream, client_address: str
-    ) -> None:
-        self.service = service
-        self.settings = service.settings
-        self.stream = stream
-        self.protocol = smtp.SMTPServerConnection(service.settings.server)
-        self.client_address = client_address
-        self.relay_allowed = in_networks(client_address, self.settings.relay_networks)
-        self.helo = ""
-        self.extended = False
-        self.user: str | None = None
-        self.mail_from: str | None = None
-        self.mail_params: dict[str, str | None] = {}
-        self.recipients: list[str] = []
-        self.reception: Reception | None = None
-        self._data_deadline = float("inf")
-        self._read_scope: trio.CancelScope | None = None
-        self._data_reply: Reply | None = None  # a data hook refused: the answer at DataEnd
-        self.hooks = service.intake.hooks
-
-    def info(self) -> SessionInfo:
-        """This session as plugin hooks see it."""
-        return SessionInfo(self.settings.name, self.client_address, self.helo, self.user)
-
-    async def _check(self, name: str, hooks: list[Any], *args: object) -> Reply | None:
-        """Run one intake hook list; a failed hook is a 451."""
-        try:
-            return await run_checks(name, hooks, self.info(), *args)
-        except HookFailed as exc:
-            return exc.reply
-
-    def interrupt_idle(self) -> None:
-        """Shutdown: a session waiting for a command stops waiting (and gets 421)."""
-        if self.reception is None and self._read_scope is not None:
-            self._read_scope.cancel()
-
-    @property
-    def transtype(self) -> str:
-        """The "with" of the Received header (RFC 3848: ESMTP, ESMTPS, ESMTPA, ESMTPSA)."""
-        base = "ESMTP" if self.extended else "SMTP"
-        tls = "S" if self.protocol.tls_active else ""
-        return base + tls + ("A" if self.user is not None else "")
-
-    async def serve(self) -> None:
-        try:
-            while not self.protocol.closed:
-                event = self.protocol.next_event()
-                if event is smtp.NEED_DATA:
-                    if not await self._receive():
-                        break
-                    continue
-                await self._dispatch(event)
-            await self._flush()
-        except RemoteProtocolError as exc:
-            log.info("SMTP protocol error from %s: %s", self.client_address, exc)
-            if exc.reply is not None:
-                with trio.move_on_after(REFUSAL_TIMEOUT):
-                    await self.stream.send_all(exc.reply.to_bytes())
-        except _SessionOver:
-            pass
-        finally:
-            if self.reception is not None:
-                await self.reception.abort()
-                self.reception = None
-
-    async def _flush(self) -> None:
-        out = self.protocol.data_to_send()
-        if out:
-            await self.stream.send_all(out)
-
-    async def _receive(self) -> bool:
-        """Send what is queued, then read more. False when the session is over."""
-        await self._flush()
-        if self.service._closing and self.reception is None:
-            self._close_with(REPLY_SHUTDOWN)
-            await self._flush()
-            return False
-        deadline = trio.current_time() + self.settings.idle_timeout
-        deadline = min(deadline, self._data_deadline)
-        with trio.CancelScope(deadline=deadline) as scope:
-            self._read_scope = scope
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-            self.protocol.receive_data(bytes(data))
-            return True
-        self._read_scope = None
-        self._close_with(REPLY_SHUTDOWN if self.service._closing else REPLY_IDLE_TIMEOUT)
-        await self._flush()
-        return False
-
-    def _close_with(self, reply: Reply) -> None:
-        if not self.protocol.closed:
-            self.protocol.close_with(reply)
-
-    async def _dispatch(self, event: object) -> None:
-        match event:
-            case smtp.Helo(name=name, extended=extended):
-                self.helo, self.extended = name, extended
-                self._reset_transaction()
-            case smtp.MailFrom(address=address, params=params):
-                self._reset_transaction()
-                if self.hooks.mail_from:
-                    refusal = await self._check("mail_from", self.hooks.mail_from, address, params)
-                    if refusal is not None:
-                        self.protocol.respond(refusal)
-                        return
-                self.mail_from = address
-                self.mail_params = dict(params)
-                self.protocol.respond(Reply(250, ("sender ok",), "2.1.0"))
-            case smtp.RcptTo(address=address):
-                if self.user is None and not self.relay_allowed:
-                    log.info("relay denied: %s -> <%s>", self.client_address, address)
-                    self.protocol.respond(REPLY_RELAY_DENIED)
-                    return
-                if self.hooks.rcpt_to:
-                    refusal = await self._check("rcpt_to", self.hooks.rcpt_to, address)
-                    if refusal is not None:
-                        self.protocol.respond(refusal)
-                        return
-                self.recipients.append(address)
-                self.protocol.respond(Reply(250, ("recipient ok",), "2.1.5"))
-            case smtp.Auth(username=username, password=password):
-                await self._authenticate(username, password)
-            case smtp.StartTLS():
-                await self._start_tls()
-            case smtp.DataStart():
-                self._begin_data()
-                if self.hooks.data and self.reception is not None:
-                    await self._data_check(self.reception)
-            case smtp.DataChunk(data=data):
-                if self.reception is not None:
-                    await self.reception.feed(data)
-            case smtp.DataAbort():
-                await self._abort_data()
-            case smtp.DataEnd():
-                await self._end_data()
-            case smtp.Rset():
-                await self._abort_data()
-                self._reset_transaction()
-            case smtp.ConnectionClosed():
-                await self._abort_data()
-            case _:
-                pass
-
-    async def _data_check(self, reception: Reception) -> None:
-        """The ``data`` hooks; a refusal discards the content and answers at its end."""
-        refusal = await self._check("data", self.hooks.data, reception.envelope)
-        if refusal is not None:
-            self._data_reply = refusal
-            self.reception = None
-            await reception.abort()
-
-    async def _authenticate(self, username: str, password: str) -> None:
-        if self.hooks.auth:
-            verdict = await self._check("auth", self.hooks.auth, username, password)
-            if verdict is not None:  # a hook decided: 2xx is a success
-                if verdict.code // 100 == 2:
-                    log.info("authenticated %r from %s (plugin)", username, self.client_address)
-                    self.user = username
-                self.protocol.respond(verdict)
-                return
-        authenticator = self.settings.authenticator
-        if authenticator is None:  # no users file: AUTH is the plugins' to answer
-            log.warning("no plugin answered AUTH for %r from %s", username, self.client_address)
-            self.protocol.respond(REPLY_AUTH_FAILED)
-            return
-        try:
-            valid = await authenticator.authenticate(self.client_address, username, password)
-        except Exception:
-            log.exception("authenticator failed for %r from %s", username, self.client_address)
-            self.protocol.respond(REPLY_AUTH_UNAVAILABLE)
-            return
-        if valid:
-            log.info("authenticated %r from %s", username, self.client_address)
-            self.user = username
-            self.protocol.respond(REPLY_AUTH_OK)
-        else:
-            self.protocol.respond(REPLY_AUTH_FAILED)
-
-    async def _start_tls(self) -> None:
-        """Send the 220, run the handshake, reset the session (RFC 3207 4.2).
-
-        Raises ``_SessionOver`` when the handshake fails (the stream is closed then) and
-        ``RemoteProtocolError`` for plaintext that came before it.
-        """
-        await self._flush()
-        context = self.settings.tls_context
-        assert context is not None  # the server offers STARTTLS only with one
-        try:
-            self.stream = await start_server_tls(
-                self.stream, context, within=self.settings.idle_timeout
-            )
-        except TlsHandshakeFailed as exc:
-            log.info("STARTTLS from %s: %s", self.client_address, exc)
-            raise _SessionOver from exc
-        self.protocol.tls_started()
-        self.helo, self.extended, self.user = "", False, None
-        self._reset_transaction()
-
-    def _reset_transaction(self) -> None:
-        self.mail_from = None
-        self.mail_params = {}
-        self.recipients = []
-
-    def _begin_data(self) -> None:
-        assert self.mail_from is not None
-        body = (self.mail_params.get("BODY") or "").upper()
-        envelope = Envelope(
-            mail_from=self.mail_from,
-            recipients=tuple(self.recipients),
-            interface=self.settings.name,
-            client_address=self.client_address,
-            helo=self.helo,
-            transtype=self.transtype,
-            body_8bit=body == "8BITMIME",
-            smtputf8="SMTPUTF8" in self.mail_params,
-            user=self.user,
-        )
-        self.reception = self.service.intake.begin(
-            envelope, max_header=self.settings.max_header_size
-        )
-        self._data_deadline = trio.current_time() + self.settings.data_timeout
-
-    def _publish(self, kind: str, reception: Reception, reason: str) -> None:
-        """``message.rejected`` (refused at the end of data) or ``message.dropped`` (a
-        reception abandoned half-way), as the HTTP API publishes them: for logs and metrics."""
-        self.service.intake.report(kind, reception.id, interface=self.settings.name, reason=reason)
-
-    async def _abort_data(self) -> None:
-        self._data_deadline = float("inf")
-        self._data_reply = None
-        if self.reception is not None:
-            reception, self.reception = self.reception, None
-            await reception.abort()
-            self._publish("message.dropped", reception, "reception abandoned")
-
-    async def _end_data(self) -> None:
-        self._data_deadline = float("inf")
-        reception, self.reception = self.reception, None
-        self._reset_transaction()
-        if self._data_reply is not None:
-            reply, self._data_reply = self._data_reply, None
-            self.protocol.respond(reply)
-            return
-        if reception is None:
-            self.protocol.respond(REPLY_STORE_FAILED)
-            return
-        try:
-            with trio.CancelScope(shield=True):
-                queue_id = await reception.commit()
-        except IntakeRejected as exc:
-            self._publish("message.rejected", reception, str(exc.reply))
-            self.protocol.respond(exc.reply)
-            return
-        except StoreError as exc:
-            log.warning("message from %s not stored: %s", self.client_address, exc)
-            self._publish("message.rejected", reception, f"store failed: {exc}")
-            self.protocol.respond(REPLY_STORE_FAILED)
-            return
-        self.protocol.respond(Reply(250, (f"Message queued as {queue_id}",), "2.0.0"))
