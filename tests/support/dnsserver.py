@@ -201,13 +201,12 @@ def _rrset(name: dns.name.Name, rdataset: dns.rdataset.Rdataset) -> dns.rrset.RR
 # -- trio front end ---------------------------------------------------------------------------
 
 
-class DnsServer:
-    """The trio server's handle: its port and the answerer's knobs and query log."""
+class _AnswererKnobs:
+    """The knobs and query log both server handles expose, passed to their answerer."""
 
-    def __init__(self, answerer: ZoneAnswerer, host: str, port: int) -> None:
-        self.answerer = answerer
-        self.host = host
-        self.port = port
+    answerer: ZoneAnswerer
+    host: str
+    port: int
 
     @property
     def address(self) -> tuple[str, int]:
@@ -227,6 +226,15 @@ class DnsServer:
         self, name: str | None = None, rdtype: str | None = None, transport: str | None = None
     ) -> int:
         return self.answerer.count(name, rdtype, transport)
+
+
+class DnsServer(_AnswererKnobs):
+    """The trio server's handle: its port and the answerer's knobs and query log."""
+
+    def __init__(self, answerer: ZoneAnswerer, host: str, port: int) -> None:
+        self.answerer = answerer
+        self.host = host
+        self.port = port
 
 
 async def _serve_udp(sock: trio.socket.SocketType, answerer: ZoneAnswerer) -> None:
@@ -336,7 +344,7 @@ class _TcpServer(socketserver.ThreadingTCPServer):
         super().__init__(address, _TcpHandler)
 
 
-class DnsServerThread:
+class DnsServerThread(_AnswererKnobs):
     """The same server for synchronous code: UDP and TCP served from background threads."""
 
     def __init__(self, zone_text: str, *, host: str = "127.0.0.1") -> None:
@@ -389,22 +397,3 @@ class DnsServerThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
-
-    def set_failure(self, name: str, rcode: int | None = dns.rcode.SERVFAIL) -> None:
-        self.answerer.set_failure(name, rcode)
-
-    def drop(self, name: str, dropped: bool = True) -> None:
-        self.answerer.drop(name, dropped)
-
-    @property
-    def queries(self) -> list[QueryRecord]:
-        return self.answerer.queries
-
-    def count(
-        self, name: str | None = None, rdtype: str | None = None, transport: str | None = None
-    ) -> int:
-        return self.answerer.count(name, rdtype, transport)
