@@ -62,6 +62,7 @@ class Params:
     sink_mode: str
     workdir: Path | None
     keep: bool
+    delivery_processes: int = 1
 
     def plan(self) -> LoadPlan:
         return LoadPlan(
@@ -85,6 +86,7 @@ class Params:
             "config": None if self.config is None else str(self.config),
             "target": self.target,
             "sink_mode": self.sink_mode,
+            "delivery_processes": self.delivery_processes,
         }
 
 
@@ -247,7 +249,11 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
             port = ports.free_port()
             extra = load_toml(params.config) if params.config is not None else None
             config = build_config(
-                queue_dir=workdir / "queue", port=port, sink_port=sink_port, extra=extra
+                queue_dir=workdir / "queue",
+                port=port,
+                sink_port=sink_port,
+                delivery_processes=params.delivery_processes,
+                extra=extra,
             )
             relay = ZonemtaRelay(workdir, config, profile=params.profile)
             stack.callback(relay.stop)
@@ -310,6 +316,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--big-message-mb", type=int, help="memory scenario: relay ONE message of this many MiB")
     add("--workdir", type=Path, help="where configs, queues and logs go (default: a temp dir)")
     add("--keep", action="store_true", help="keep the work directory")
+    add(
+        "--delivery-processes",
+        type=int,
+        default=1,
+        help="zonemta's [delivery] processes (default 1; 0 sends from the relay's process)",
+    )
     return parser
 
 
@@ -347,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         sink_mode=args.sink_mode,
         workdir=args.workdir,
         keep=args.keep,
+        delivery_processes=args.delivery_processes,
     )
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="zonemta-bench-"))

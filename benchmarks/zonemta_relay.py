@@ -57,7 +57,12 @@ def find_zonemta() -> Path | None:
 
 
 def build_config(
-    *, queue_dir: Path, port: int, sink_port: int, extra: Mapping[str, Any] | None = None
+    *,
+    queue_dir: Path,
+    port: int,
+    sink_port: int,
+    delivery_processes: int = 1,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The relay config for one run, with ``extra`` (a parsed TOML file) merged over it."""
     config: dict[str, Any] = {
@@ -65,6 +70,7 @@ def build_config(
         "smtp": {"feeder": {"host": "127.0.0.1", "port": port, "max_size": "2GB"}},
         "api": {"host": "127.0.0.1", "port": 0},
         "queue": {"path": str(queue_dir)},
+        "delivery": {"processes": delivery_processes},
         "zones": {
             "default": {"host": "127.0.0.1", "port": sink_port, "connections": 20},
         },
@@ -193,6 +199,7 @@ class ZonemtaRelay:
                     "--format",
                     "raw",
                     "--threads",
+                    "--subprocesses",  # the delivery processes ([delivery] processes)
                     "-o",
                     str(self.profile_path),
                 ],

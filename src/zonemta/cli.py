@@ -45,7 +45,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         logging.getLogger("zonemta").error("cannot start: %s", exc)
         return 1
+    except BaseExceptionGroup as group:  # a check made at start, inside the relay's nursery
+        errors = group.subgroup(ConfigError)
+        if errors is None:
+            raise
+        raise _first(errors) from None
     return 0
+
+
+def _first(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
+    error = group.exceptions[0]
+    return error if isinstance(error, ConfigError) else _first(error)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -44,6 +44,11 @@ def message(subject: str) -> bytes:
     ).encode()
 
 
+# The plugins here hook into sending, which runs only in the relay's own process (also when
+# the suite runs with ZONEMTA_TEST_DELIVERY_PROCESSES=1).
+IN_PROCESS = {"processes": 0}
+
+
 def zones(mx: TestMx, **more: Any) -> dict[str, Any]:
     smart = {"host": "127.0.0.1", "port": mx.port}
     return {"default": smart, "bounces": smart, **more}
@@ -52,6 +57,7 @@ def zones(mx: TestMx, **more: Any) -> dict[str, Any]:
 def example_config(tmp_path: Path, mx: TestMx, **options: Any) -> Any:
     return relay_config(
         tmp_path / "q",
+        delivery=IN_PROCESS,
         zones=zones(mx),
         plugins={"example": {"module": EXAMPLE, **options}},
     )
@@ -234,6 +240,7 @@ async def test_auth_hook_decides_and_http_auth_plugin_checks_basic_auth(
         auth_server.decide = lambda r: 200 if r.headers.get(b"authorization") == right else 403
         config = relay_config(
             tmp_path / "q",
+            delivery=IN_PROCESS,
             smtp={
                 "feeder": {
                     "host": "127.0.0.1",
@@ -301,6 +308,7 @@ async def test_route_hook_changes_the_zone_or_fixes_the_mx(tmp_path: Path, mx: T
     with TestMx() as other, TestMx() as fixed:
         config = relay_config(
             tmp_path / "q",
+            delivery=IN_PROCESS,
             zones=zones(mx, other={"host": "127.0.0.1", "port": other.port}),
             plugins={
                 "example": {
@@ -376,6 +384,7 @@ async def test_route_hook_diverts_to_http_delivery(tmp_path: Path, mx: TestMx) -
     async with http_server([]) as (web, url):
         config = relay_config(
             tmp_path / "q",
+            delivery=IN_PROCESS,
             zones=zones(mx),
             plugins={
                 "example": {
@@ -415,6 +424,7 @@ async def test_http_delivery_outcomes(tmp_path: Path, mx: TestMx) -> None:
     async with http_server([200, 400, 503, 200]) as (web, url):
         config = relay_config(
             tmp_path / "q",
+            delivery=IN_PROCESS,
             zones=zones(mx, web={"host": "127.0.0.1", "port": mx.port}),
             routing={"default_zone": "default"},
             plugins={
@@ -502,6 +512,7 @@ async def test_header_rules_edit_each_delivery_before_dkim_signs_it(
     ]
     config = relay_config(
         tmp_path / "q",
+        delivery=IN_PROCESS,
         zones=zones(mx),
         dkim={"keys": {"origin.test": {"selector": "s1", "private_key": str(key_path)}}},
         plugins={"rules": {"module": "header-rules", "rules": rules}},

@@ -3,6 +3,7 @@ outcomes."""
 
 from __future__ import annotations
 
+import os
 import smtplib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +27,13 @@ def relay_config(queue_path: Path, **tables: Any) -> Config:
         "hostname": "relay.test",
         "smtp": {"feeder": {"host": "127.0.0.1", "port": 0}},
         "queue": {"path": str(queue_path), "retry_schedule": ["1s", "1s", "1s"]},
-        "delivery": {"connect_timeout": "5s", "command_timeout": "10s", "data_timeout": "60s"},
+        "delivery": {
+            "connect_timeout": "5s",
+            "command_timeout": "10s",
+            "data_timeout": "60s",
+            # The suite again with delivery processes: ZONEMTA_TEST_DELIVERY_PROCESSES=1.
+            "processes": int(os.environ.get("ZONEMTA_TEST_DELIVERY_PROCESSES", "0")),
+        },
         "api": {"port": 0},
         "dns": {"nameservers": ["127.0.0.1:1"], "timeout": "2s"},
     }

@@ -187,6 +187,7 @@ def test_zonemta_config_merges_user_tables() -> None:
     assert parsed["zones"]["default"] == {"host": "127.0.0.1", "port": 2626, "connections": 50}
     assert parsed["queue"]["path"] == "/q"
     assert parsed["log"]["level"] == "debug"
+    assert parsed["delivery"] == {"processes": 1}  # the harness's default
 
 
 def test_procstat_reads_own_process() -> None:

@@ -346,6 +346,8 @@ class DeliveryConfig:
         default=timedelta(minutes=10), validator=_positive_duration
     )
     max_mx_hosts: int = attrs.field(default=10, validator=v.ge(1))
+    # Child processes that send (0: the relay's own process). Zones are shared out among them.
+    processes: int = attrs.field(default=0, validator=[v.ge(0), v.le(64)])
 
 
 @attrs.frozen

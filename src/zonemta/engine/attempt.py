@@ -1,91 +1,35 @@
 """One delivery attempt: from a leased row to delivered, deferred or bounced.
 
-The attempt classifies every outcome into a trigger, fires it on the delivery's state
-machine and carries out what the transition persists.
+The attempt reads the message, lets its zone's :class:`~zonemta.engine.transmit.Sender`
+(in this process or in a delivery process) turn the attempt into an outcome, fires the
+outcome's trigger on the delivery's state machine and carries out what the transition
+persists.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
-from email.utils import format_datetime
+from functools import partial
 
-import attrs
 import trio
 
-from zonemta.dkim.signer import DkimSigner
 from zonemta.engine.blacklist import Blacklist
-from zonemta.engine.bounces import BounceClassifier
 from zonemta.engine.bus import EventBus
-from zonemta.engine.connections import Slot, ZoneConnections
-from zonemta.engine.hooks import (
-    ConnectTarget,
-    DeliveryReport,
-    FetchedDelivery,
-    HeaderBlock,
-    HookReject,
-    Hooks,
-    OutgoingHeaders,
-    run_notices,
-)
+from zonemta.engine.delivery_process import DeliveryProcess
+from zonemta.engine.hooks import DeliveryReport, Hooks, run_notices
 from zonemta.engine.machine import DeliveryMachine
 from zonemta.engine.messages import MessageCache
 from zonemta.engine.notices import BounceNotices
-from zonemta.engine.pools import PoolAddress
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.suppression import SuppressionList
-from zonemta.engine.zones import DomainPolicy, SourceAddresses
+from zonemta.engine.transmit import Outcome, Sender, ZoneRoute, received_header
 from zonemta.statemachine import DeliveryState, Persist, Transition, Trigger
 from zonemta.store import Delivery, LeaseLost, MessageRecord, Store, StoreError
-from zonemta.transport.dns import Destination, DnsFailure, MxResolver
-from zonemta.transport.outbound import (
-    DeliveryFailure,
-    OutboundConnection,
-    Stage,
-    Timeouts,
-    TlsPolicy,
-    Transaction,
-)
+
+__all__ = ["Deliverer", "Outcome", "ZoneRoute", "log_outcome", "received_header"]
 
 log = logging.getLogger(__name__)
-
-
-@attrs.frozen
-class ZoneRoute:
-    """How a zone sends: smart host or MX, from which address, with which name."""
-
-    name: str
-    smart_host: str | None
-    port: int
-    ipv6: bool
-    prefer_ipv6: bool
-    tls: TlsPolicy
-    max_mx_hosts: int
-    connections: int = 10
-
-
-@attrs.frozen
-class Outcome:
-    trigger: Trigger
-    response: str
-    category: str | None = None
-
-
-def received_header(message: MessageRecord, row: Delivery, hostname: str) -> bytes:
-    """The Received trace field for this delivery (RFC 5321 4.4), never stored."""
-    meta = message.meta
-    helo = str(meta.get("helo") or "unknown")
-    client = str(meta.get("client_address") or "")
-    transtype = str(meta.get("transtype") or "ESMTP")
-    user = meta.get("user")
-    when = format_datetime(datetime.fromtimestamp(message.received_at, UTC))
-    parts = [f"Received: from {helo} ([{client}])" if client else f"Received: from {helo}"]
-    if user:
-        parts.append(f"\t(Authenticated sender: {user})")
-    parts.append(f"\tby {hostname} (zonemta) with {transtype} id {message.id}.{row.seq:03x}")
-    parts.append(f"\tfor <{row.recipient}>; {when}")
-    return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
 
 
 class Deliverer:
@@ -94,50 +38,35 @@ class Deliverer:
     def __init__(
         self,
         *,
-        zone: ZoneRoute,
+        sender: Sender,
         store: Store,
         messages: MessageCache,
-        connections: ZoneConnections,
-        resolver: MxResolver,
         bus: EventBus,
         retry: RetryPolicy,
         suppressions: SuppressionList,
         owner: str,
-        hostname: str,
-        timeouts: Timeouts,
         clock: Callable[[], float],
-        classifier: BounceClassifier | None = None,
-        signer: DkimSigner | None = None,
         notices: BounceNotices | None = None,
-        sources: SourceAddresses,
-        domains: DomainPolicy,
         blacklist: Blacklist | None = None,
         hooks: Hooks | None = None,
+        remote: DeliveryProcess | None = None,
     ) -> None:
-        self.zone = zone
+        self.sender = sender  # DNS, connection and SMTP transaction (engine/transmit.py)
+        self.zone = sender.zone
         self.store = store
         self.messages = messages
-        self.connections = connections
-        self.resolver = resolver
         self.bus = bus
         self.retry = retry
         self.suppressions = suppressions
         self.owner = owner
-        self.hostname = hostname
-        self.timeouts = timeouts
         self.clock = clock
-        self.classifier = classifier  # SMTP replies -> defer or bounce, and a category
-        self.signer = signer  # DKIM at send time
         self.notices = notices  # DSNs and the bounce webhook
-        self.sources = sources  # local addresses of the zone (pool)
-        self.domains = domains  # per recipient domain limits
         self.blacklist = blacklist  # local addresses blacklisted per domain
         self.hooks = hooks if hooks is not None else Hooks()  # plugins (engine/hooks.py)
+        self.remote = remote  # a delivery process sends instead of ``sender``
 
     def destination_of(self, row: Delivery) -> str:
-        if self.zone.smart_host:
-            return f"{self.zone.smart_host}:{self.zone.port}"
-        return row.domain
+        return self.sender.destination_of(row)
 
     async def release(self, machine: DeliveryMachine) -> None:
         """Give the lease back without an attempt (cancelled before the attempt began)."""
@@ -155,31 +84,9 @@ class Deliverer:
             raise
         except Exception as exc:  # never lose a delivery to a bug: defer it
             log.exception("delivery %s.%03x failed unexpectedly", row.message_id, row.seq)
-            outcome = self._temporary(row, f"internal error: {exc!r}", "internal")
+            outcome = self.sender.temporary(row, f"internal error: {exc!r}", "internal")
         with trio.CancelScope(shield=True):
             await self._finish(machine, outcome)
-
-    def _temporary(self, row: Delivery, response: str, category: str | None) -> Outcome:
-        trigger = self.retry.on_temporary_failure(
-            attempts=row.attempts, created=row.created, now=self.clock()
-        )
-        return Outcome(trigger, response, category)
-
-    def _failure(self, row: Delivery, exc: DeliveryFailure | DnsFailure) -> Outcome:
-        if isinstance(exc, DnsFailure):
-            category: str | None = "dns"
-            response = str(exc.reply)
-        else:
-            category = "network" if exc.reply is None else None
-            response = exc.response
-            if exc.reply is not None and self.classifier is not None:
-                verdict = self.classifier.classify(response)
-                if verdict.temporary:
-                    return self._temporary(row, response, verdict.category.value)
-                return Outcome(Trigger.PERMANENT_FAILURE, response, verdict.category.value)
-        if exc.temporary:
-            return self._temporary(row, response, category)
-        return Outcome(Trigger.PERMANENT_FAILURE, response, category)
 
     async def _attempt(self, machine: DeliveryMachine) -> Outcome:
         row = machine.row
@@ -190,212 +97,11 @@ class Deliverer:
             return Outcome(Trigger.EXPIRED, "message expired in the queue", "expired")
         if self.suppressions.is_suppressed(row.recipient):
             return Outcome(Trigger.SUPPRESSED, "recipient is on the suppression list", "suppressed")
-        fixed_mx: str | None = None
-        routes = message.meta.get("routes")
-        if routes or self.hooks.fetch:
-            fetched = FetchedDelivery(row, message, **(routes or {}).get(str(row.seq), {}))
-            decided = await self._fetched(machine, fetched)
-            if decided is not None:
-                return decided
-            fixed_mx = fetched.mx
-        source = self._source(row)
-        if source is None:
-            return Outcome(
-                Trigger.PERMANENT_FAILURE,
-                f"every local address of zone {self.zone.name} is blacklisted by {row.domain}",
-                "blacklist",
-            )
-        if self.hooks.before_connect:
-            target = ConnectTarget(row, message, fixed_mx, source.address or None)
-            for hook in self.hooks.before_connect:
-                await hook(target)  # an exception defers the delivery (deliver())
-            fixed_mx = target.mx
-            if (target.local_address or "") != source.address:
-                source = PoolAddress(target.local_address or "", source.name)
-        machine.local_address = source.address or None
-        key = (source.address, fixed_mx or self.destination_of(row))
-        slot = await self.connections.checkout(key)
-        try:
-            return await self._attempt_on(machine, message, slot, source, mx=fixed_mx)
-        except (DeliveryFailure, DnsFailure) as exc:
-            if self.hooks.response_error:
-                report = DeliveryReport(row, message, str(exc), mx=machine.mx)
-                await run_notices("response_error", self.hooks.response_error, report)
-            return self._failure(row, exc)
-        finally:
-            self.connections.checkin(slot)
+        if self.remote is not None:
+            return await self.remote.transmit(machine, message, self.messages)
+        return await self.sender.transmit(machine, message, partial(self._body, message))
 
-    async def _fetched(self, machine: DeliveryMachine, fetched: FetchedDelivery) -> Outcome | None:
-        """Run the ``fetch`` hooks; an outcome when they settle the delivery (suppressed,
-        rejected, diverted), None to go on with SMTP. Other exceptions propagate (deferral)."""
-        row = machine.row
-        try:
-            for hook in self.hooks.fetch:
-                await hook(fetched)
-        except HookReject as exc:
-            if exc.reply.code >= 500:
-                return Outcome(Trigger.PERMANENT_FAILURE, str(exc.reply), "plugin")
-            return self._temporary(row, str(exc.reply), "plugin")
-        if fetched.suppress:
-            return Outcome(Trigger.SUPPRESSED, "suppressed by a plugin", "suppressed")
-        if fetched.divert is not None:
-            machine.fire(Trigger.RESOLVE)
-            machine.mx = fetched.http_url or "divert"
-            machine.fire(Trigger.RESOLVED, hosts=[machine.mx])
-            machine.fire(Trigger.CONNECTED, tls=False)
-            head = fetched.message.headers + b"\r\n"
-            result = await fetched.divert(fetched, self._content(head, fetched.message))
-            if result.status == "delivered":
-                return Outcome(Trigger.ACCEPTED, result.response)
-            if result.status == "bounced":
-                return Outcome(Trigger.PERMANENT_FAILURE, result.response, "http")
-            return self._temporary(row, result.response, "http")
-        if fetched.http_url:
-            return self._temporary(row, "no plugin delivers to HTTP targets", "plugin")
-        return None
-
-    def _source(self, row: Delivery, *, ipv6: bool | None = None) -> PoolAddress | None:
-        """The local address for this delivery (stable across retries)."""
-        blacklisted = self.blacklist.disabled_for(row.domain) if self.blacklist else ()
-        return self.sources.choose(
-            str(row.key),
-            excluded=self.domains.settings(row.domain).disabled_addresses,
-            blacklisted=blacklisted,
-            ipv6=ipv6,
-        )
-
-    async def _throttle(self, slot: Slot) -> None:
-        """The zone's per-connection pace: wait for this connection's next turn."""
-        if slot.throttle is not None:
-            await slot.throttle.wait()
-
-    async def _attempt_on(
-        self,
-        machine: DeliveryMachine,
-        message: MessageRecord,
-        slot: Slot,
-        source: PoolAddress,
-        *,
-        mx: str | None = None,
-    ) -> Outcome:
-        row = machine.row
-        if slot.connection is not None:
-            machine.mx = slot.connection.mx
-            machine.fire(Trigger.REUSE_CONNECTION)
-            try:
-                await self._throttle(slot)
-                reply = await self._send(slot.connection, message, row)
-                return Outcome(Trigger.ACCEPTED, str(reply))
-            except DeliveryFailure as exc:
-                if exc.reply is not None or exc.stage not in (Stage.MAIL, Stage.RCPT, Stage.DATA):
-                    raise
-                # The idle connection was closed by the server: open a fresh one.
-                slot.connection.broken = True
-                await slot.connection.aclose(polite=False)
-                slot.connection = None
-                machine.fire(Trigger.RECONNECT, response=exc.response)
-        else:
-            machine.fire(Trigger.RESOLVE)
-        port = self.zone.port
-        if mx is not None:  # fixed by a plugin: "host" or "host:port"
-            host, _, given = mx.rpartition(":") if mx.count(":") == 1 else (mx, "", "")
-            mx, port = (host, int(given)) if given.isdigit() else (mx, port)
-            destination = await self.resolver.resolve_host(
-                mx, port=port, ipv6=self.zone.ipv6, prefer_ipv6=self.zone.prefer_ipv6
-            )
-        else:
-            destination = await self._resolve(row)
-        machine.fire(Trigger.RESOLVED, hosts=[host.name for host in destination.hosts])
-        slot.connection = await self._connect(destination, machine, source, port=port)
-        machine.fire(Trigger.CONNECTED, tls=slot.connection.tls)
-        await self._throttle(slot)
-        reply = await self._send(slot.connection, message, row)
-        return Outcome(Trigger.ACCEPTED, str(reply))
-
-    async def _resolve(self, row: Delivery) -> Destination:
-        zone = self.zone
-        if zone.smart_host:
-            return await self.resolver.resolve_host(
-                zone.smart_host,
-                port=zone.port,
-                ipv6=zone.ipv6,
-                prefer_ipv6=zone.prefer_ipv6,
-            )
-        return await self.resolver.resolve(
-            row.domain, ipv6=zone.ipv6, prefer_ipv6=zone.prefer_ipv6, max_hosts=zone.max_mx_hosts
-        )
-
-    async def _connect(
-        self,
-        destination: Destination,
-        machine: DeliveryMachine,
-        source: PoolAddress,
-        *,
-        port: int | None = None,
-    ) -> OutboundConnection:
-        zone = self.zone
-        port = zone.port if port is None else port
-        last: DeliveryFailure | None = None
-        for host in destination.hosts:
-            for address in host.addresses:
-                ipv6 = ":" in address
-                local = source
-                if source.address and source.is_ipv6 != ipv6:
-                    # The pool's address of the other family, if it has one.
-                    other = self._source(machine.row, ipv6=ipv6)
-                    if other is None:
-                        continue
-                    local = other
-                machine.mx = host.name
-                machine.local_address = local.address or None
-                try:
-                    return await OutboundConnection.connect(
-                        address,
-                        port,
-                        mx=host.name,
-                        ehlo_name=local.name,
-                        local_address=local.address or None,
-                        tls=zone.tls,
-                        timeouts=self.timeouts,
-                    )
-                except DeliveryFailure as exc:
-                    log.info("%s [%s]:%s: %s", host.name, address, port, exc)
-                    last = exc
-        if last is None:
-            raise DeliveryFailure(Stage.CONNECT, f"no usable address for {destination.domain}")
-        raise last
-
-    async def _send(
-        self, connection: OutboundConnection, message: MessageRecord, row: Delivery
-    ) -> object:
-        received = received_header(message, row, connection.ehlo_name)
-        headers, cache_key = message.headers, message.id
-        if self.hooks.send_headers:  # the last edit; DKIM signs the edited block
-            outgoing = OutgoingHeaders(row, message, HeaderBlock(headers))
-            for hook in self.hooks.send_headers:
-                await hook(outgoing)
-            if outgoing.headers.changed:
-                headers, cache_key = outgoing.headers.to_bytes(), ""
-        signatures = b""
-        if self.signer is not None:  # over the final header block, Received excepted
-            signatures = self.signer.sign(
-                headers,
-                body_hash=str(message.meta.get("dkim_bh") or ""),
-                mail_from=message.mail_from,
-                cache_key=cache_key,
-            )
-        head = received + signatures + headers + b"\r\n"
-        transaction = Transaction(
-            mail_from=message.mail_from,
-            recipient=row.recipient,
-            size=len(head) + message.body_size,
-            body_8bit=bool(message.meta.get("body_8bit")),
-            smtputf8=bool(message.meta.get("smtputf8")),
-        )
-        return await connection.send(transaction, self._content(head, message))
-
-    async def _content(self, head: bytes, message: MessageRecord) -> AsyncIterator[bytes]:
-        yield head
+    async def _body(self, message: MessageRecord) -> AsyncIterator[bytes]:
         if message.body_size:
             async for chunk in self.messages.body(message):
                 yield chunk

@@ -10,16 +10,18 @@ import trio
 
 from zonemta.conf import Config, TlsMode
 from zonemta.conf.rates import parse_rate
-from zonemta.engine.attempt import Deliverer, ZoneRoute
+from zonemta.engine.attempt import Deliverer
 from zonemta.engine.blacklist import Blacklist
 from zonemta.engine.bus import EventBus
 from zonemta.engine.connections import ZoneConnections
+from zonemta.engine.delivery_process import DeliveryProcess, PoolFigures, check_hooks
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.messages import MessageCache
 from zonemta.engine.notices import BounceHandling
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.scheduler import ZoneScheduler
 from zonemta.engine.suppression import SuppressionList
+from zonemta.engine.transmit import Sender, ZoneRoute
 from zonemta.engine.zones import DomainPolicy, SourceAddresses
 from zonemta.store import Store
 from zonemta.transport.dns import MxResolver
@@ -39,6 +41,16 @@ def zone_route(config: Config, name: str) -> ZoneRoute:
         tls=TlsPolicy(zone.tls.value if isinstance(zone.tls, TlsMode) else zone.tls),
         max_mx_hosts=config.delivery.max_mx_hosts,
         connections=zone.connections,
+    )
+
+
+def delivery_timeouts(config: Config) -> Timeouts:
+    delivery = config.delivery
+    return Timeouts(
+        connect=delivery.connect_timeout.total_seconds(),
+        greeting=delivery.greeting_timeout.total_seconds(),
+        command=delivery.command_timeout.total_seconds(),
+        data=delivery.data_timeout.total_seconds(),
     )
 
 
@@ -66,53 +78,72 @@ class DeliveryEngine:
         self.bounces = BounceHandling.from_config(
             config, messages=self.messages, retry=retry, clock=clock
         )
-        delivery = config.delivery
-        timeouts = Timeouts(
-            connect=delivery.connect_timeout.total_seconds(),
-            greeting=delivery.greeting_timeout.total_seconds(),
-            command=delivery.command_timeout.total_seconds(),
-            data=delivery.data_timeout.total_seconds(),
-        )
-        self.pools: dict[str, ZoneConnections] = {}
+        timeouts = delivery_timeouts(config)
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.pools: dict[str, PoolFigures | ZoneConnections] = {}
         self.schedulers: dict[str, ZoneScheduler] = {}
-        for name, zone in config.zones.items():
-            if zone.disabled:
-                continue
+        self.processes: list[DeliveryProcess] = []
+        self._connection_pools: list[ZoneConnections] = []
+        senders: dict[str, Sender] = {}
+        enabled = [name for name, zone in config.zones.items() if not zone.disabled]
+        count = min(config.delivery.processes, len(enabled))
+        shares: list[list[str]] = [enabled[i::count] for i in range(count)]
+        for index, zones in enumerate(shares):
+            process = DeliveryProcess(
+                index, config, zones, blacklist=self.blacklist, senders=senders
+            )
+            self.processes.append(process)
+        remote_of = {zone: p for p in self.processes for zone in p.zones}
+        for name in enabled:
+            zone = config.zones[name]
             pool = ZoneConnections(
                 zone.connections,
                 idle_ttl=zone.connection_cache.ttl.total_seconds(),
                 max_messages=zone.connection_cache.reuse_count,
                 throttle=parse_rate(zone.throttling) if zone.throttling else None,
             )
-            deliverer = Deliverer(
+            sender = Sender(
                 zone=zone_route(config, name),
-                store=store,
-                messages=self.messages,
                 connections=pool,
                 resolver=resolver,
+                retry=retry,
+                timeouts=timeouts,
+                clock=clock,
+                sources=SourceAddresses.for_zone(config, name),
+                domains=self.domains,
+                classifier=self.bounces.classifier,
+                signer=self.bounces.signer,
+                blacklist=self.blacklist,
+                hooks=hooks,
+            )
+            remote = remote_of.get(name)
+            deliverer = Deliverer(
+                sender=sender,
+                store=store,
+                messages=self.messages,
                 bus=bus,
                 retry=retry,
                 suppressions=self.suppressions,
                 owner=queue.instance_id,
-                hostname=config.hostname,
-                timeouts=timeouts,
                 clock=clock,
-                classifier=self.bounces.classifier,
-                signer=self.bounces.signer,
                 notices=self.bounces.notices,
-                sources=SourceAddresses.for_zone(config, name),
-                domains=self.domains,
                 blacklist=self.blacklist,
                 hooks=hooks,
+                remote=remote,
             )
-            self.pools[name] = pool
+            senders[name] = sender
+            if remote is None:
+                self.pools[name] = pool
+                self._connection_pools.append(pool)
+            else:
+                self.pools[name] = remote.pools[name]
             self.schedulers[name] = ZoneScheduler(
                 deliverer,
                 store=store,
                 bus=bus,
                 owner=queue.instance_id,
                 lease_time=queue.lease_time.total_seconds(),
-                max_inflight=zone.connections * 2,
+                max_inflight=zone.connections * 4,
                 domains=self.domains,
                 clock=clock,
             )
@@ -129,8 +160,11 @@ class DeliveryEngine:
             await nursery.start(self.blacklist.run)
             if self.bounces.webhook is not None:
                 await nursery.start(self.bounces.webhook.run)
-            for pool in self.pools.values():
+            for pool in self._connection_pools:
                 await nursery.start(pool.run)
+            check_hooks(self.hooks, len(self.processes))
+            for process in self.processes:
+                await nursery.start(process.run)
             async with trio.open_nursery() as schedulers:
                 for scheduler in self.schedulers.values():
                     await schedulers.start(scheduler.run)
@@ -142,3 +176,7 @@ class DeliveryEngine:
         async with trio.open_nursery() as nursery:
             for scheduler in self.schedulers.values():
                 nursery.start_soon(partial(scheduler.stop, grace))
+        # No attempt is left: the delivery processes close their connections and exit.
+        async with trio.open_nursery() as nursery:
+            for process in self.processes:
+                nursery.start_soon(process.stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -10,15 +11,13 @@ from zonemta.statemachine import DeliveryState, Transition, Trigger, transition
 from zonemta.store import Delivery
 
 
-class DeliveryMachine:
-    """Holds one delivery's current state. :meth:`fire` looks the trigger up in the table
+class MachineBase(abc.ABC):
+    """One delivery's current state. :meth:`fire` looks the trigger up in the table
     (raising ``InvalidTransition`` for an unknown pair), moves to the target state and
-    publishes one ``delivery`` event."""
+    publishes the transition (what publishing means is the subclass's)."""
 
-    def __init__(self, row: Delivery, bus: EventBus, clock: Callable[[], float]) -> None:
+    def __init__(self, row: Delivery) -> None:
         self.row = row
-        self.bus = bus
-        self.clock = clock
         self.state = DeliveryState.DEFERRED if row.attempts else DeliveryState.QUEUED
         self.mx: str | None = None
         self.local_address: str | None = None
@@ -42,6 +41,25 @@ class DeliveryMachine:
         row = transition(self.state, trigger)
         self.state = row.target
         return row
+
+    @abc.abstractmethod
+    def publish(
+        self,
+        row: Transition,
+        *,
+        response: str | None = None,
+        category: str | None = None,
+        **details: Any,
+    ) -> None: ...
+
+
+class DeliveryMachine(MachineBase):
+    """The relay's machine: every transition is one ``delivery`` event on the bus."""
+
+    def __init__(self, row: Delivery, bus: EventBus, clock: Callable[[], float]) -> None:
+        super().__init__(row)
+        self.bus = bus
+        self.clock = clock
 
     def publish(
         self,

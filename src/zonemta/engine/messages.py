@@ -10,7 +10,7 @@ costs no store read. Everything else falls back to the store.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import attrs
 
@@ -56,7 +56,12 @@ class MessageCache:
             self._insert(message_id, _Entry(record, None, -1))
         return record
 
-    async def body(self, message: MessageRecord) -> AsyncIterator[bytes]:
+    def cached_body(self, message_id: str) -> bytes | None:
+        """The body when it is held in memory, else None (read it with :meth:`body`)."""
+        entry = self._entries.get(message_id)
+        return entry.body if entry is not None else None
+
+    async def body(self, message: MessageRecord) -> AsyncGenerator[bytes, None]:
         entry = self._entries.get(message.id)
         if entry is not None and entry.body is not None:
             yield entry.body

@@ -8,6 +8,7 @@ are exposed with a ``_total`` sample suffix (``zonemta_delivery_status_total``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,7 +22,6 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from zonemta.engine.bus import Event
-from zonemta.engine.connections import ZoneConnections
 from zonemta.store import ZoneCounts
 
 #: Delivery states that end an attempt, and the ``result`` label they count as.
@@ -56,12 +56,20 @@ def queued_at(message_id: str) -> float | None:
         return None
 
 
+class PoolState(Protocol):
+    """A zone's connection pool (in this process, or as a delivery process reported it)."""
+
+    @property
+    def reuses(self) -> int: ...
+
+    @property
+    def open_connections(self) -> int: ...
+
+
 class _PoolCollector(Collector):
     """Connection pool and blacklist figures, read at scrape time."""
 
-    def __init__(
-        self, pools: Mapping[str, ZoneConnections], blacklisted: Callable[[], int]
-    ) -> None:
+    def __init__(self, pools: Mapping[str, PoolState], blacklisted: Callable[[], int]) -> None:
         self._pools = pools
         self._blacklisted = blacklisted
 
@@ -96,7 +104,7 @@ class Metrics:
         self,
         *,
         zones: Iterable[str],
-        pools: Mapping[str, ZoneConnections],
+        pools: Mapping[str, PoolState],
         blacklisted: Callable[[], int] = lambda: 0,
     ) -> None:
         # No ``_created`` series (ZoneMTA's prom-client has none); a process-wide switch,

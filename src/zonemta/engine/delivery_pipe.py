@@ -1,0 +1,114 @@
+"""The pipe between the relay and its delivery processes: length-prefixed pickled frames.
+
+Both ends are zonemta processes started from the same installation (the relay starts its
+delivery processes itself and hands each one end of a socket pair), so frames are pickles
+of tuples whose first item names the frame:
+
+relay → delivery process
+    ``("init", config, zones, log_level)`` once; ``("attempt", rid, zone, row, message,
+    body, blacklisted, state)``; ``("chunk", rid, data)`` (``data`` None at the end of the body);
+    ``("cancel", rid)``.
+delivery process → relay
+    ``("ready",)``; ``("fire", rid, trigger, mx, local_address, response, category,
+    details)`` for each transition of the attempt, as it happens; ``("more", rid)`` for the
+    next body chunk when the body was not sent with the attempt; ``("done", rid, trigger,
+    response, category, mx, local_address, pools)`` and now and then ``("stats", pools)``,
+    where ``pools`` is ``{zone: (reuses, open connections)}``.
+
+:class:`FrameDecoder` is sans-IO; :class:`FramedPipe` drives a trio stream with one writer
+task that sends everything queued so far in one ``send_all``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+Frame = tuple[Any, ...]
+
+_LENGTH = struct.Struct("!I")
+MAX_FRAME = 64 << 20  # a body chunk is at most [queue] body_chunk_size (<= 16 MiB)
+READ_SIZE = 256 << 10
+
+
+class PipeError(Exception):
+    """The other end sent something that is not a frame."""
+
+
+def encode(frame: Frame) -> bytes:
+    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
+class FrameDecoder:
+    """Bytes in, frames out; keeps an incomplete frame's bytes between feeds."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes | bytearray) -> list[Frame]:
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        offset = 0
+        while len(buffer) - offset >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buffer, offset)
+            if length > MAX_FRAME:
+                raise PipeError(f"frame of {length} bytes is larger than {MAX_FRAME}")
+            end = offset + _LENGTH.size + length
+            if end > len(buffer):
+                break
+            frame = pickle.loads(memoryview(buffer)[offset + _LENGTH.size : end])
+            if not isinstance(frame, tuple) or not frame:
+                raise PipeError(f"not a frame: {type(frame).__name__}")
+            frames.append(frame)
+            offset = end
+        del buffer[:offset]
+        return frames
+
+
+class FramedPipe:
+    """One end of the pipe. :meth:`send` queues without waiting (callable from synchronous
+    code); :meth:`run_writer` sends the queue; :meth:`frames` yields what arrives until the
+    other end closes."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._queue: list[bytes] = []
+        self._wake = trio.Event()
+        self._closing = False
+
+    def send(self, frame: Frame) -> None:
+        self._queue.append(encode(frame))
+        self._wake.set()
+
+    def close_after_sending(self) -> None:
+        """Let the writer send what is queued, then send EOF and stop."""
+        self._closing = True
+        self._wake.set()
+
+    async def run_writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if self._queue:
+                data, self._queue = b"".join(self._queue), []
+                await self.stream.send_all(data)
+            if self._closing and not self._queue:
+                if isinstance(self.stream, trio.SocketStream):
+                    await self.stream.send_eof()
+                return
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """Async iterator of frames; ends at EOF. Raises PipeError on garbage."""
+        decoder = FrameDecoder()
+        while True:
+            data = await self.stream.receive_some(READ_SIZE)
+            if not data:
+                return
+            for frame in decoder.feed(data):
+                yield frame

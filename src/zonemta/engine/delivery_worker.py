@@ -1,0 +1,275 @@
+"""A delivery process: ``python -m zonemta.engine.delivery_worker FD``, started by the relay.
+
+It owns the connection pools of the zones it was given and runs one
+:class:`~zonemta.engine.transmit.Sender` attempt per ``attempt`` frame, forwarding every
+transition of the attempt and then its outcome (``engine/delivery_pipe.py`` lists the
+frames). It touches no store. It ignores SIGINT and SIGTERM — the relay decides when it
+stops, by closing the pipe — and it exits when the pipe closes, the relay's death included.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from zonemta.conf import Config
+from zonemta.conf.rates import parse_rate
+from zonemta.dkim.signer import load_signer
+from zonemta.engine.bounces import BounceClassifier
+from zonemta.engine.connections import ZoneConnections
+from zonemta.engine.delivery_pipe import Frame, FramedPipe
+from zonemta.engine.engine import delivery_timeouts, zone_route
+from zonemta.engine.machine import MachineBase
+from zonemta.engine.retry import RetryPolicy
+from zonemta.engine.transmit import Sender
+from zonemta.engine.zones import DomainPolicy, SourceAddresses
+from zonemta.statemachine import DeliveryState, Transition
+from zonemta.transport.dns import MxResolver
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL = 1.0
+
+
+class BlacklistMirror:
+    """The relay's blacklist for the domains of the attempts in flight: every attempt
+    carries the addresses disabled for its domain when it was sent."""
+
+    def __init__(self) -> None:
+        self._by_domain: dict[str, frozenset[str]] = {}
+
+    def update(self, domain: str, addresses: frozenset[str]) -> None:
+        if addresses:
+            self._by_domain[domain] = addresses
+        else:
+            self._by_domain.pop(domain, None)
+
+    def disabled_for(self, domain: str) -> frozenset[str]:
+        return self._by_domain.get(domain, frozenset())
+
+
+class ForwardingMachine(MachineBase):
+    """The attempt's state machine on this side: validates each transition against the
+    table, and sends it to the relay, which publishes it."""
+
+    def __init__(self, row: Any, rid: int, pipe: FramedPipe) -> None:
+        super().__init__(row)
+        self.rid = rid
+        self.pipe = pipe
+
+    def publish(
+        self,
+        row: Transition,
+        *,
+        response: str | None = None,
+        category: str | None = None,
+        **details: Any,
+    ) -> None:
+        self.pipe.send(
+            (
+                "fire",
+                self.rid,
+                row.trigger.value,
+                self.mx,
+                self.local_address,
+                response,
+                category,
+                details,
+            )
+        )
+
+
+def build_senders(
+    config: Config, zones: list[str], blacklist: BlacklistMirror
+) -> dict[str, Sender]:
+    """The same senders the relay would build in-process, without plugins."""
+    resolver = MxResolver(
+        nameservers=config.dns.parsed_nameservers(),
+        timeout=config.dns.timeout.total_seconds(),
+        cache_size=config.dns.cache_size,
+    )
+    retry = RetryPolicy.from_config(config.queue.retry_schedule, config.queue.max_queue_time)
+    classifier = BounceClassifier.load(config.bounces.rules_file or None)
+    signer = load_signer(config.dkim, clock=time.time)
+    domains = DomainPolicy(config)
+    timeouts = delivery_timeouts(config)
+    senders = {}
+    for name in zones:
+        zone = config.zones[name]
+        senders[name] = Sender(
+            zone=zone_route(config, name),
+            connections=ZoneConnections(
+                zone.connections,
+                idle_ttl=zone.connection_cache.ttl.total_seconds(),
+                max_messages=zone.connection_cache.reuse_count,
+                throttle=parse_rate(zone.throttling) if zone.throttling else None,
+            ),
+            resolver=resolver,
+            retry=retry,
+            timeouts=timeouts,
+            clock=time.time,
+            sources=SourceAddresses.for_zone(config, name),
+            domains=domains,
+            classifier=classifier,
+            signer=signer,
+            blacklist=blacklist,
+        )
+    return senders
+
+
+class Worker:
+    def __init__(self, pipe: FramedPipe, senders: dict[str, Sender], blacklist: BlacklistMirror):
+        self.pipe = pipe
+        self.senders = senders
+        self.blacklist = blacklist
+        self._scopes: dict[int, trio.CancelScope] = {}
+        self._chunks: dict[int, trio.MemorySendChannel[bytes | None]] = {}
+
+    async def serve(self, frames: AsyncIterator[Frame]) -> None:
+        async with trio.open_nursery() as services:
+            for sender in self.senders.values():
+                await services.start(sender.connections.run)
+            services.start_soon(self._report_stats)
+            async with trio.open_nursery() as attempts:
+                self.pipe.send(("ready",))
+                async for frame in frames:
+                    self._dispatch(frame, attempts)
+                attempts.cancel_scope.cancel()  # the relay closed the pipe
+            services.cancel_scope.cancel()
+
+    def _dispatch(self, frame: Frame, attempts: trio.Nursery) -> None:
+        kind, rid = frame[0], frame[1]
+        if kind == "attempt":
+            attempts.start_soon(self._attempt, *frame[1:])
+        elif kind == "chunk":
+            channel = self._chunks.get(rid)
+            if channel is not None:
+                channel.send_nowait(frame[2])
+        elif kind == "cancel":
+            scope = self._scopes.get(rid)
+            if scope is not None:
+                scope.cancel()
+        else:
+            log.error("unknown frame %r from the relay", kind)
+
+    async def _attempt(
+        self,
+        rid: int,
+        zone: str,
+        row: Any,
+        message: Any,
+        body: bytes | None,
+        disabled: frozenset[str],
+        state: DeliveryState,
+    ) -> None:
+        sender = self.senders[zone]
+        self.blacklist.update(row.domain, disabled)
+        machine = ForwardingMachine(row, rid, self.pipe)
+        machine.state = state  # the relay's machine has leased it
+        with trio.CancelScope() as scope:
+            self._scopes[rid] = scope
+            try:
+                outcome = await sender.transmit(
+                    machine,
+                    message,
+                    (lambda: _one(body)) if body is not None else (lambda: self._pull(rid)),
+                )
+            except Exception as exc:  # never lose a delivery to a bug: defer it
+                log.exception("delivery %s.%03x failed unexpectedly", row.message_id, row.seq)
+                outcome = sender.temporary(row, f"internal error: {exc!r}", "internal")
+            finally:
+                del self._scopes[rid]
+                self._chunks.pop(rid, None)
+            self.pipe.send(
+                (
+                    "done",
+                    rid,
+                    outcome.trigger.value,
+                    outcome.response,
+                    outcome.category,
+                    machine.mx,
+                    machine.local_address,
+                    {zone: _figures(sender)},
+                )
+            )
+
+    async def _pull(self, rid: int) -> AsyncIterator[bytes]:
+        """The body from the relay, chunk by chunk; each call starts at the beginning (a
+        transaction retried on a fresh connection sends the body again)."""
+        send, receive = trio.open_memory_channel[bytes | None](math.inf)
+        self._chunks[rid] = send
+        first = True
+        while True:
+            self.pipe.send(("more", rid, first))
+            first = False
+            chunk = await receive.receive()
+            if chunk is None:
+                return
+            yield chunk
+
+    async def _report_stats(self) -> None:
+        last: dict[str, tuple[int, int]] = {}
+        while True:
+            stats = {zone: _figures(sender) for zone, sender in self.senders.items()}
+            if stats != last:
+                self.pipe.send(("stats", stats))
+                last = stats
+            await trio.sleep(STATS_INTERVAL)
+
+
+def _figures(sender: Sender) -> tuple[int, int]:
+    return (sender.connections.reuses, sender.connections.open_connections)
+
+
+async def _one(body: bytes) -> AsyncIterator[bytes]:
+    if body:
+        yield body
+
+
+async def run(fd: int) -> None:
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+    pipe = FramedPipe(stream)
+    frames = pipe.frames()
+    init = await anext(frames, None)
+    if init is None or init[0] != "init":
+        raise SystemExit("zonemta delivery process: no init frame from the relay")
+    _, config, zones, level, index = init
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s %(levelname)s %(name)s[delivery-{index}]: %(message)s",
+        stream=sys.stderr,
+    )
+    blacklist = BlacklistMirror()
+    worker = Worker(pipe, build_senders(config, zones, blacklist), blacklist)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pipe.run_writer)
+        await worker.serve(frames)
+        pipe.close_after_sending()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or not argv[1].isdigit():
+        usage = "usage: python -m zonemta.engine.delivery_worker FD (started by the relay)"
+        print(usage, file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the relay stops us by closing the pipe
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        trio.run(run, int(argv[1]))
+    except (trio.BrokenResourceError, ConnectionError):
+        return 0  # the relay went away
+    finally:
+        logging.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
