@@ -50,6 +50,8 @@ def test_garbage_is_refused() -> None:
     payload = pickle.dumps(["not", "a", "tuple"])
     with pytest.raises(PipeError, match="not a frame: list"):
         FrameDecoder().feed(struct.pack("!I", len(payload)) + payload)
+    with pytest.raises(PipeError, match="undecodable"):
+        FrameDecoder().feed(struct.pack("!I", 3) + b"abc")
     empty = pickle.dumps(())
     with pytest.raises(PipeError, match="not a frame"):
         FrameDecoder().feed(struct.pack("!I", len(empty)) + empty)

@@ -62,7 +62,10 @@ class FrameDecoder:
             end = offset + _LENGTH.size + length
             if end > len(buffer):
                 break
-            frame = pickle.loads(memoryview(buffer)[offset + _LENGTH.size : end])
+            try:
+                frame = pickle.loads(memoryview(buffer)[offset + _LENGTH.size : end])
+            except Exception as exc:  # truncated or foreign data
+                raise PipeError(f"undecodable frame: {exc!r}") from exc
             if not isinstance(frame, tuple) or not frame:
                 raise PipeError(f"not a frame: {type(frame).__name__}")
             frames.append(frame)

@@ -227,7 +227,12 @@ class DeliveryProcess:
         if self._stopping:
             pipe.close_after_sending()
         async for frame in frames:
-            self._dispatch(frame)
+            try:
+                self._dispatch(frame)
+            except PipeError:
+                raise
+            except Exception:  # one bad report must not take the relay down
+                log.exception("delivery process %d sent a frame that failed", self.index)
 
     def _dispatch(self, frame: Frame) -> None:
         kind = frame[0]
