@@ -16,7 +16,7 @@ from zonemta.conf import Config, QueueBackend
 from zonemta.conf.security import parse_network
 from zonemta.engine.auth import PasswordAuthenticator
 from zonemta.engine.bus import Event, EventBus
-from zonemta.engine.engine import DeliveryEngine
+from zonemta.engine.engine import DeliveryEngine, make_resolver
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake import Intake
@@ -27,7 +27,6 @@ from zonemta.plugins import PluginHost
 from zonemta.store import Store
 from zonemta.store.mongodb import MongoStore
 from zonemta.store.sqlite import SqliteStore
-from zonemta.transport.dns import MxResolver
 from zonemta.transport.listener import InterfaceSettings, SmtpInterfaceService
 from zonemta.transport.smtp.server import ServerSettings
 from zonemta.transport.tls import server_context
@@ -139,11 +138,7 @@ class Relay:
         self.store = store if store is not None else make_store(config)
         self.bus = EventBus()
         self.bus.add_listener(log_message_event)
-        self.resolver = MxResolver(
-            nameservers=config.dns.parsed_nameservers(),
-            timeout=config.dns.timeout.total_seconds(),
-            cache_size=config.dns.cache_size,
-        )
+        self.resolver = make_resolver(config)
         self.hooks = Hooks()  # filled by the plugins' init (run())
         self.plugins = PluginHost(config, self.hooks)
         self.plugins.load()  # imports plugins, checks their options (ConfigError)

@@ -15,10 +15,10 @@ import trio
 import trio.testing
 
 from zonemta.conf import config_from_dict
-from zonemta.engine.attempt import ZoneRoute
 from zonemta.engine.bus import EventBus
 from zonemta.engine.machine import DeliveryMachine
 from zonemta.engine.scheduler import ZoneScheduler
+from zonemta.engine.transmit import ZoneRoute
 from zonemta.engine.zones import DomainPolicy
 from zonemta.store import Delivery, MessageRecord, NewDelivery
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store

@@ -23,13 +23,13 @@ from zonemta.engine.messages import MessageCache
 from zonemta.engine.notices import BounceNotices
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.suppression import SuppressionList
-from zonemta.engine.transmit import Outcome, Sender, ZoneRoute, received_header
+from zonemta.engine.transmit import Outcome, Sender
 from zonemta.statemachine import DeliveryState, Persist, Transition, Trigger
 from zonemta.store import Delivery, LeaseLost, MessageRecord, Store, StoreError
 
-__all__ = ["Deliverer", "Outcome", "ZoneRoute", "log_outcome", "received_header"]
-
 log = logging.getLogger(__name__)
+
+PROCESS_LOST = "delivery process exited during the attempt"
 
 
 class Deliverer:
@@ -98,7 +98,10 @@ class Deliverer:
         if self.suppressions.is_suppressed(row.recipient):
             return Outcome(Trigger.SUPPRESSED, "recipient is on the suppression list", "suppressed")
         if self.remote is not None:
-            return await self.remote.transmit(machine, message, self.messages)
+            outcome = await self.remote.transmit(machine, message, self.messages)
+            if outcome is None:  # the process died; the retry goes to its successor
+                return self.sender.temporary(row, PROCESS_LOST, "internal")
+            return outcome
         return await self.sender.transmit(machine, message, partial(self._body, message))
 
     async def _body(self, message: MessageRecord) -> AsyncIterator[bytes]:

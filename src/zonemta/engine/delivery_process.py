@@ -31,7 +31,7 @@ from zonemta.engine.delivery_pipe import FramedPipe, PipeError
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.machine import DeliveryMachine
 from zonemta.engine.messages import MessageCache
-from zonemta.engine.transmit import Outcome, Sender
+from zonemta.engine.transmit import Outcome
 from zonemta.statemachine import Trigger
 from zonemta.store import MessageRecord
 
@@ -88,13 +88,11 @@ class DeliveryProcess:
         zones: list[str],
         *,
         blacklist: Blacklist,
-        senders: dict[str, Sender],
     ) -> None:
         self.index = index
         self.config = attrs.evolve(config, plugins={})  # plugins stay in the relay
         self.zones = zones
         self.blacklist = blacklist
-        self.senders = senders  # for the retry policy of a lost attempt
         self.pools = {zone: PoolFigures() for zone in zones}
         self.restarts = 0
         self.pid: int | None = None  # of the running process
@@ -110,12 +108,14 @@ class DeliveryProcess:
 
     async def transmit(
         self, machine: DeliveryMachine, message: MessageRecord, messages: MessageCache
-    ) -> Outcome:
+    ) -> Outcome | None:
+        """The attempt's outcome; None when the process died (or is stopping) before it
+        reported one."""
         row = machine.row
         await self._ready.wait()
         pipe = self._pipe
         if pipe is None:
-            return self._lost(machine)
+            return None
         rid = next(self._ids)
         send, receive = trio.open_memory_channel[Frame](math.inf)
         pending = _Pending(machine, message, messages, send)
@@ -145,12 +145,7 @@ class DeliveryProcess:
             self._pending.pop(rid, None)
             if chunks is not None:
                 await chunks.aclose()
-        return pending.outcome if pending.outcome is not None else self._lost(machine)
-
-    def _lost(self, machine: DeliveryMachine) -> Outcome:
-        sender = self.senders[machine.row.zone]
-        response = "delivery process exited during the attempt"
-        return sender.temporary(machine.row, response, "internal")
+        return pending.outcome
 
     # -- the process -------------------------------------------------------------------
 

@@ -21,18 +21,20 @@ from typing import Any
 import trio
 
 from zonemta.conf import Config
-from zonemta.conf.rates import parse_rate
 from zonemta.dkim.signer import load_signer
 from zonemta.engine.bounces import BounceClassifier
-from zonemta.engine.connections import ZoneConnections
 from zonemta.engine.delivery_pipe import Frame, FramedPipe
-from zonemta.engine.engine import delivery_timeouts, zone_route
+from zonemta.engine.engine import (
+    delivery_timeouts,
+    make_resolver,
+    zone_connections,
+    zone_route,
+)
 from zonemta.engine.machine import MachineBase
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.transmit import Sender
 from zonemta.engine.zones import DomainPolicy, SourceAddresses
 from zonemta.statemachine import DeliveryState, Transition
-from zonemta.transport.dns import MxResolver
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +93,7 @@ def build_senders(
     config: Config, zones: list[str], blacklist: BlacklistMirror
 ) -> dict[str, Sender]:
     """The same senders the relay would build in-process, without plugins."""
-    resolver = MxResolver(
-        nameservers=config.dns.parsed_nameservers(),
-        timeout=config.dns.timeout.total_seconds(),
-        cache_size=config.dns.cache_size,
-    )
+    resolver = make_resolver(config)
     retry = RetryPolicy.from_config(config.queue.retry_schedule, config.queue.max_queue_time)
     classifier = BounceClassifier.load(config.bounces.rules_file or None)
     signer = load_signer(config.dkim, clock=time.time)
@@ -103,15 +101,9 @@ def build_senders(
     timeouts = delivery_timeouts(config)
     senders = {}
     for name in zones:
-        zone = config.zones[name]
         senders[name] = Sender(
             zone=zone_route(config, name),
-            connections=ZoneConnections(
-                zone.connections,
-                idle_ttl=zone.connection_cache.ttl.total_seconds(),
-                max_messages=zone.connection_cache.reuse_count,
-                throttle=parse_rate(zone.throttling) if zone.throttling else None,
-            ),
+            connections=zone_connections(config, name),
             resolver=resolver,
             retry=retry,
             timeouts=timeouts,

@@ -54,6 +54,26 @@ def delivery_timeouts(config: Config) -> Timeouts:
     )
 
 
+def make_resolver(config: Config) -> MxResolver:
+    """The MX resolver ``[dns]`` describes (in the relay and in each delivery process)."""
+    return MxResolver(
+        nameservers=config.dns.parsed_nameservers(),
+        timeout=config.dns.timeout.total_seconds(),
+        cache_size=config.dns.cache_size,
+    )
+
+
+def zone_connections(config: Config, name: str) -> ZoneConnections:
+    """The connection pool of zone ``name`` (in this process or a delivery process)."""
+    zone = config.zones[name]
+    return ZoneConnections(
+        zone.connections,
+        idle_ttl=zone.connection_cache.ttl.total_seconds(),
+        max_messages=zone.connection_cache.reuse_count,
+        throttle=parse_rate(zone.throttling) if zone.throttling else None,
+    )
+
+
 class DeliveryEngine:
     def __init__(
         self,
@@ -84,24 +104,15 @@ class DeliveryEngine:
         self.schedulers: dict[str, ZoneScheduler] = {}
         self.processes: list[DeliveryProcess] = []
         self._connection_pools: list[ZoneConnections] = []
-        senders: dict[str, Sender] = {}
         enabled = [name for name, zone in config.zones.items() if not zone.disabled]
         count = min(config.delivery.processes, len(enabled))
         shares: list[list[str]] = [enabled[i::count] for i in range(count)]
         for index, zones in enumerate(shares):
-            process = DeliveryProcess(
-                index, config, zones, blacklist=self.blacklist, senders=senders
-            )
-            self.processes.append(process)
+            self.processes.append(DeliveryProcess(index, config, zones, blacklist=self.blacklist))
         remote_of = {zone: p for p in self.processes for zone in p.zones}
         for name in enabled:
             zone = config.zones[name]
-            pool = ZoneConnections(
-                zone.connections,
-                idle_ttl=zone.connection_cache.ttl.total_seconds(),
-                max_messages=zone.connection_cache.reuse_count,
-                throttle=parse_rate(zone.throttling) if zone.throttling else None,
-            )
+            pool = zone_connections(config, name)
             sender = Sender(
                 zone=zone_route(config, name),
                 connections=pool,
@@ -131,7 +142,6 @@ class DeliveryEngine:
                 hooks=hooks,
                 remote=remote,
             )
-            senders[name] = sender
             if remote is None:
                 self.pools[name] = pool
                 self._connection_pools.append(pool)
