@@ -14,7 +14,7 @@ import trio
 
 from zonemta.conf import Config, QueueBackend
 from zonemta.conf.security import parse_network
-from zonemta.engine.auth import PasswordAuthenticator
+from zonemta.engine.auth import FailureThrottle, PasswordAuthenticator, UserDatabase
 from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.engine import DeliveryEngine, make_resolver
 from zonemta.engine.hooks import Hooks
@@ -72,10 +72,9 @@ def interface_settings(config: Config, name: str) -> InterfaceSettings:
     iface = config.smtp[name]
     where = f"config.smtp.{name}"
     tls = server_context(iface.cert, iface.key, where=where) if iface.cert else None
+    throttle = FailureThrottle(iface.auth_failure_delay.total_seconds())
     authenticator = (
-        PasswordAuthenticator.from_users_file(
-            Path(iface.users_file), iface.auth_failure_delay.total_seconds()
-        )
+        PasswordAuthenticator(UserDatabase.load(Path(iface.users_file)), throttle)
         if iface.authentication and iface.users_file
         else None  # no users file: AUTH is answered by plugins (config checks there is one)
     )
@@ -105,6 +104,7 @@ def interface_settings(config: Config, name: str) -> InterfaceSettings:
         proxy_protocol=iface.proxy_protocol,
         proxy_networks=tuple(parse_network(n) for n in iface.proxy_networks),
         authenticator=authenticator,
+        auth_throttle=throttle if iface.authentication else None,
     )
 
 

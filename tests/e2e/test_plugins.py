@@ -30,6 +30,7 @@ from tests.support.relay import (
 from zonemta.app import Relay
 from zonemta.conf import DkimKey
 from zonemta.dkim import dns_record, load_key
+from zonemta.engine.auth import FailureThrottle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: examples/
 
@@ -248,6 +249,7 @@ async def test_auth_hook_decides_and_http_auth_plugin_checks_basic_auth(
                     "authentication": True,
                     "allow_insecure_auth": True,
                     "users_file": str(users),
+                    "auth_failure_delay": "0.1s",
                 }
             },
             zones=zones(mx),
@@ -275,6 +277,10 @@ async def test_auth_hook_decides_and_http_auth_plugin_checks_basic_auth(
                 535,
                 b"5.7.8 Authentication failed",
             )
+            # The plugin's refusals (PLAIN, then LOGIN) earn the interface's failure delays.
+            throttle = relay.interfaces[0].settings.auth_throttle
+            assert isinstance(throttle, FailureThrottle)
+            assert throttle.failures("127.0.0.1", trio.current_time()) == 2
             plugin = example(relay)
     # smtplib tries PLAIN, then LOGIN, with the wrong password: one check each.
     assert [r.path for r in auth_server.requests] == ["/check?transport=SMTP"] * 3

@@ -21,12 +21,14 @@ from zonemta.app import interface_settings
 from zonemta.conf import ConfigError, config_from_dict
 from zonemta.engine.auth import FailureThrottle, hash_password
 from zonemta.engine.bus import EventBus
+from zonemta.engine.hooks import SessionInfo
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake import Intake
 from zonemta.engine.routing import Router
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store
 from zonemta.transport.listener import Authenticator, InterfaceSettings, SmtpInterfaceService
+from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.smtp.server import ServerSettings
 
 
@@ -495,6 +497,43 @@ async def test_auth_without_users_file_or_deciding_plugin_fails(store: SqliteSto
         nursery.cancel_scope.cancel()
 
 
+async def test_auth_failures_decided_by_plugins_are_throttled_like_ours(
+    store: SqliteStore, autojump_clock: trio.testing.MockClock
+) -> None:
+    # No users file: a plugin refuses wrong passwords (535), accepts the right one; nobody
+    # answers for "bob". Every refusal from one address earns the growing delay.
+    async def decide(session: SessionInfo, username: str, password: str) -> Reply | None:
+        if username == "bob":
+            return None
+        if password == "right":
+            return Reply(235, ("Authentication successful",), "2.7.0")
+        return Reply(535, ("Authentication credentials invalid",), "5.7.8")
+
+    intake = make_intake(store)
+    intake.hooks.auth.append(decide)
+    throttle = FailureThrottle(1.0)
+    service = SmtpInterfaceService(
+        secure_settings(
+            server={"auth_available": True, "allow_insecure_auth": True}, auth_throttle=throttle
+        ),
+        intake,
+    )
+    async with trio.open_nursery() as nursery:
+        client = await serve_one(nursery, service, "192.0.2.7")
+        await ehlo(client)
+        waits = []
+        for user in ("alice", "alice", "bob"):
+            start = trio.current_time()
+            await client.send(plain(user, "guess"))
+            assert (await client.reply()).startswith(b"535 5.7.8")
+            waits.append(trio.current_time() - start)
+        assert waits == pytest.approx([1.0, 2.0, 4.0])
+        await client.send(plain("alice", "right"))
+        assert (await client.reply()).startswith(b"235")
+        assert throttle.failures("192.0.2.7", trio.current_time()) == 0  # forgiven
+        nursery.cancel_scope.cancel()
+
+
 # ---------------------------------------------------------------- configuration rules
 
 
@@ -554,6 +593,7 @@ def test_interface_settings_load_cert_and_users(tmp_path: Path, ca: trustme.CA) 
     assert built.server.implicit_tls and built.server.auth_available
     assert not built.server.starttls_available and built.server.max_errors == 7
     assert built.authenticator is not None and built.proxy_protocol
+    assert built.auth_throttle is getattr(built.authenticator, "throttle", None)
     assert [str(n) for n in built.relay_networks] == ["192.0.2.0/24"]
     table["key"] = str(tmp_path / "cert.pem")  # a certificate is not its key
     with pytest.raises(ConfigError, match=r"config.smtp.s.cert/key: cannot load"):

@@ -26,6 +26,17 @@ class Authenticator(Protocol):
         ...
 
 
+class FailureDelays(Protocol):
+    """Failed AUTH attempts per client address and the delay each one earns (implemented by
+    :class:`zonemta.engine.auth.FailureThrottle`)."""
+
+    def failure(self, address: str, now: float) -> float:
+        """Record a failure; the seconds to wait before answering it."""
+        ...
+
+    def success(self, address: str) -> None: ...
+
+
 def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
     """True when the IP literal ``address`` lies in one of ``networks`` (IPv4-mapped IPv6
     addresses count as IPv4). False for anything that is not an IP address."""
@@ -62,6 +73,9 @@ class InterfaceSettings:
     proxy_protocol: bool = False
     proxy_networks: tuple[Network, ...] = LOOPBACK_NETWORKS
     authenticator: Authenticator | None = None
+    # Delays for AUTH failures decided by plugins (or by nobody); the users-file
+    # authenticator shares it, so every failed guess from an address counts the same.
+    auth_throttle: FailureDelays | None = None
 
     def __attrs_post_init__(self) -> None:
         tls_needed = self.server.starttls_available or self.server.implicit_tls

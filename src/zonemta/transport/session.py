@@ -211,11 +211,16 @@ class SmtpSession:
                 if verdict.code // 100 == 2:
                     log.info("authenticated %r from %s (plugin)", username, self.client_address)
                     self.user = username
+                    if self.settings.auth_throttle is not None:
+                        self.settings.auth_throttle.success(self.client_address)
+                elif verdict.code >= 500:  # refused credentials: the same delay as ours
+                    await self._auth_failure_delay(username)
                 self.protocol.respond(verdict)
                 return
         authenticator = self.settings.authenticator
         if authenticator is None:  # no users file: AUTH is the plugins' to answer
             log.warning("no plugin answered AUTH for %r from %s", username, self.client_address)
+            await self._auth_failure_delay(username)
             self.protocol.respond(REPLY_AUTH_FAILED)
             return
         try:
@@ -230,6 +235,20 @@ class SmtpSession:
             self.protocol.respond(REPLY_AUTH_OK)
         else:
             self.protocol.respond(REPLY_AUTH_FAILED)
+
+    async def _auth_failure_delay(self, username: str) -> None:
+        """Wait the delay this failure earns (the users-file authenticator waits its own)."""
+        throttle = self.settings.auth_throttle
+        if throttle is None:
+            return
+        delay = throttle.failure(self.client_address, trio.current_time())
+        log.info(
+            "authentication failed for %r from %s (waiting %.1fs)",
+            username,
+            self.client_address,
+            delay,
+        )
+        await trio.sleep(delay)
 
     async def _start_tls(self) -> None:
         """Send the 220, run the handshake, reset the session (RFC 3207 4.2).
