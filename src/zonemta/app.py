@@ -95,6 +95,7 @@ def interface_settings(config: Config, name: str) -> InterfaceSettings:
             max_errors=iface.max_errors,
         ),
         idle_timeout=iface.idle_timeout.total_seconds(),
+        handshake_timeout=iface.handshake_timeout.total_seconds(),
         data_timeout=iface.data_timeout.total_seconds(),
         max_clients=iface.max_clients,
         max_header_size=iface.max_header_size,

@@ -478,6 +478,36 @@ async def test_proxy_protocol_gives_the_real_client_address(store: SqliteStore) 
         nursery.cancel_scope.cancel()
 
 
+async def test_silent_tls_and_proxy_clients_are_cut_at_the_handshake_timeout(
+    store: SqliteStore,
+    server_tls: ssl.SSLContext,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # idle_timeout is 300 s; a client that never finishes its TLS handshake, sends no PROXY
+    # header or stalls after STARTTLS is closed after handshake_timeout (30 s) instead.
+    implicit = SmtpInterfaceService(
+        secure_settings(tls=server_tls, implicit=True), make_intake(store)
+    )
+    proxied = SmtpInterfaceService(secure_settings(proxy_protocol=True), make_intake(store))
+    starttls = SmtpInterfaceService(secure_settings(tls=server_tls), make_intake(store))
+    async with trio.open_nursery() as nursery:
+        for service in (implicit, proxied):
+            start = trio.current_time()
+            silent = connect(nursery, service, "127.0.0.1")
+            with pytest.raises(EOFError):
+                await silent.line()
+            assert trio.current_time() - start == pytest.approx(30.0)
+        client = await serve_one(nursery, starttls)
+        await ehlo(client)
+        await client.send(b"STARTTLS\r\n")
+        assert (await client.reply()).startswith(b"220")
+        start = trio.current_time()
+        with pytest.raises(EOFError):
+            await client.line()  # no ClientHello ever comes
+        assert trio.current_time() - start == pytest.approx(30.0)
+        nursery.cancel_scope.cancel()
+
+
 def test_interface_settings_need_their_tls_context() -> None:
     with pytest.raises(ValueError, match="context"):
         secure_settings(server={"starttls_available": True})
@@ -586,12 +616,14 @@ def test_interface_settings_load_cert_and_users(tmp_path: Path, ca: trustme.CA) 
         "relay_networks": ["192.0.2.0/24"],
         "proxy_protocol": True,
         "max_errors": 7,
+        "handshake_timeout": "10s",
     }
     built = interface_settings(config_from_dict({"smtp": {"s": table}}), "s")
     assert built.tls_context is not None
     assert built.tls_context.minimum_version is ssl.TLSVersion.TLSv1_2
     assert built.server.implicit_tls and built.server.auth_available
     assert not built.server.starttls_available and built.server.max_errors == 7
+    assert built.handshake_timeout == 10.0
     assert built.authenticator is not None and built.proxy_protocol
     assert built.auth_throttle is getattr(built.authenticator, "throttle", None)
     assert [str(n) for n in built.relay_networks] == ["192.0.2.0/24"]

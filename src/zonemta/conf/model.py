@@ -191,6 +191,10 @@ class SmtpInterface:
     idle_timeout: timedelta = attrs.field(
         default=timedelta(minutes=5), validator=_positive_duration
     )
+    # The PROXY header and the TLS handshake (implicit TLS, STARTTLS) must finish within this.
+    handshake_timeout: timedelta = attrs.field(
+        default=timedelta(seconds=30), validator=_positive_duration
+    )
     data_timeout: timedelta = attrs.field(
         default=timedelta(minutes=10), validator=_positive_duration
     )

@@ -73,6 +73,7 @@ class InterfaceSettings:
     proxy_protocol: bool = False
     proxy_networks: tuple[Network, ...] = LOOPBACK_NETWORKS
     authenticator: Authenticator | None = None
+    handshake_timeout: float = 30.0  # PROXY header, TLS handshake
     # Delays for AUTH failures decided by plugins (or by nobody); the users-file
     # authenticator shares it, so every failed guess from an address counts the same.
     auth_throttle: FailureDelays | None = None

@@ -145,7 +145,7 @@ class SmtpInterfaceService:
                     log.warning("%s: %s is not a listed proxy: closed", settings.name, peer)
                     return
                 try:
-                    with trio.fail_after(settings.idle_timeout):
+                    with trio.fail_after(settings.handshake_timeout):
                         stream, address = await read_proxy_header(stream, peer)
                 except (ProxyProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                     log.info("%s: bad PROXY header from %s: %s", settings.name, peer, exc)
@@ -206,7 +206,7 @@ class SmtpInterfaceService:
             assert settings.tls_context is not None
             try:
                 stream = await start_server_tls(
-                    stream, settings.tls_context, within=settings.idle_timeout
+                    stream, settings.tls_context, within=settings.handshake_timeout
                 )
             except TlsHandshakeFailed as exc:
                 log.info("%s: %s from %s", settings.name, exc, address)

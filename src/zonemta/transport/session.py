@@ -261,7 +261,7 @@ class SmtpSession:
         assert context is not None  # the server offers STARTTLS only with one
         try:
             self.stream = await start_server_tls(
-                self.stream, context, within=self.settings.idle_timeout
+                self.stream, context, within=self.settings.handshake_timeout
             )
         except TlsHandshakeFailed as exc:
             log.info("STARTTLS from %s: %s", self.client_address, exc)
