@@ -331,6 +331,34 @@ async def test_no_dsn_for_null_sender_or_auto_submitted_mail(tmp_path: Path) -> 
     assert dsns(mx) == []
 
 
+async def test_shutdown_lets_the_webhook_post_what_it_has_queued(tmp_path: Path) -> None:
+    # The first POST fails and its retry is due 1 s later; the relay is asked to stop at
+    # once. The shutdown grace (2 s here) is used to post the retry.
+    def rcpt_reply(address: str) -> str | None:
+        return "550 5.1.1 User unknown"
+
+    with TestMx(rcpt_reply=rcpt_reply) as mx:
+        async with hook_server([500, 200]) as (hook, url):
+            config = relay_config(
+                tmp_path / "q",
+                zones=smart_hosts(mx),
+                bounces={"webhook": {"url": url, "retry_delay": "1s"}, "dsn": {"enabled": False}},
+            )
+            async with running_relay(config) as (relay, info):
+                message = b"From: s@origin.test\r\nSubject: x\r\n\r\nbody\r\n"
+                await submit_async(
+                    info.smtp_ports["feeder"], "sender@origin.test", ["gone@one.test"], message
+                )
+                with trio.fail_after(10):
+                    first = await hook.receive.receive()
+                webhook = relay.engine.bounces.webhook
+                assert webhook is not None
+            # running_relay stopped the relay on leaving the block
+    assert first.status == 500
+    assert [request.status for request in hook.requests] == [500, 200]
+    assert (webhook.stats.sent, webhook.stats.retried, webhook.stats.failed) == (1, 1, 0)
+
+
 async def test_delay_notice_then_failure_notice_and_form_webhook(tmp_path: Path) -> None:
     def rcpt_reply(address: str) -> str | None:
         return "451 4.7.1 Greylisted, try again" if address == "later@one.test" else None

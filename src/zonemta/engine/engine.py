@@ -103,6 +103,7 @@ class DeliveryEngine:
         self.pools: dict[str, PoolFigures | ZoneConnections] = {}
         self.schedulers: dict[str, ZoneScheduler] = {}
         self.processes: list[DeliveryProcess] = []
+        self._stopped = trio.Event()
         self._connection_pools: list[ZoneConnections] = []
         enabled = [name for name, zone in config.zones.items() if not zone.disabled]
         count = min(config.delivery.processes, len(enabled))
@@ -179,6 +180,7 @@ class DeliveryEngine:
                 for scheduler in self.schedulers.values():
                     await schedulers.start(scheduler.run)
                 task_status.started()
+            await self._stopped.wait()  # stop() has let the services finish their work
             nursery.cancel_scope.cancel()
 
     async def stop(self, grace: float) -> None:
@@ -186,7 +188,11 @@ class DeliveryEngine:
         async with trio.open_nursery() as nursery:
             for scheduler in self.schedulers.values():
                 nursery.start_soon(partial(scheduler.stop, grace))
-        # No attempt is left: the delivery processes close their connections and exit.
+        # No attempt is left: the delivery processes close their connections and exit, and
+        # the bounce webhook posts what it has queued.
         async with trio.open_nursery() as nursery:
             for process in self.processes:
                 nursery.start_soon(process.stop)
+            if self.bounces.webhook is not None:
+                nursery.start_soon(self.bounces.webhook.finish, grace)
+        self._stopped.set()

@@ -3,8 +3,10 @@
 Deliveries hand payloads over with :meth:`BounceWebhook.submit_nowait`, which never blocks:
 payloads wait in a bounded channel (a full channel drops the new payload and counts it) and
 a few worker tasks POST them, retrying a failed POST (network error or a status other than
-2xx/3xx) after ``retry_delay * n²`` for the n-th retry, up to ``retries`` times. Payloads
-still waiting at shutdown are lost (they are notifications, not mail).
+2xx/3xx) after ``retry_delay * n²`` for the n-th retry, up to ``retries`` times. At
+shutdown :meth:`BounceWebhook.finish` lets the workers post what is queued, retries included,
+for the shutdown grace period; what is still waiting after it is lost (logged: they are
+notifications, not mail).
 """
 
 from __future__ import annotations
@@ -81,11 +83,16 @@ class BounceWebhook:
         self._transport = transport
         self._sleep = sleep
         self._send, self._receive = trio.open_memory_channel[dict[str, Any]](config.queue_size)
+        self._finished = trio.Event()
 
     def submit_nowait(self, payload: dict[str, Any]) -> bool:
         """Queue one payload; False (and counted as dropped) when the queue is full."""
         try:
             self._send.send_nowait(payload)
+        except trio.ClosedResourceError:  # after finish(): shutting down
+            self.stats.dropped += 1
+            log.warning("bounce webhook stopped: dropped the bounce of %s", payload.get("id"))
+            return False
         except trio.WouldBlock:
             self.stats.dropped += 1
             log.warning(
@@ -98,15 +105,28 @@ class BounceWebhook:
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """POST queued payloads until cancelled."""
+        """POST queued payloads until cancelled, or until :meth:`finish` and the queue is
+        empty."""
         timeout = httpx.Timeout(self.config.timeout.total_seconds())
-        async with (
-            httpx.AsyncClient(timeout=timeout, transport=self._transport) as client,
-            trio.open_nursery() as nursery,
-        ):
-            for _ in range(self.config.concurrency):
-                nursery.start_soon(self._worker, client)
-            task_status.started()
+        try:
+            async with (
+                httpx.AsyncClient(timeout=timeout, transport=self._transport) as client,
+                trio.open_nursery() as nursery,
+            ):
+                for _ in range(self.config.concurrency):
+                    nursery.start_soon(self._worker, client)
+                task_status.started()
+        finally:
+            self._finished.set()
+
+    async def finish(self, grace: float) -> None:
+        """Accept nothing more; give the queued payloads ``grace`` seconds to be posted."""
+        self._send.close()
+        with trio.move_on_after(grace):
+            await self._finished.wait()
+        left = self._receive.statistics().current_buffer_used
+        if not self._finished.is_set():
+            log.warning("bounce webhook: %d queued bounces not posted at shutdown", left)
 
     async def _worker(self, client: httpx.AsyncClient) -> None:
         async for payload in self._receive:
