@@ -105,6 +105,32 @@ async def test_a_killed_child_defers_its_attempts_and_is_started_again(
     assert len(mx.for_recipient("a@one.test")) == 1
 
 
+async def test_plugins_with_intake_hooks_only_run_beside_a_delivery_process(
+    tmp_path: Path, mx: TestMx
+) -> None:
+    # http-auth answers AUTH (an intake hook) and is the interface's only AUTH backend.
+    config = relay_config(
+        tmp_path / "q",
+        zones=smart_host(mx),
+        delivery=ONE_PROCESS,
+        smtp={
+            "feeder": {
+                "host": "127.0.0.1",
+                "port": 0,
+                "authentication": True,
+                "allow_insecure_auth": True,
+            }
+        },
+        plugins={"http-auth": {"url": "http://127.0.0.1:1/check"}},
+    )
+    async with running_relay(config) as (relay, info):
+        events = relay.bus.subscribe()
+        await submit_async(info.smtp_ports["feeder"], "s@origin.test", ["a@one.test"], MESSAGE)
+        seen = await collect_until(events, lambda ev: len(terminal(ev)) == 1)
+    assert terminal(seen)[0].to_state == "delivered"
+    assert len(mx.for_recipient("a@one.test")) == 1
+
+
 def plugin_config(tmp_path: Path, mx: TestMx) -> str:
     text = f"""
 hostname = "relay.test"

@@ -90,7 +90,7 @@ class DeliveryProcess:
         blacklist: Blacklist,
     ) -> None:
         self.index = index
-        self.config = attrs.evolve(config, plugins={})  # plugins stay in the relay
+        self.config = config  # plain data (plugin options stay raw): it pickles as it is
         self.zones = zones
         self.blacklist = blacklist
         self.pools = {zone: PoolFigures() for zone in zones}
