@@ -31,6 +31,7 @@ def _setup_logging(config: Config) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from zonemta.app import Relay
+    from zonemta.engine.delivery_process import StartError
 
     config = _load(args.config)
     _setup_logging(config)
@@ -42,20 +43,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     gc.set_threshold(20_000, 20, 20)
     try:
         trio.run(relay.run_until_signalled)
-    except OSError as exc:
+    except (OSError, StartError) as exc:
         logging.getLogger("zonemta").error("cannot start: %s", exc)
         return 1
-    except BaseExceptionGroup as group:  # a check made at start, inside the relay's nursery
-        errors = group.subgroup(ConfigError)
-        if errors is None:
+    except BaseExceptionGroup as group:  # raised inside the relay's nurseries
+        config_error = _first(group, ConfigError)
+        if config_error is not None:
+            raise config_error from None  # main() prints it, exit status 2
+        start_error = _first(group, (OSError, StartError))
+        if start_error is None:
             raise
-        raise _first(errors) from None
+        logging.getLogger("zonemta").error("cannot start: %s", start_error)
+        return 1
     return 0
 
 
-def _first(group: BaseExceptionGroup[ConfigError]) -> ConfigError:
-    error = group.exceptions[0]
-    return error if isinstance(error, ConfigError) else _first(error)
+def _first(
+    group: BaseExceptionGroup[BaseException], kind: type[Exception] | tuple[type[Exception], ...]
+) -> Exception | None:
+    """The first exception of ``kind`` in ``group`` (nested groups included)."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            found = _first(error, kind)
+            if found is not None:
+                return found
+        elif isinstance(error, kind):
+            return error
+    return None
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -118,6 +118,20 @@ def test_config_errors_exit_2_and_name_every_bad_key(tmp_path: Path) -> None:
     assert "config.zones.default" in result.stderr
 
 
+def test_a_port_in_use_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path / "z.toml", port, free_port(), tmp_path / "q")
+        result = subprocess.run(
+            [*RELAY, "run", "-c", str(config)], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert "cannot start: [Errno 98] Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_config_command_prints_effective_config(tmp_path: Path) -> None:
     path = tmp_path / "z.toml"
     path.write_text('[zones.default]\nconnections = 3\n[queue]\nretry_schedule = ["90s", "2h"]\n')

@@ -44,6 +44,10 @@ STOP_TIMEOUT = 10.0
 SENDING_HOOKS = ("fetch", "before_connect", "send_headers", "response_error")
 
 
+class StartError(Exception):
+    """A delivery process did not start (the relay does not start either)."""
+
+
 def check_hooks(hooks: Hooks, processes: int) -> None:
     """Delivery processes run no plugins: refuse a configuration whose plugins hook into
     the sending step. Raises ConfigError naming the setting."""
