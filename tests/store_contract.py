@@ -290,6 +290,24 @@ class StoreContract:
         with pytest.raises(LeaseLost):  # no longer leased at all
             await store.defer(d.key, owner=OWNER, now=420.0, next_attempt=950.0, response="x")
 
+    async def test_defer_remembers_the_delay_notice_for_good(self, store: Store) -> None:
+        await put(store, "m")
+        [d] = await store.lease(ZONE, owner=OWNER, now=100.0, lease_until=200.0, limit=1)
+        assert not d.delay_notified
+        await store.defer(d.key, owner=OWNER, now=110.0, next_attempt=300.0, response="451 a")
+        [d] = await store.lease(ZONE, owner=OWNER, now=300.0, lease_until=400.0, limit=1)
+        assert not d.delay_notified
+        await store.defer(
+            d.key, owner=OWNER, now=310.0, next_attempt=500.0, response="451 b", delay_notified=True
+        )
+        [row] = await store.deliveries_of("m")
+        assert row.delay_notified and row.attempts == 2
+        [d] = await store.lease(ZONE, owner=OWNER, now=500.0, lease_until=600.0, limit=1)
+        assert d.delay_notified  # the leased row carries it to the next attempt
+        await store.defer(d.key, owner=OWNER, now=510.0, next_attempt=700.0, response="451 c")
+        [row] = await store.deliveries_of("m")
+        assert row.delay_notified  # a later deferral does not clear it
+
     async def test_complete_removes_body_after_the_last_delivery(self, store: Store) -> None:
         body = big_body(100_000)
         await put(

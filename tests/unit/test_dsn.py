@@ -16,7 +16,7 @@ from zonemta.engine.dsn import (
     Notice,
     NoticeKind,
     build_dsn,
-    delay_threshold_crossed,
+    delay_notice_due,
     diagnostic_status,
     why_no_dsn,
 )
@@ -169,25 +169,33 @@ def test_delay_notice_is_due_once() -> None:
     hour = 3600.0
     schedule = [300.0, 420.0, 480.0, 1500.0, 4500.0, 7200.0, 14400.0]
     first = 1_700_000_000.0
-    now, attempts, last_defer = first, 0, first
+    now, attempts, notified = first, 0, False
     sent_at: list[int] = []
     while attempts < len(schedule):
         current = row(
             attempts=attempts,
             first_failure=first if attempts else None,
-            next_attempt=last_defer + schedule[max(attempts - 1, 0)] if attempts else first,
+            delay_notified=notified,
         )
-        previous_wait = schedule[max(attempts - 1, 0)]
-        if delay_threshold_crossed(current, now=now, after=3 * hour, previous_wait=previous_wait):
+        if delay_notice_due(current, now=now, after=3 * hour):
             sent_at.append(attempts)
-        last_defer = now
+            notified = True  # what the store keeps with the deferral
         now += schedule[min(attempts, len(schedule) - 1)] + 2.0  # the attempt runs a bit late
         attempts += 1
     # Cumulative waits: 5m, 12m, 20m, 45m, 2h, 4h -> the deferral at ~4h crosses 3h.
     assert sent_at == [6]
-    assert not delay_threshold_crossed(
-        row(attempts=3, first_failure=first), now=first + 9 * hour, after=0, previous_wait=1
-    )
+    assert not delay_notice_due(row(attempts=3, first_failure=first), now=first + 9 * hour, after=0)
+
+
+def test_delay_notice_is_not_repeated_when_the_delivery_is_rescheduled() -> None:
+    # An operator's reschedule (or a new retry schedule) moves next_attempt: the flag, not
+    # the schedule, says whether the notice went out.
+    first = 1_700_000_000.0
+    late = row(attempts=5, first_failure=first, next_attempt=first + 7000.0)
+    assert delay_notice_due(late, now=first + 4 * 3600.0, after=3 * 3600.0)
+    told = row(attempts=6, first_failure=first, next_attempt=first, delay_notified=True)
+    assert not delay_notice_due(told, now=first + 5 * 3600.0, after=3 * 3600.0)
+    assert not delay_notice_due(row(attempts=1), now=first + 9 * 3600.0, after=1.0)  # no failure
 
 
 def test_webhook_payload_has_the_reference_fields() -> None:

@@ -68,6 +68,24 @@ async def test_data_survives_reopening(tmp_path: Path) -> None:
         assert await store.recover_leases("a") == 1
 
 
+async def test_a_queue_from_before_delay_notified_gets_the_column(tmp_path: Path) -> None:
+    async with open_sqlite_store(tmp_path, chunk_size=CHUNK) as store:
+        await put(store, "old")
+    # Make it the queue an earlier release wrote: no delay_notified column.
+    with sqlite3.connect(tmp_path / DB_FILENAME) as conn:
+        conn.execute("ALTER TABLE deliveries DROP COLUMN delay_notified")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(deliveries)")}
+        assert "delay_notified" not in columns
+    async with open_sqlite_store(tmp_path, chunk_size=CHUNK) as store:
+        [d] = await store.lease(ZONE, owner="a", now=200.0, lease_until=300.0, limit=1)
+        assert not d.delay_notified
+        await store.defer(
+            d.key, owner="a", now=210.0, next_attempt=400.0, response="451", delay_notified=True
+        )
+        [row] = await store.deliveries_of("old")
+        assert row.delay_notified and row.attempts == 1
+
+
 async def test_body_is_stored_as_bounded_chunk_rows(store: SqliteStore) -> None:
     body = big_body(5 * CHUNK + 123)
     writer = store.new_body("chunked")

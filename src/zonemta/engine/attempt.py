@@ -121,8 +121,9 @@ class Deliverer:
             and row_transition.source is not DeliveryState.LOCKED  # a remote reply said so
         ):
             await self.blacklist.add(row.domain, machine.local_address or "", outcome.response)
+        delay_notified = False
         if self.notices is not None:  # before the bounced message can leave the store
-            await self.notices.after_attempt(
+            delay_notified = await self.notices.after_attempt(
                 row,
                 outcome.trigger,
                 row_transition.target,
@@ -144,6 +145,7 @@ class Deliverer:
                         now=now,
                         next_attempt=self.retry.next_attempt(attempts=row.attempts, now=now),
                         response=outcome.response,
+                        delay_notified=delay_notified,
                     )
                 case Persist.RELEASE:
                     await self.store.release(row.key, owner=self.owner, next_attempt=now)

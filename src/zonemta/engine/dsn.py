@@ -22,7 +22,7 @@ __all__ = [
     "Notice",
     "NoticeKind",
     "build_dsn",
-    "delay_threshold_crossed",
+    "delay_notice_due",
     "diagnostic_status",
     "why_no_dsn",
 ]
@@ -87,19 +87,14 @@ def why_no_dsn(message: MessageRecord) -> str | None:
     return None
 
 
-def delay_threshold_crossed(
-    row: Delivery, *, now: float, after: float, previous_wait: float
-) -> bool:
-    """Whether the deferral happening at ``now`` is the one at which the delivery has been
-    deferred for ``after`` seconds (measured from its first failure): the previous
-    deferral was before the threshold and this one is at or past it. ``previous_wait`` is
-    the wait the retry schedule gave after the previous failure; the previous deferral
-    happened at ``row.next_attempt - previous_wait``. ``after`` <= 0 means never."""
-    if after <= 0 or row.first_failure is None or row.attempts < 1:
+def delay_notice_due(row: Delivery, *, now: float, after: float) -> bool:
+    """Whether the deferral happening at ``now`` should tell the sender the delivery is
+    delayed: it has been failing for ``after`` seconds (from its first failure) and the row
+    does not record a delay notice yet (the store keeps that flag, so rescheduling or a
+    changed retry schedule cannot make it repeat). ``after`` <= 0 means never."""
+    if after <= 0 or row.delay_notified or row.first_failure is None:
         return False
-    elapsed = now - row.first_failure
-    before = row.next_attempt - previous_wait - row.first_failure
-    return before < after <= elapsed
+    return now - row.first_failure >= after
 
 
 def diagnostic_status(response: str, *, kind: NoticeKind, expired: bool) -> str:

@@ -19,7 +19,7 @@ from zonemta.conf import Config, ConfigError
 from zonemta.conf.bounces import DsnConfig
 from zonemta.dkim.signer import DkimKeyError, DkimSigner, load_signer
 from zonemta.engine.bounces import BounceClassifier, RulesError
-from zonemta.engine.dsn import Notice, NoticeKind, build_dsn, delay_threshold_crossed, why_no_dsn
+from zonemta.engine.dsn import Notice, NoticeKind, build_dsn, delay_notice_due, why_no_dsn
 from zonemta.engine.intake import Envelope, Intake, IntakeRejected
 from zonemta.engine.messages import MessageCache
 from zonemta.engine.retry import RetryPolicy
@@ -82,25 +82,23 @@ class BounceNotices:
         response: str,
         category: str | None,
         mx: str | None,
-    ) -> None:
-        """React to an attempt's outcome. Never raises for a failed notification: it is
-        logged (the delivery's own outcome matters more)."""
+    ) -> bool:
+        """React to an attempt's outcome. True when this deferral settled the delivery's
+        delay notice (queued, or not to be sent for this message): the deferral is stored
+        with ``delay_notified`` so it is never sent again. Never raises for a failed
+        notification: it is logged (the delivery's own outcome matters more), and a delay
+        notice that could not be queued is tried at the next deferral."""
         if target is DeliveryState.BOUNCED and trigger in _BOUNCE_TRIGGERS:
             await self._bounced(row, trigger, response=response, category=category, mx=mx)
         elif target is DeliveryState.DEFERRED and self._delay_due(row):
-            await self._delayed(row, response=response, mx=mx)
+            return await self._delayed(row, response=response, mx=mx)
+        return False
 
     def _delay_due(self, row: Delivery) -> bool:
         if not self._dsn_enabled(row):
             return False
-        schedule = self.retry.schedule
-        previous_wait = schedule[min(max(row.attempts - 1, 0), len(schedule) - 1)]
-        return delay_threshold_crossed(
-            row,
-            now=self.clock(),
-            after=self.config.delay_after.total_seconds(),
-            previous_wait=previous_wait,
-        )
+        after = self.config.delay_after.total_seconds()
+        return delay_notice_due(row, now=self.clock(), after=after)
 
     async def _bounced(
         self,
@@ -136,10 +134,10 @@ class BounceNotices:
         )
         await self._queue(notice, now)
 
-    async def _delayed(self, row: Delivery, *, response: str, mx: str | None) -> None:
+    async def _delayed(self, row: Delivery, *, response: str, mx: str | None) -> bool:
         message = await self.messages.get(row.message_id)
         if message is None:
-            return
+            return True  # nothing left to tell anyone about
         now = self.clock()
         notice = Notice(
             NoticeKind.DELAYED,
@@ -151,14 +149,16 @@ class BounceNotices:
             last_attempt=now,
             retry_until=row.created + self.retry.max_queue_time,
         )
-        await self._queue(notice, now)
+        return await self._queue(notice, now)
 
-    async def _queue(self, notice: Notice, now: float) -> None:
+    async def _queue(self, notice: Notice, now: float) -> bool:
+        """Queue the DSN; True when that is settled (queued, or none is due for this
+        message), False when queuing failed."""
         message = notice.message
         reason = why_no_dsn(message)
         if reason is not None:
             log.info("%s.%03x no DSN: %s", message.id, notice.seq, reason)
-            return
+            return True
         intake = self.intake
         assert intake is not None  # _dsn_enabled checked it
         content = build_dsn(notice, reporting_mta=self.reporting_mta, now=now)
@@ -182,7 +182,7 @@ class BounceNotices:
                         await reception.abort()  # no-op once committed
         except (IntakeRejected, StoreError, trio.TooSlowError) as exc:
             log.error("%s.%03x queuing the DSN failed: %r", message.id, notice.seq, exc)
-            return
+            return False
         self.queued += 1
         log.info(
             "%s.%03x DSN (%s) to <%s> queued as %s",
@@ -192,6 +192,7 @@ class BounceNotices:
             message.mail_from,
             queued,
         )
+        return True
 
 
 @attrs.frozen

@@ -100,6 +100,7 @@ class Delivery:
     last_response: str | None = None
     lease_owner: str | None = None
     lease_until: float | None = None
+    delay_notified: bool = False  # the sender was told the delivery is delayed (a DSN)
 
     @property
     def key(self) -> DeliveryKey:
@@ -220,10 +221,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def defer(
-        self, key: DeliveryKey, *, owner: str, now: float, next_attempt: float, response: str
+        self,
+        key: DeliveryKey,
+        *,
+        owner: str,
+        now: float,
+        next_attempt: float,
+        response: str,
+        delay_notified: bool = False,
     ) -> None:
         """Record a failed attempt: attempts+1, state DEFERRED, lease cleared, ``first_failure``
-        set to ``now`` if unset. Raises :class:`LeaseLost` if ``owner`` does not hold it."""
+        set to ``now`` if unset; with ``delay_notified`` the row remembers for good that its
+        delay notice was sent. Raises :class:`LeaseLost` if ``owner`` does not hold it."""
 
     @abc.abstractmethod
     async def complete(self, key: DeliveryKey, *, owner: str) -> None:

@@ -291,24 +291,28 @@ def release(key: DeliveryKey, owner: str, next_attempt: float, db: Db) -> None:
 
 
 def defer(
-    key: DeliveryKey, owner: str, now: float, next_attempt: float, response: str, db: Db
+    key: DeliveryKey,
+    owner: str,
+    now: float,
+    next_attempt: float,
+    response: str,
+    delay_notified: bool,
+    db: Db,
 ) -> None:
     """Count a failed attempt. Raises :class:`LeaseLost` if ``owner`` does not hold it."""
+    fields: dict[str, Any] = {
+        "state": "deferred",
+        "attempts": {"$add": ["$attempts", 1]},
+        "next_attempt": next_attempt,
+        "due": next_attempt,
+        "last_response": {"$literal": response},
+        "first_failure": {"$ifNull": ["$first_failure", now]},
+    }
+    if delay_notified:  # set once, never cleared
+        fields["delay_notified"] = True
     result = db[DELIVERIES].update_one(
         held_by(key, owner),
-        [
-            {
-                "$set": {
-                    "state": "deferred",
-                    "attempts": {"$add": ["$attempts", 1]},
-                    "next_attempt": next_attempt,
-                    "due": next_attempt,
-                    "last_response": {"$literal": response},
-                    "first_failure": {"$ifNull": ["$first_failure", now]},
-                }
-            },
-            {"$unset": ["lease_owner", "lease_until"]},
-        ],
+        [{"$set": fields}, {"$unset": ["lease_owner", "lease_until"]}],
     )
     if result.matched_count != 1:
         raise LeaseLost(f"delivery {key} is not leased by {owner}")

@@ -116,6 +116,7 @@ def doc_to_delivery(doc: dict[str, Any]) -> Delivery:
         last_response=None if last_response is None else str(last_response),
         lease_owner=None if lease_owner is None else str(lease_owner),
         lease_until=None if lease_until is None else float(lease_until),
+        delay_notified=bool(doc.get("delay_notified", False)),
     )
 
 

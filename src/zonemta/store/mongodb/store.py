@@ -240,9 +240,18 @@ class MongoStore(Store):
         await self._runner.run(partial(ops.release, key, owner, next_attempt))
 
     async def defer(
-        self, key: DeliveryKey, *, owner: str, now: float, next_attempt: float, response: str
+        self,
+        key: DeliveryKey,
+        *,
+        owner: str,
+        now: float,
+        next_attempt: float,
+        response: str,
+        delay_notified: bool = False,
     ) -> None:
-        await self._runner.run(partial(ops.defer, key, owner, now, next_attempt, response))
+        await self._runner.run(
+            partial(ops.defer, key, owner, now, next_attempt, response, delay_notified)
+        )
 
     async def complete(self, key: DeliveryKey, *, owner: str) -> None:
         await self._runner.run(partial(ops.complete, key, owner))

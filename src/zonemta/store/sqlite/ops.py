@@ -145,20 +145,27 @@ def release(key: DeliveryKey, owner: str, next_attempt: float, conn: sqlite3.Con
     )
 
 
+def _key_params(key: DeliveryKey, owner: str) -> tuple[str, int, str]:
+    """The parameters of :data:`_HELD`."""
+    return (key.message_id, key.seq, owner)
+
+
 def defer(
     key: DeliveryKey,
     owner: str,
     now: float,
     next_attempt: float,
     response: str,
+    delay_notified: bool,
     conn: sqlite3.Connection,
 ) -> None:
     """Count a failed attempt. Raises :class:`LeaseLost` if ``owner`` does not hold the row."""
     cur = conn.execute(
         f"UPDATE deliveries SET state = 'deferred', attempts = attempts + 1,"
         f" lease_owner = NULL, lease_until = NULL, next_attempt = ?, due = ?,"
-        f" last_response = ?, first_failure = COALESCE(first_failure, ?) WHERE {_HELD}",
-        (next_attempt, next_attempt, response, now, key.message_id, key.seq, owner),
+        f" last_response = ?, first_failure = COALESCE(first_failure, ?),"
+        f" delay_notified = MAX(delay_notified, ?) WHERE {_HELD}",
+        (next_attempt, next_attempt, response, now, int(delay_notified), *_key_params(key, owner)),
     )
     if cur.rowcount != 1:
         raise LeaseLost(f"delivery {key} is not leased by {owner}")

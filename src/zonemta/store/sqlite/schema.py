@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_response TEXT,
     lease_owner TEXT,
     lease_until REAL,
+    delay_notified INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (message_id, seq)
 );
 CREATE INDEX IF NOT EXISTS deliveries_by_due ON deliveries (zone, due, state);
@@ -86,7 +87,7 @@ CREATE TABLE IF NOT EXISTS blacklist (
 #: The columns :func:`row_to_delivery` expects, in order.
 DELIVERY_COLUMNS: Final = (
     "message_id, seq, recipient, domain, zone, state, attempts, created, next_attempt, "
-    "first_failure, last_response, lease_owner, lease_until"
+    "first_failure, last_response, lease_owner, lease_until, delay_notified"
 )
 
 #: The state a row returns to when its lease ends without an attempt counted.
@@ -121,10 +122,23 @@ def connect_writer(db_path: Path, durability: Durability) -> sqlite3.Connection:
             raise sqlite3.OperationalError(f"could not enable WAL on {db_path} (got {mode!r})")
         conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
         conn.executescript(SCHEMA)
+        _add_missing_columns(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+# Columns added after the first release: (table, column, definition). A queue written by an
+# older zonemta gets them at open.
+_ADDED_COLUMNS: Final = (("deliveries", "delay_notified", "INTEGER NOT NULL DEFAULT 0"),)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, column, definition in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 def connect_reader(db_path: Path) -> sqlite3.Connection:
@@ -151,6 +165,7 @@ def row_to_delivery(row: tuple[Any, ...]) -> Delivery:
         last_response,
         lease_owner,
         lease_until,
+        delay_notified,
     ) = row
     return Delivery(
         message_id=str(message_id),
@@ -166,4 +181,5 @@ def row_to_delivery(row: tuple[Any, ...]) -> Delivery:
         last_response=None if last_response is None else str(last_response),
         lease_owner=None if lease_owner is None else str(lease_owner),
         lease_until=None if lease_until is None else float(lease_until),
+        delay_notified=bool(delay_notified),
     )

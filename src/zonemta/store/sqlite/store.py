@@ -235,9 +235,18 @@ class SqliteStore(Store):
         await self._writer.submit(partial(ops.release, key, owner, next_attempt))
 
     async def defer(
-        self, key: DeliveryKey, *, owner: str, now: float, next_attempt: float, response: str
+        self,
+        key: DeliveryKey,
+        *,
+        owner: str,
+        now: float,
+        next_attempt: float,
+        response: str,
+        delay_notified: bool = False,
     ) -> None:
-        await self._writer.submit(partial(ops.defer, key, owner, now, next_attempt, response))
+        await self._writer.submit(
+            partial(ops.defer, key, owner, now, next_attempt, response, delay_notified)
+        )
 
     async def complete(self, key: DeliveryKey, *, owner: str) -> None:
         if await self._writer.submit(partial(ops.complete, key, owner)):
