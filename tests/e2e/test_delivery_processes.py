@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tests.support.relay import (
 from zonemta.app import Relay
 from zonemta.cli import main as cli_main
 from zonemta.conf import ConfigError
+from zonemta.engine.delivery_process import StartError
 
 ONE_PROCESS = {"processes": 1}
 
@@ -129,6 +131,20 @@ async def test_plugins_with_intake_hooks_only_run_beside_a_delivery_process(
         seen = await collect_until(events, lambda ev: len(terminal(ev)) == 1)
     assert terminal(seen)[0].to_state == "delivered"
     assert len(mx.for_recipient("a@one.test")) == 1
+
+
+async def test_a_delivery_process_that_cannot_start_stops_the_start(
+    tmp_path: Path, mx: TestMx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # the child exits at once
+    config = relay_config(tmp_path / "q", zones=smart_host(mx), delivery=ONE_PROCESS)
+    relay = Relay(config, shutdown_grace=1.0)
+    with pytest.raises(BaseExceptionGroup) as raised:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(relay.run)
+    match = raised.value.subgroup(StartError)
+    assert match is not None
+    assert "delivery process 0 did not start: " in repr(match)  # reset or no "ready"
 
 
 def plugin_config(tmp_path: Path, mx: TestMx) -> str:

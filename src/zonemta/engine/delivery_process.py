@@ -44,6 +44,24 @@ STOP_TIMEOUT = 10.0
 SENDING_HOOKS = ("fetch", "before_connect", "send_headers", "response_error")
 
 
+# What a dying or misbehaving process raises here (the pipe breaks, garbage, no "ready").
+_PROCESS_FAILURES = (OSError, PipeError, trio.BrokenResourceError, trio.TooSlowError)
+
+
+def _process_failure(exc: BaseException) -> BaseException:
+    """The failure in ``exc`` (a group of them from the pipe's tasks, too); any other
+    exception (a bug, a cancellation) is raised again."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    failures, others = exc.split(_PROCESS_FAILURES)
+    if others is not None or failures is None:
+        raise exc
+    first: BaseException = failures
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 class StartError(Exception):
     """A delivery process did not start (the relay does not start either)."""
 
@@ -161,11 +179,12 @@ class DeliveryProcess:
             while not self._stopping:
                 try:
                     await self._run_once(task_status if first else trio.TASK_STATUS_IGNORED)
-                except (OSError, PipeError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+                except (*_PROCESS_FAILURES, BaseExceptionGroup) as exc:
+                    failure = _process_failure(exc)  # re-raises anything else
                     if first:
-                        message = f"delivery process {self.index} did not start: {exc}"
-                        raise RuntimeError(message) from exc
-                    log.error("delivery process %d failed: %s", self.index, exc)
+                        message = f"delivery process {self.index} did not start: {failure}"
+                        raise StartError(message) from exc
+                    log.error("delivery process %d failed: %s", self.index, failure)
                 first = False
                 if not self._stopping:
                     self.restarts += 1
