@@ -20,14 +20,13 @@ import socket
 import sys
 from collections.abc import Iterator
 from itertools import count
-from typing import Any
 
 import attrs
 import trio
 
 from zonemta.conf import Config, ConfigError
 from zonemta.engine.blacklist import Blacklist
-from zonemta.engine.delivery_pipe import FramedPipe, PipeError
+from zonemta.engine.delivery_pipe import Frame, FramedPipe, PipeError
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.machine import DeliveryMachine
 from zonemta.engine.messages import MessageCache
@@ -91,13 +90,8 @@ class PoolFigures:
 @attrs.define(eq=False)
 class _Pending:
     machine: DeliveryMachine
-    message: MessageRecord
-    messages: MessageCache
-    inbox: trio.MemorySendChannel[Frame]
+    inbox: trio.MemorySendChannel[Frame]  # "more", "done" or "lost", from the reader
     outcome: Outcome | None = None
-
-
-Frame = tuple[Any, ...]
 
 
 class DeliveryProcess:
@@ -140,7 +134,7 @@ class DeliveryProcess:
             return None
         rid = next(self._ids)
         send, receive = trio.open_memory_channel[Frame](math.inf)
-        pending = _Pending(machine, message, messages, send)
+        pending = _Pending(machine, send)
         self._pending[rid] = pending
         body = messages.cached_body(message.id) if message.body_size else b""
         disabled = self.blacklist.disabled_for(row.domain)
