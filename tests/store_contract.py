@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests.store_suspension_contract import SuspensionContract
 from zonemta.store.base import (
     BlacklistEntry,
     DeliveryKey,
@@ -87,7 +88,7 @@ def big_body(size: int) -> bytes:
     return (line * (size // len(line) + 1))[:size]
 
 
-class StoreContract:
+class StoreContract(SuspensionContract):
     """Behaviour every backend must show. Subclasses provide the ``store`` fixture."""
 
     # -- storing and reading ---------------------------------------------------------------

@@ -12,6 +12,7 @@ from zonemta.store.base import (
     Store,
     StoreError,
     SuppressionEntry,
+    Suspension,
     ZoneCounts,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "Store",
     "StoreError",
     "SuppressionEntry",
+    "Suspension",
     "ZoneCounts",
 ]

@@ -146,6 +146,54 @@ class BlacklistEntry:
     response: str
 
 
+@attrs.frozen
+class Suspension:
+    """An operator's hold (or an automatic backoff) on deliveries: until it is removed or
+    ``until`` passes (epoch seconds; None: no expiry), nothing it matches is attempted.
+
+    The scope is one of: ``zone``; ``domain`` (a recipient domain, lower-case), optionally
+    within one ``zone``; ``source`` (a local address, in every zone); ``message_id``. A
+    backoff rule that created the entry is named in ``rule``, with the ``response`` that
+    matched it."""
+
+    id: str
+    created: float
+    zone: str | None = None
+    domain: str | None = None
+    source: str | None = None
+    message_id: str | None = None
+    until: float | None = None
+    reason: str = ""
+    who: str = ""
+    rule: str | None = None
+    response: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        scope = (self.zone, self.domain, self.source, self.message_id)
+        if not any(scope):
+            raise ValueError("a suspension needs a zone, domain, source or message_id")
+        if (self.source or self.message_id) and sum(1 for part in scope if part) > 1:
+            raise ValueError("a source or message_id suspension takes no other scope")
+        if self.domain is not None and self.domain != self.domain.lower():
+            raise ValueError("a suspended domain is lower-case")
+
+    def holds(self, zone: str, domain: str, message_id: str) -> bool:
+        """Whether a delivery of ``message_id`` to ``domain`` in ``zone`` is held by this
+        entry (source suspensions hold no delivery: they take an address out of pools)."""
+        if self.source is not None:
+            return False
+        if self.message_id is not None:
+            return self.message_id == message_id
+        return (self.zone is None or self.zone == zone) and (
+            self.domain is None or self.domain == domain
+        )
+
+    def held_seconds(self, now: float) -> float:
+        """How long the entry has held its deliveries at ``now`` (ended at ``until``)."""
+        end = now if self.until is None else min(now, self.until)
+        return max(0.0, end - self.created)
+
+
 class BodyWriter(abc.ABC):
     """Receives one message body in chunks. Memory held is bounded by the backend's chunk
     size whatever the message size. Either :meth:`Store.commit_message` consumes it, or
@@ -205,10 +253,12 @@ class Store(abc.ABC):
         lease_until: float,
         limit: int,
         skip_domains: Collection[str] = (),
+        skip_messages: Collection[str] = (),
     ) -> list[Delivery]:
         """Claim up to ``limit`` deliveries of ``zone`` that are due (``next_attempt <= now``)
         and not leased (or whose lease expired before ``now``), oldest due first, skipping
-        recipient domains in ``skip_domains``. Returned rows are LOCKED by ``owner``."""
+        recipient domains in ``skip_domains`` and messages in ``skip_messages``. Returned
+        rows are LOCKED by ``owner``."""
 
     @abc.abstractmethod
     async def renew(self, keys: Sequence[DeliveryKey], *, owner: str, lease_until: float) -> None:
@@ -345,6 +395,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def purge_blacklist(self, now: float) -> int:
         """Delete entries expired at ``now``; returns how many."""
+
+    @abc.abstractmethod
+    async def add_suspension(self, entry: Suspension) -> None:
+        """Store ``entry`` (its id is new)."""
+
+    @abc.abstractmethod
+    async def list_suspensions(self, now: float) -> list[Suspension]:
+        """Entries not expired at ``now``, oldest first."""
+
+    @abc.abstractmethod
+    async def remove_suspension(self, entry_id: str, *, now: float) -> Suspension | None:
+        """Remove the entry ``entry_id`` and credit the time it held (see
+        :meth:`Suspension.held_seconds`) to the deliveries it held: their ``created`` moves
+        forward by that much, so ``max_queue_time`` does not count time spent held. Returns
+        the removed entry, or None when there is none (removed by another instance)."""
+
+    @abc.abstractmethod
+    async def expire_suspensions(self, now: float) -> list[Suspension]:
+        """Remove the entries whose ``until`` has passed at ``now``, crediting the time each
+        held as :meth:`remove_suspension` does; each entry is removed (and credited) by one
+        caller only. Returns the removed entries."""
 
     @abc.abstractmethod
     async def remove_orphans(self) -> int:

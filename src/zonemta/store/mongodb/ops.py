@@ -216,7 +216,9 @@ def commit_message(
 # -- leases ---------------------------------------------------------------------------------
 
 
-def leasable(zone: str, now: float, skip_domains: Collection[str]) -> dict[str, Any]:
+def leasable(
+    zone: str, now: float, skip_domains: Collection[str], skip_messages: Collection[str] = ()
+) -> dict[str, Any]:
     """Deliveries of ``zone`` due at ``now`` and not leased (or whose lease expired)."""
     query: dict[str, Any] = {
         "zone": zone,
@@ -225,6 +227,8 @@ def leasable(zone: str, now: float, skip_domains: Collection[str]) -> dict[str, 
     }
     if skip_domains:
         query["domain"] = {"$nin": sorted(skip_domains)}
+    if skip_messages:
+        query["message_id"] = {"$nin": sorted(skip_messages)}
     return query
 
 
@@ -235,6 +239,7 @@ def lease(
     lease_until: float,
     limit: int,
     skip_domains: Collection[str],
+    skip_messages: Collection[str],
     db: Db,
 ) -> list[Delivery]:
     """Claim up to ``limit`` due deliveries. Each claim is one ``find_one_and_update`` on a
@@ -242,7 +247,7 @@ def lease(
     instances leasing at the same time never get the same delivery."""
     if limit <= 0:
         return []
-    query = leasable(zone, now, skip_domains)
+    query = leasable(zone, now, skip_domains, skip_messages)
     claim = {
         "$set": {
             "state": LOCKED,

@@ -38,9 +38,10 @@ from zonemta.store.base import (
     Store,
     StoreError,
     SuppressionEntry,
+    Suspension,
     ZoneCounts,
 )
-from zonemta.store.mongodb import gc, ops, readers
+from zonemta.store.mongodb import gc, ops, readers, suspensions
 from zonemta.store.mongodb.body import MongoBodyWriter, Receptions
 from zonemta.store.mongodb.client import DatabaseUnavailable, Db, MongoRunner, client_options
 from zonemta.store.mongodb.schema import INDEXES, new_body_id
@@ -227,9 +228,19 @@ class MongoStore(Store):
         lease_until: float,
         limit: int,
         skip_domains: Collection[str] = (),
+        skip_messages: Collection[str] = (),
     ) -> list[Delivery]:
         return await self._runner.run(
-            partial(ops.lease, zone, owner, now, lease_until, limit, tuple(skip_domains))
+            partial(
+                ops.lease,
+                zone,
+                owner,
+                now,
+                lease_until,
+                limit,
+                tuple(skip_domains),
+                tuple(skip_messages),
+            )
         )
 
     async def renew(self, keys: Sequence[DeliveryKey], *, owner: str, lease_until: float) -> None:
@@ -342,6 +353,20 @@ class MongoStore(Store):
 
     async def purge_blacklist(self, now: float) -> int:
         return await self._runner.run(partial(readers.purge_blacklist, now))
+
+    # -- suspensions -------------------------------------------------------------------------
+
+    async def add_suspension(self, entry: Suspension) -> None:
+        await self._runner.run(partial(suspensions.add_suspension, entry))
+
+    async def list_suspensions(self, now: float) -> list[Suspension]:
+        return await self._runner.run(partial(suspensions.list_suspensions, now))
+
+    async def remove_suspension(self, entry_id: str, *, now: float) -> Suspension | None:
+        return await self._runner.run(partial(suspensions.remove_suspension, entry_id, now))
+
+    async def expire_suspensions(self, now: float) -> list[Suspension]:
+        return await self._runner.run(partial(suspensions.expire_suspensions, now))
 
     async def is_suppressed(self, recipient: str) -> bool:
         return await self._runner.run(partial(readers.is_suppressed, recipient))

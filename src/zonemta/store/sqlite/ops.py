@@ -104,21 +104,24 @@ def lease(
     lease_until: float,
     limit: int,
     skip_domains: Collection[str],
+    skip_messages: Collection[str],
     conn: sqlite3.Connection,
 ) -> list[Delivery]:
     """Lock up to ``limit`` due rows of ``zone`` for ``owner``, oldest due first."""
     if limit <= 0:
         return []
     skip = json.dumps(sorted(skip_domains)) if skip_domains else "[]"
+    held = json.dumps(sorted(skip_messages)) if skip_messages else "[]"
     rows = conn.execute(
         f"UPDATE deliveries SET state = 'locked', lease_owner = ?, lease_until = ?, due = ?"
         f" WHERE rowid IN ("
         f"  SELECT rowid FROM deliveries"
         f"  WHERE zone = ? AND due <= ? AND (state != 'locked' OR lease_until < ?)"
         f"   AND domain NOT IN (SELECT value FROM json_each(?))"
+        f"   AND message_id NOT IN (SELECT value FROM json_each(?))"
         f"  ORDER BY due LIMIT ?)"
         f" RETURNING {DELIVERY_COLUMNS}",
-        (owner, lease_until, lease_until, zone, now, now, skip, limit),
+        (owner, lease_until, lease_until, zone, now, now, skip, held, limit),
     ).fetchall()
     leased = [row_to_delivery(row) for row in rows]
     leased.sort(key=lambda d: (d.next_attempt, d.message_id, d.seq))

@@ -9,6 +9,8 @@ Tables
 ``chunks``
     The body, as ``(message_id, idx, data)`` rows. A chunk whose message row does not exist
     yet belongs to a body that is being received (or was abandoned: see ``remove_orphans``).
+``suspensions``
+    Operators' holds and automatic backoffs (:class:`~zonemta.store.base.Suspension`).
 ``deliveries``
     One row per recipient. ``due`` is the moment the row can next be leased: ``next_attempt``
     while the row is queued or deferred, ``lease_until`` while it is locked. Indexing
@@ -81,6 +83,19 @@ CREATE TABLE IF NOT EXISTS blacklist (
     expires REAL NOT NULL,
     response TEXT NOT NULL,
     PRIMARY KEY (domain, address)
+);
+CREATE TABLE IF NOT EXISTS suspensions (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    zone TEXT,
+    domain TEXT,
+    source TEXT,
+    message_id TEXT,
+    until REAL,
+    reason TEXT NOT NULL,
+    who TEXT NOT NULL,
+    rule TEXT,
+    response TEXT
 );
 """
 

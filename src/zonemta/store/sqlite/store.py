@@ -41,9 +41,10 @@ from zonemta.store.base import (
     Store,
     StoreError,
     SuppressionEntry,
+    Suspension,
     ZoneCounts,
 )
-from zonemta.store.sqlite import ops, readers
+from zonemta.store.sqlite import ops, readers, suspensions
 from zonemta.store.sqlite.body import SqliteBodyWriter
 from zonemta.store.sqlite.schema import DB_FILENAME, Durability, connect_writer
 from zonemta.store.sqlite.writer import GroupCommitWriter, WriterStats
@@ -220,9 +221,19 @@ class SqliteStore(Store):
         lease_until: float,
         limit: int,
         skip_domains: Collection[str] = (),
+        skip_messages: Collection[str] = (),
     ) -> list[Delivery]:
         return await self._writer.submit(
-            partial(ops.lease, zone, owner, now, lease_until, limit, tuple(skip_domains))
+            partial(
+                ops.lease,
+                zone,
+                owner,
+                now,
+                lease_until,
+                limit,
+                tuple(skip_domains),
+                tuple(skip_messages),
+            )
         )
 
     async def renew(self, keys: Sequence[DeliveryKey], *, owner: str, lease_until: float) -> None:
@@ -338,6 +349,18 @@ class SqliteStore(Store):
 
     async def purge_blacklist(self, now: float) -> int:
         return await self._writer.submit(partial(ops.purge_blacklist, now))
+
+    async def add_suspension(self, entry: Suspension) -> None:
+        await self._writer.submit(partial(suspensions.add_suspension, entry))
+
+    async def list_suspensions(self, now: float) -> list[Suspension]:
+        return await self._readers.run(partial(suspensions.list_suspensions, now))
+
+    async def remove_suspension(self, entry_id: str, *, now: float) -> Suspension | None:
+        return await self._writer.submit(partial(suspensions.remove_suspension, entry_id, now))
+
+    async def expire_suspensions(self, now: float) -> list[Suspension]:
+        return await self._writer.submit(partial(suspensions.expire_suspensions, now))
 
 
 @asynccontextmanager
