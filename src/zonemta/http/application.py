@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def _authorized(token: str, header: str | None) -> bool:
+    """Constant-time check of ``Authorization: Bearer <token>``. Compared as bytes: header
+    values arrive as latin-1 text, and ``compare_digest`` refuses non-ASCII ``str``."""
     scheme, _, given = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogateescape"), token.encode("ascii")
+    )
 
 
 def create_app(ctx: ApiContext, metrics: Metrics, events: EventStream) -> Any:
