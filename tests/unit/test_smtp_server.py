@@ -750,10 +750,30 @@ def test_transition_table_rejects_unknown_pairs() -> None:
 
 def test_command_table_covers_every_verb_and_state() -> None:
     assert set(COMMAND_TABLE) == set(Verb)
+    # RFC 5321 4.1.4 and 3.3, written out independently of the table: the refused pairs
+    # and their codes; every other pair may run.
+    connected, ready, mail, rcpt = COMMAND_STATES
+    refused = {
+        (Verb.MAIL, connected): 503,
+        (Verb.MAIL, mail): 503,
+        (Verb.MAIL, rcpt): 503,
+        (Verb.RCPT, connected): 503,
+        (Verb.RCPT, ready): 503,
+        (Verb.DATA, connected): 503,
+        (Verb.DATA, ready): 503,
+        (Verb.DATA, mail): 554,
+        (Verb.STARTTLS, connected): 503,
+        (Verb.STARTTLS, mail): 503,
+        (Verb.STARTTLS, rcpt): 503,
+        (Verb.AUTH, connected): 503,
+        (Verb.AUTH, mail): 503,
+        (Verb.AUTH, rcpt): 503,
+    }
     for verb in Verb:
         for state in COMMAND_STATES:
             refusal = sequence_refusal(state, verb)
-            assert refusal is None or refusal.code in (503, 554)
+            code = None if refusal is None else refusal.code
+            assert code == refused.get((verb, state)), (verb, state, refusal)
     with pytest.raises(LocalProtocolError):
         sequence_refusal(SessionState.DATA, Verb.NOOP)
 
