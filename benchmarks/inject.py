@@ -11,6 +11,7 @@ a large message is streamed in blocks, never held whole.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -152,6 +153,9 @@ class Injector:
     ``host:port`` (tests hand in memory streams).
     """
 
+    #: Acceptances name their message (``X-Bench-Id``): latency can be measured.
+    tags_messages = True
+
     def __init__(
         self,
         host: str,
@@ -187,6 +191,11 @@ class Injector:
     async def _connect_tcp(self) -> trio.abc.Stream:
         return await trio.open_tcp_stream(self.host, self.port)
 
+    @property
+    def notes(self) -> list[str]:
+        """What the report should say about this injector's run (nothing: it is the default)."""
+        return []
+
     async def run(self) -> InjectStats:
         """Run the whole plan; returns when every message is accepted, rejected or failed.
 
@@ -210,7 +219,10 @@ class Injector:
 
     async def _worker(self) -> None:
         failures = 0
-        while self._counter.next < self._counter.total:
+        n = self._counter.take()
+        while n is not None:
+            # Paced before connecting: a client connects when it has a message to send.
+            await self._pace(n)
             try:
                 stream = await self._connect()
             except OSError as exc:
@@ -222,28 +234,39 @@ class Injector:
             failures = 0
             self.sessions += 1
             async with stream:
-                try:
-                    await self._session(stream)
-                except (InjectError, trio.BrokenResourceError, OSError):
-                    # The message in flight (if any) was counted as failed in _session.
-                    continue
-
-    async def _session(self, stream: trio.abc.Stream) -> None:
-        reader = _ReplyReader(stream)
-        code, _ = await reader.read()
-        if code != 220:
-            raise InjectError(f"greeting {code}")
-        await stream.send_all(b"EHLO bench.sender.test\r\n")
-        code, text = await reader.read()
-        if code != 250:
-            raise InjectError(f"EHLO {code}")
-        size_ok = b"SIZE" in text.upper()
-        for _ in range(self.plan.per_connection):
+                # The message in flight (if any) is counted as failed in _session.
+                with contextlib.suppress(InjectError, trio.BrokenResourceError, OSError):
+                    await self._session(stream, n)
             n = self._counter.take()
-            if n is None:
-                break
-            if self.plan.rate:
-                await trio.sleep_until(self._paced_from + n / self.plan.rate)
+
+    async def _pace(self, n: int) -> None:
+        if self.plan.rate:
+            await trio.sleep_until(self._paced_from + n / self.plan.rate)
+
+    async def _session(self, stream: trio.abc.Stream, first: int) -> None:
+        """One SMTP session: message ``first``, then more from the counter, up to
+        ``per_connection`` in all. A session never opens without a message to send."""
+        reader = _ReplyReader(stream)
+        n: int | None = first
+        try:
+            code, _ = await reader.read()
+            if code != 220:
+                raise InjectError(f"greeting {code}")
+            await stream.send_all(b"EHLO bench.sender.test\r\n")
+            code, text = await reader.read()
+            if code != 250:
+                raise InjectError(f"EHLO {code}")
+        except BaseException:
+            self.failed += 1  # message ``first`` was lost with the session
+            raise
+        size_ok = b"SIZE" in text.upper()
+        for index in range(self.plan.per_connection):
+            if index:
+                n = self._counter.take()
+                if n is None:
+                    break
+                await self._pace(n)
+            assert n is not None
             try:
                 accepted = await self._transaction(stream, reader, n, size_ok)
             except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import shutil
 import signal
 import sys
@@ -24,11 +25,15 @@ import trio
 
 from benchmarks import ports, procstat, report
 from benchmarks.inject import Injector, LoadPlan
+from benchmarks.mongo import EMULATOR_NOTE, SecantusServer
 from benchmarks.postfix import PostfixInstance, postfix_version
 from benchmarks.sinkctl import SinkProcess, SinkThread
+from benchmarks.smtp_source import SmtpSourceInjector, find_smtp_source
 from benchmarks.zonemta_relay import ZonemtaRelay, build_config, find_zonemta, load_toml
 
 SYSTEMS = ("zonemta", "postfix", "direct")
+INJECTORS = ("trio", "smtp-source")
+BACKENDS = ("sqlite", "mongodb")
 #: How often peak memory is sampled during a run (more often for a handful of big messages).
 MEMORY_SAMPLE_INTERVAL_S = 0.5
 MEMORY_SAMPLE_INTERVAL_FEW_S = 0.1
@@ -63,6 +68,10 @@ class Params:
     workdir: Path | None
     keep: bool
     delivery_processes: int = 1
+    injector: str = "trio"
+    #: ``[intake] processes``; None: the key is not written (zonemta's default).
+    intake_processes: int | None = None
+    backend: str = "sqlite"
 
     def plan(self) -> LoadPlan:
         return LoadPlan(
@@ -87,7 +96,19 @@ class Params:
             "target": self.target,
             "sink_mode": self.sink_mode,
             "delivery_processes": self.delivery_processes,
+            "injector": self.injector,
+            "intake_processes": self.intake_processes,
+            "queue_backend": self.backend,
         }
+
+
+def _harness_cpu_seconds() -> float:
+    """CPU seconds of this process and of its reaped children (smtp-source processes)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 async def _watch_sigterm() -> None:
@@ -108,6 +129,7 @@ class _Run:
         port: int,
         sink: SinkProcess | SinkThread,
         root_pid: int | None,
+        backend_pid: int | None = None,
     ) -> None:
         self.system = system
         self.params = params
@@ -117,17 +139,46 @@ class _Run:
         self.root_pid = root_pid
         self.accepted: dict[int, float] = {}
         self.sampler = None if root_pid is None else procstat.MemorySampler(root_pid)
+        self.backend_pid = backend_pid
+        self.backend_sampler = None if backend_pid is None else procstat.MemorySampler(backend_pid)
         self.sample_interval = (
             MEMORY_SAMPLE_INTERVAL_FEW_S if params.messages <= 10 else MEMORY_SAMPLE_INTERVAL_S
         )
 
     async def _sample_memory(self) -> None:
-        assert self.sampler is not None
         while True:
-            self.sampler.sample()
+            for sampler in (self.sampler, self.backend_sampler):
+                if sampler is not None:
+                    sampler.sample()
             await trio.sleep(self.sample_interval)
 
-    async def _progress(self, injector: Injector) -> None:
+    def _injector(self) -> Injector | SmtpSourceInjector:
+        plan = self.params.plan()
+        if self.params.injector == "smtp-source":
+            return SmtpSourceInjector(self.host, self.port, plan, self.accepted.__setitem__)
+        return Injector(self.host, self.port, plan, self.accepted.__setitem__)
+
+    def _arrived(self, injector: Injector | SmtpSourceInjector) -> dict[str, float]:
+        """The sink's arrivals that are messages of this load."""
+        if injector.tags_messages:
+            arrivals = self.sink.arrivals
+            return {str(n): arrivals[str(n)] for n in self.accepted if str(n) in arrivals}
+        suffix = f"@{self.params.plan().recipient_domain}"
+        return {
+            key: when
+            for key, when in self.sink.arrivals.items()
+            if key.startswith("to:") and key.endswith(suffix)
+        }
+
+    def _all_delivered(self, injector: Injector | SmtpSourceInjector) -> bool:
+        arrivals = self.sink.arrivals
+        if len(arrivals) < len(self.accepted):
+            return False
+        if injector.tags_messages:
+            return all(str(n) in arrivals for n in self.accepted)
+        return len(self._arrived(injector)) >= len(self.accepted)
+
+    async def _progress(self, injector: Injector | SmtpSourceInjector) -> None:
         total = max(1, self.params.messages)
         width = 30
         while True:
@@ -142,44 +193,50 @@ class _Run:
 
     async def measure(self) -> report.RunRecord:
         """Offer the load and wait for delivery, bounded by ``params.timeout``."""
-        injector = Injector(self.host, self.port, self.params.plan(), self.accepted.__setitem__)
+        injector = self._injector()
         cpu_before = None if self.root_pid is None else procstat.tree_cpu_seconds(self.root_pid)
+        backend_before = (
+            None if self.backend_pid is None else procstat.tree_cpu_seconds(self.backend_pid)
+        )
+        harness_before = _harness_cpu_seconds()
         started = time.monotonic()
         notes: list[str] = []
         with trio.move_on_after(self.params.timeout) as scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.sink.pump)
                 nursery.start_soon(_watch_sigterm)
-                if self.sampler is not None:
+                if self.sampler is not None or self.backend_sampler is not None:
                     nursery.start_soon(self._sample_memory)
                 if sys.stdout.isatty():
                     nursery.start_soon(self._progress, injector)
                 await injector.run()
                 while True:  # the sink's counts change under us: poll them
-                    if len(self.sink.arrivals) >= len(self.accepted) and all(
-                        str(n) in self.sink.arrivals for n in self.accepted
-                    ):
+                    if self._all_delivered(injector):
                         break
                     await trio.sleep(0.01)
                 nursery.cancel_scope.cancel()
         if sys.stdout.isatty():
             sys.stdout.write("\n")
+        harness_cpu_s = _harness_cpu_seconds() - harness_before
         cpu_s = None
         if self.root_pid is not None and cpu_before is not None:
             cpu_s = procstat.tree_cpu_seconds(self.root_pid) - cpu_before
-        if self.sampler is not None:
-            self.sampler.sample()
+        backend_cpu_s = None
+        if self.backend_pid is not None and backend_before is not None:
+            backend_cpu_s = procstat.tree_cpu_seconds(self.backend_pid) - backend_before
+        for sampler in (self.sampler, self.backend_sampler):
+            if sampler is not None:
+                sampler.sample()
+        notes.extend(injector.notes)
         if scope.cancelled_caught:
             notes.append(f"timed out after {self.params.timeout} s")
-        if self.sink.total > len(self.sink.arrivals) + self.sink.anonymous:
-            notes.append(f"{self.sink.total - len(self.sink.arrivals)} duplicate deliveries")
+        duplicates = self.sink.total - len(self.sink.arrivals) - self.sink.anonymous
+        if duplicates > 0:
+            notes.append(f"{duplicates} duplicate deliveries")
         if self.sink.anonymous:
-            notes.append(f"{self.sink.anonymous} messages at the sink without X-Bench-Id")
-        arrived = {
-            str(n): self.sink.arrivals[str(n)]
-            for n in self.accepted
-            if str(n) in self.sink.arrivals
-        }
+            notes.append(f"{self.sink.anonymous} messages at the sink with no id or recipient")
+        arrived = self._arrived(injector)
+        latencies = report.latencies(self.accepted, arrived) if injector.tags_messages else []
         return report.RunRecord(
             system=self.system,
             offered=self.params.messages,
@@ -190,7 +247,7 @@ class _Run:
             started=started,
             last_accept=max(self.accepted.values(), default=None),
             last_delivery=max(arrived.values(), default=None),
-            latencies_s=tuple(report.latencies(self.accepted, arrived)),
+            latencies_s=tuple(latencies),
             cpu_s=cpu_s,
             peak_rss_kb=self._peak_rss_kb(),
             peak_pss_kb=None if self.sampler is None else self.sampler.peak_pss_kb,
@@ -201,7 +258,16 @@ class _Run:
             sessions=injector.sessions,
             complete=not scope.cancelled_caught and len(arrived) == self.params.messages,
             notes=tuple(notes),
+            latency_measured=injector.tags_messages,
+            harness_cpu_s=harness_cpu_s,
+            backend_cpu_s=backend_cpu_s,
+            backend_peak_rss_kb=self._backend_peak_kb(),
+            processes_seen=None if self.sampler is None else len(self.sampler.seen),
+            peak_processes=None if self.sampler is None else self.sampler.peak_processes,
         )
+
+    def _backend_peak_kb(self) -> int | None:
+        return None if self.backend_sampler is None else self.backend_sampler.peak_hwm_kb
 
     def _peak_rss_kb(self) -> int | None:
         if self.sampler is None:
@@ -228,6 +294,7 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
         stack.callback(sink.stop)
         sink_port = sink.start()
         host, port, root_pid = ports.LOOPBACK, sink_port, None
+        backend_pid: int | None = None
         if system == "postfix":
             port = ports.free_port()
             instance = PostfixInstance(
@@ -248,11 +315,20 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
         elif system == "zonemta":
             port = ports.free_port()
             extra = load_toml(params.config) if params.config is not None else None
+            mongodb_uri = None
+            if params.backend == "mongodb":
+                server = SecantusServer(workdir / "mongo")
+                stack.callback(server.stop)
+                server.start()
+                mongodb_uri, backend_pid = server.uri, server.pid
+                notes.append(EMULATOR_NOTE)
             config = build_config(
                 queue_dir=workdir / "queue",
                 port=port,
                 sink_port=sink_port,
                 delivery_processes=params.delivery_processes,
+                intake_processes=params.intake_processes,
+                mongodb_uri=mongodb_uri,
                 extra=extra,
             )
             relay = ZonemtaRelay(workdir, config, profile=params.profile)
@@ -261,7 +337,8 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
             ports.wait_for_greeting(host, port, READY_TIMEOUT_S, check=relay.check_running)
             root_pid = relay.pid
         try:
-            record = trio.run(_Run(system, params, host, port, sink, root_pid).measure)
+            run = _Run(system, params, host, port, sink, root_pid, backend_pid)
+            record = trio.run(run.measure)
         except BaseExceptionGroup as group:
             raise _simplify(group) from group
         if system == "zonemta" and params.target is None and params.profile:
@@ -322,7 +399,42 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="zonemta's [delivery] processes (default 1; 0 sends from the relay's process)",
     )
+    add(
+        "--injector",
+        choices=INJECTORS,
+        default="trio",
+        help="load generator: the harness's trio client, or Postfix's smtp-source (trio)",
+    )
+    add(
+        "--intake-processes",
+        type=int,
+        help="zonemta's [intake] processes (written only when given)",
+    )
+    add(
+        "--backend",
+        choices=BACKENDS,
+        default="sqlite",
+        help="zonemta's queue: sqlite, or mongodb against a SecantusDB emulator (sqlite)",
+    )
     return parser
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, or None."""
+    if args.messages < 1 or args.size < 0 or args.connections < 1:
+        return "--messages and --connections must be at least 1"
+    if args.per_connection < 1:
+        return "--per-connection must be at least 1"
+    if args.intake_processes is not None and args.intake_processes < 0:
+        return "--intake-processes must be 0 or more"
+    if args.target is not None and (args.intake_processes is not None or args.backend != "sqlite"):
+        return "--intake-processes and --backend apply to a zonemta the harness starts"
+    if args.injector == "smtp-source":
+        if args.rate:
+            return "--rate is not supported with --injector smtp-source (it has no overall rate)"
+        if find_smtp_source() is None:
+            return "smtp-source is not installed: run benchmarks/install-postfix.sh"
+    return None
 
 
 def _systems(args: argparse.Namespace) -> list[str]:
@@ -341,8 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.big_message_mb:
         args.messages, args.connections = 1, 1
         args.size = args.big_message_mb * 1024 * 1024
-    if args.messages < 1 or args.size < 0 or args.connections < 1:
-        print("--messages and --connections must be at least 1", file=sys.stderr)
+    problem = _check_args(args)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     params = Params(
         messages=args.messages,
@@ -360,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         keep=args.keep,
         delivery_processes=args.delivery_processes,
+        injector=args.injector,
+        intake_processes=args.intake_processes,
+        backend=args.backend,
     )
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="zonemta-bench-"))

@@ -13,6 +13,11 @@ turns it into the published numbers:
 - ``cpu_s_per_msg``: CPU seconds (user+system) the relay's process tree used during the run,
   divided by the messages delivered.
 - ``peak_rss_mb``: see ``memory_method`` in the same object.
+- ``harness_cpu_s_per_msg``: CPU seconds of the load generator (the harness process, and
+  the smtp-source processes with ``--injector smtp-source``) per message delivered: the
+  share of the machine the measurement itself took.
+- ``backend_cpu_s_per_msg`` / ``backend_peak_rss_mb``: the queue's database server
+  (``--backend mongodb``), not included in the relay's figures.
 """
 
 from __future__ import annotations
@@ -81,6 +86,14 @@ class RunRecord:
     sessions: int
     complete: bool
     notes: tuple[str, ...] = ()
+    #: False when the injector cannot tell which message an acceptance was for.
+    latency_measured: bool = True
+    harness_cpu_s: float | None = None
+    backend_cpu_s: float | None = None
+    backend_peak_rss_kb: int | None = None
+    #: Processes of the relay's tree: ever seen during the run, and at most at once.
+    processes_seen: int | None = None
+    peak_processes: int | None = None
 
 
 def _rate(count: int, start: float, end: float | None) -> float | None:
@@ -97,12 +110,15 @@ def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def _per_message(seconds: float | None, messages: int) -> float | None:
+    return None if seconds is None or not messages else seconds / messages
+
+
 def figures(record: RunRecord) -> dict[str, Any]:
     """The published figures of one run (see the module docstring), JSON-ready."""
     lat = record.latencies_s
-    cpu_per_msg = (
-        record.cpu_s / record.delivered if record.cpu_s is not None and record.delivered else None
-    )
+    cpu_per_msg = _per_message(record.cpu_s, record.delivered)
+    backend_rss = record.backend_peak_rss_kb
     return {
         "accepted_per_s": _round(_rate(record.accepted, record.started, record.last_accept), 1),
         "delivered_per_s": _round(_rate(record.delivered, record.started, record.last_delivery), 1),
@@ -110,6 +126,7 @@ def figures(record: RunRecord) -> dict[str, Any]:
         "latency_p95_s": _round(percentile(lat, 95), 6),
         "latency_p99_s": _round(percentile(lat, 99), 6),
         "latency_max_s": _round(max(lat, default=None), 6),
+        "latency_measured": record.latency_measured,
         "cpu_s_per_msg": _round(cpu_per_msg, 6),
         "peak_rss_mb": _round(None if record.peak_rss_kb is None else record.peak_rss_kb / 1024, 1),
         "peak_pss_mb": _round(None if record.peak_pss_kb is None else record.peak_pss_kb / 1024, 1),
@@ -125,6 +142,11 @@ def figures(record: RunRecord) -> dict[str, Any]:
         "smtp_sessions_in": record.sessions,
         "sink_connections": record.sink_connections,
         "complete": record.complete,
+        "harness_cpu_s_per_msg": _round(_per_message(record.harness_cpu_s, record.delivered), 6),
+        "backend_cpu_s_per_msg": _round(_per_message(record.backend_cpu_s, record.delivered), 6),
+        "backend_peak_rss_mb": _round(None if backend_rss is None else backend_rss / 1024, 1),
+        "relay_processes_seen": record.processes_seen,
+        "relay_processes_peak": record.peak_processes,
         "notes": list(record.notes),
     }
 
@@ -168,6 +190,15 @@ _ROWS: tuple[tuple[str, str, float, str], ...] = (
     ("delivered", "delivered", 1, "{:.0f}"),
     ("sink connections", "sink_connections", 1, "{:.0f}"),
 )
+#: Rows shown only when some system has the figure.
+_OPTIONAL_ROWS: tuple[tuple[str, str, float, str], ...] = (
+    ("SMTP sessions in", "smtp_sessions_in", 1, "{:.0f}"),
+    ("relay processes (peak)", "relay_processes_peak", 1, "{:.0f}"),
+    ("relay processes seen", "relay_processes_seen", 1, "{:.0f}"),
+    ("harness CPU ms/msg", "harness_cpu_s_per_msg", 1000, "{:.2f}"),
+    ("backend CPU ms/msg", "backend_cpu_s_per_msg", 1000, "{:.2f}"),
+    ("backend peak RSS MB", "backend_peak_rss_mb", 1, "{:.1f}"),
+)
 
 
 def _cell(value: Any, scale: float, fmt: str) -> str:
@@ -192,7 +223,10 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
         systems = ["zonemta", "postfix"]
     header = ["figure", *systems] + (["zonemta/postfix"] if compare else [])
     rows = [header]
-    for label, key, scale, fmt in _ROWS:
+    optional = [
+        row for row in _OPTIONAL_ROWS if any(results[s].get(row[1]) is not None for s in systems)
+    ]
+    for label, key, scale, fmt in (*_ROWS, *optional):
         row = [label] + [_cell(results[s].get(key), scale, fmt) for s in systems]
         if compare:
             r = ratio(results["zonemta"].get(key), results["postfix"].get(key))

@@ -4,7 +4,9 @@ The sink answers EHLO (PIPELINING, 8BITMIME, SIZE), MAIL/RCPT/RSET/NOOP (250), D
 250 once CRLF.CRLF is seen) and QUIT (221). The message body is never looked at line by line:
 the end of DATA is found with ``bytes.find`` on whole chunks, carrying the four bytes that can
 straddle a chunk boundary, and the only header picked out is ``X-Bench-Id`` from the first
-bytes of the message.
+bytes of the message. A message without one (from Postfix's ``smtp-source``, whose ``-N``
+numbers the recipients) is named ``to:ADDRESS`` after its first recipient instead, so that
+duplicates still show.
 
 Run as a process (``python -m benchmarks.sink``) it prints, on stdout, one line
 ``listening PORT`` and then, in batches every few milliseconds, ``a ID T`` per arrival
@@ -44,6 +46,25 @@ class SinkProtocolError(Exception):
     """The client broke the session (EOF inside DATA, or an over-long command line)."""
 
 
+def recipient_id(line: bytes) -> str | None:
+    """``to:ADDRESS`` for a ``RCPT TO:<ADDRESS>`` command line, None when it names none.
+
+    The address is what stands between ``<`` and ``>`` (or after the colon); whitespace in it
+    becomes ``_`` so that the id stays one token of the sink's report lines.
+    """
+    _, colon, rest = line.partition(b":")
+    if not colon:
+        return None
+    rest = rest.strip()
+    if rest.startswith(b"<"):
+        end = rest.find(b">")
+        rest = rest[1:end] if end >= 0 else rest[1:]
+    else:
+        rest = rest.split(b" ", 1)[0]
+    address = "_".join(rest.decode("ascii", "replace").split())
+    return f"to:{address}" if address else None
+
+
 def find_bench_id(head: bytes) -> str | None:
     """Return the value of the ``X-Bench-Id`` header in a message's first bytes, or None.
 
@@ -65,12 +86,16 @@ def find_bench_id(head: bytes) -> str | None:
 
 
 async def _read_data(
-    stream: trio.abc.ReceiveStream, pending: bytes, on_arrival: ArrivalCallback
+    stream: trio.abc.ReceiveStream,
+    pending: bytes,
+    on_arrival: ArrivalCallback,
+    fallback_id: str | None = None,
 ) -> bytes:
     """Consume one message's DATA from ``pending`` and the stream, up to CRLF.CRLF.
 
-    Calls ``on_arrival(bench_id, time.monotonic())`` when the terminator is seen and returns
-    the bytes that followed it (a pipelined next command). Raises SinkProtocolError on EOF.
+    Calls ``on_arrival(bench_id, time.monotonic())`` when the terminator is seen (the
+    ``X-Bench-Id``, else ``fallback_id``) and returns the bytes that followed it (a
+    pipelined next command). Raises SinkProtocolError on EOF.
     """
     head = bytearray()
     scanning = True
@@ -85,7 +110,7 @@ async def _read_data(
             window = tail + data
             found = window.find(END_OF_DATA)
             if found >= 0:
-                on_arrival(find_bench_id(bytes(head)), time.monotonic())
+                on_arrival(find_bench_id(bytes(head)) or fallback_id, time.monotonic())
                 return bytes(window[found + len(END_OF_DATA) :])
             tail = window[-4:]
         data = await stream.receive_some(RECV_SIZE)
@@ -101,6 +126,7 @@ async def handle_session(stream: trio.abc.Stream, on_arrival: ArrivalCallback) -
     """
     await stream.send_all(b"220 sink.test ESMTP benchmark sink\r\n")
     buf = b""
+    first_recipient: str | None = None
     while True:
         data = await stream.receive_some(RECV_SIZE)
         if not data:
@@ -120,9 +146,17 @@ async def handle_session(stream: trio.abc.Stream, on_arrival: ArrivalCallback) -
                 replies.append(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                 await stream.send_all(b"".join(replies))
                 replies = []
-                buf = await _read_data(stream, buf, on_arrival)
+                buf = await _read_data(stream, buf, on_arrival, first_recipient)
+                first_recipient = None
                 replies.append(b"250 2.0.0 Ok: queued\r\n")
-            elif verb in (b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+            elif verb == b"RCPT":
+                if first_recipient is None:
+                    first_recipient = recipient_id(line.rstrip(b"\r"))
+                replies.append(b"250 2.0.0 Ok\r\n")
+            elif verb in (b"MAIL", b"RSET"):
+                first_recipient = None
+                replies.append(b"250 2.0.0 Ok\r\n")
+            elif verb == b"NOOP":
                 replies.append(b"250 2.0.0 Ok\r\n")
             elif verb == b"EHLO":
                 replies.append(_EHLO_REPLY)

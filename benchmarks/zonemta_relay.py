@@ -26,6 +26,8 @@ from typing import Any
 
 #: Grace between SIGTERM and SIGKILL when stopping the relay.
 STOP_GRACE_S = 15.0
+#: The database of the ``--backend mongodb`` queue (the server is the run's own).
+MONGODB_DATABASE = "zonemta_bench"
 
 _LAUNCHER = """\
 import signal, sys
@@ -62,19 +64,31 @@ def build_config(
     port: int,
     sink_port: int,
     delivery_processes: int = 1,
+    intake_processes: int | None = None,
+    mongodb_uri: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The relay config for one run, with ``extra`` (a parsed TOML file) merged over it."""
+    """The relay config for one run, with ``extra`` (a parsed TOML file) merged over it.
+
+    ``[intake] processes`` is written only when ``intake_processes`` is given, so the
+    harness also runs a zonemta that does not know the setting. With ``mongodb_uri`` the
+    queue is ``backend = "mongodb"`` in the database ``zonemta_bench`` of that server.
+    """
+    queue: dict[str, Any] = {"path": str(queue_dir)}
+    if mongodb_uri is not None:
+        queue.update(backend="mongodb", mongodb_uri=mongodb_uri, database=MONGODB_DATABASE)
     config: dict[str, Any] = {
         "hostname": "bench.local",
         "smtp": {"feeder": {"host": "127.0.0.1", "port": port, "max_size": "2GB"}},
         "api": {"host": "127.0.0.1", "port": 0},
-        "queue": {"path": str(queue_dir)},
+        "queue": queue,
         "delivery": {"processes": delivery_processes},
         "zones": {
             "default": {"host": "127.0.0.1", "port": sink_port, "connections": 20},
         },
     }
+    if intake_processes is not None:
+        config["intake"] = {"processes": intake_processes}
     if extra:
         config = merge(config, extra)
     return config

@@ -103,7 +103,7 @@ async def test_sink_session_fed_one_byte_at_a_time() -> None:
         nursery.start_soon(_client)
         await handle_session(server, sink.arrival)
         await server.aclose()
-    assert [bench_id for bench_id, _ in sink.arrivals] == ["7", None]
+    assert [bench_id for bench_id, _ in sink.arrivals] == ["7", "to:x@sink.test"]
     codes = [line[:3] for line in bytes(replies).split(b"\r\n") if line and line[3:4] == b" "]
     # greeting, EHLO, MAIL, RCPT, DATA, end of data, then the same again, QUIT
     expected = b"220 250 250 250 354 250 250 250 354 250 221".split()
