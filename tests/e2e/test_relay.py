@@ -178,7 +178,7 @@ async def test_twenty_megabyte_message_arrives_byte_for_byte(tmp_path: Path, mx:
     async with running_relay(config) as (relay, info):
         events = relay.bus.subscribe()
         await submit_async(info.smtp_ports["feeder"], "s@origin.test", ["big@one.test"], message)
-        seen = await collect_until(events, lambda ev: len(terminal(ev)) == 1, seconds=120)
+        seen = await collect_until(events, lambda ev: len(terminal(ev)) == 1, seconds=90)
     assert terminal(seen)[0].to_state == "delivered"
     got = without_received(mx.for_recipient("big@one.test")[0].content)
     assert len(got) == len(message)
