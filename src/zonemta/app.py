@@ -7,29 +7,26 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import attrs
 import trio
 
 from zonemta.conf import Config, QueueBackend
-from zonemta.conf.security import parse_network
-from zonemta.engine.auth import FailureThrottle, PasswordAuthenticator, UserDatabase
 from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.engine import DeliveryEngine, make_resolver
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake import Intake
+from zonemta.engine.intake_process import IntakeProcess, intake_processes
 from zonemta.engine.routing import Router
+from zonemta.engine.smtp_interfaces import enabled_interfaces
 from zonemta.headers import HeaderPolicy
 from zonemta.http import ApiContext, ApiServer
 from zonemta.plugins import PluginHost
 from zonemta.store import Store
 from zonemta.store.mongodb import MongoStore
 from zonemta.store.sqlite import SqliteStore
-from zonemta.transport.listener import InterfaceSettings, SmtpInterfaceService
-from zonemta.transport.smtp.server import ServerSettings
-from zonemta.transport.tls import server_context
+from zonemta.transport.listener import SmtpInterfaceService, open_interface_listeners
 
 log = logging.getLogger(__name__)
 
@@ -61,51 +58,6 @@ def make_store(config: Config) -> Store:
         queue.path,
         durability=queue.durability.value,
         chunk_size=queue.body_chunk_size,
-    )
-
-
-def interface_settings(config: Config, name: str) -> InterfaceSettings:
-    """Run-time settings of SMTP interface ``name``: loads its TLS certificate and users file.
-
-    Raises ``ConfigError`` when those files are missing or bad.
-    """
-    iface = config.smtp[name]
-    where = f"config.smtp.{name}"
-    tls = server_context(iface.cert, iface.key, where=where) if iface.cert else None
-    throttle = FailureThrottle(iface.auth_failure_delay.total_seconds())
-    authenticator = (
-        PasswordAuthenticator(UserDatabase.load(Path(iface.users_file)), throttle)
-        if iface.authentication and iface.users_file
-        else None  # no users file: AUTH is answered by plugins (config checks there is one)
-    )
-    return InterfaceSettings(
-        name=name,
-        host=iface.host,
-        port=iface.port,
-        server=ServerSettings(
-            hostname=config.interface_hostname(name),
-            max_size=iface.max_size,
-            max_recipients=iface.max_recipients,
-            max_line_length=iface.max_line_length,
-            max_header_size=iface.max_header_size,
-            starttls_available=iface.starttls,
-            implicit_tls=iface.secure,
-            auth_available=iface.authentication,
-            allow_insecure_auth=iface.allow_insecure_auth,
-            max_errors=iface.max_errors,
-        ),
-        idle_timeout=iface.idle_timeout.total_seconds(),
-        handshake_timeout=iface.handshake_timeout.total_seconds(),
-        data_timeout=iface.data_timeout.total_seconds(),
-        max_clients=iface.max_clients,
-        max_header_size=iface.max_header_size,
-        tls_context=tls,
-        relay_networks=tuple(parse_network(n) for n in iface.relay_networks),
-        max_clients_per_address=iface.max_clients_per_address,
-        proxy_protocol=iface.proxy_protocol,
-        proxy_networks=tuple(parse_network(n) for n in iface.proxy_networks),
-        authenticator=authenticator,
-        auth_throttle=throttle if iface.authentication else None,
     )
 
 
@@ -159,15 +111,15 @@ class Relay:
         )
         self.engine.bounces.notices.attach(self.intake)  # DSNs are queued through the intake
         self.interfaces = [
-            SmtpInterfaceService(interface_settings(config, name), self.intake)
-            for name, iface in config.smtp.items()
-            if iface.enabled
+            SmtpInterfaceService(settings, self.intake) for settings in enabled_interfaces(config)
         ]
+        self.intake_processes: list[IntakeProcess] = []  # with [intake] processes (run())
         self.api: ApiServer | None = None
         if config.api.enabled:
             context = ApiContext(config, self.store, self.bus, self.engine, self.intake, clock)
             self.api = ApiServer(context)
         self._stop = trio.Event()
+        self._listeners: list[trio.SocketListener] = []  # held for the intake processes
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -187,9 +139,7 @@ class Relay:
                     log.info("recovered %d leases, removed %d orphaned bodies", recovered, orphans)
                 await nursery.start(self.plugins.start, self.bus, store)
                 await nursery.start(self.engine.run)
-                ports: dict[str, int] = {}
-                for service in self.interfaces:
-                    ports[service.settings.name] = await nursery.start(service.run)
+                ports = await self._start_smtp(nursery)
                 api_port: int | None = None
                 if self.api is not None:
                     self.plugins.register_routes(self.api.app)
@@ -205,14 +155,48 @@ class Relay:
                 async with trio.open_nursery() as stopping:
                     for service in self.interfaces:
                         stopping.start_soon(service.stop, self.shutdown_grace)
+                    for process in self.intake_processes:
+                        stopping.start_soon(process.stop, self.shutdown_grace)
                     stopping.start_soon(self.engine.stop, self.shutdown_grace)
                     if self.api is not None:
                         stopping.start_soon(self.api.stop, self.shutdown_grace)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
+                for listener in self._listeners:
+                    await listener.aclose()
                 await store.aclose()
         log.info("stopped")
+
+    async def _start_smtp(self, nursery: trio.Nursery) -> dict[str, int]:
+        """Start the SMTP interfaces: served here, or by intake processes that inherit the
+        listening sockets bound here. Returns interface name → port."""
+        ports: dict[str, int] = {}
+        count = intake_processes(self.config, self.hooks)
+        if not count:
+            for service in self.interfaces:
+                ports[service.settings.name] = await nursery.start(service.run)
+            return ports
+        sockets: dict[str, list[int]] = {}
+        for service in self.interfaces:
+            listeners = await open_interface_listeners(service.settings)
+            self._listeners.extend(listeners)
+            ports[service.settings.name] = listeners[0].socket.getsockname()[1]
+            sockets[service.settings.name] = [lst.socket.fileno() for lst in listeners]
+        counts = {service.settings.name: service.counts for service in self.interfaces}
+        for index in range(count):
+            process = IntakeProcess(
+                index,
+                self.config,
+                sockets=sockets,
+                counts=counts,
+                intake=self.intake,
+                store=self.store,
+            )
+            self.intake_processes.append(process)
+            await nursery.start(process.run)
+        log.info("SMTP intake in %d processes", count)
+        return ports
 
     async def run_until_signalled(self) -> None:
         """Run; SIGINT or SIGTERM starts a graceful shutdown."""

@@ -124,6 +124,7 @@ async def test_plugins_with_intake_hooks_only_run_beside_a_delivery_process(
             }
         },
         plugins={"http-auth": {"url": "http://127.0.0.1:1/check"}},
+        intake={"processes": 0},  # an intake hook: the intake stays in the relay
     )
     async with running_relay(config) as (relay, info):
         events = relay.bus.subscribe()

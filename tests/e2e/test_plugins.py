@@ -45,8 +45,9 @@ def message(subject: str) -> bytes:
     ).encode()
 
 
-# The plugins here hook into sending, which runs only in the relay's own process (also when
-# the suite runs with ZONEMTA_TEST_DELIVERY_PROCESSES=1).
+# The plugins here hook into the intake and the sending, which run only in the relay's own
+# process (also when the suite runs with ZONEMTA_TEST_DELIVERY_PROCESSES=1 or
+# ZONEMTA_TEST_INTAKE_PROCESSES=2).
 IN_PROCESS = {"processes": 0}
 
 
@@ -59,6 +60,7 @@ def example_config(tmp_path: Path, mx: TestMx, **options: Any) -> Any:
     return relay_config(
         tmp_path / "q",
         delivery=IN_PROCESS,
+        intake=IN_PROCESS,
         zones=zones(mx),
         plugins={"example": {"module": EXAMPLE, **options}},
     )
@@ -242,6 +244,7 @@ async def test_auth_hook_decides_and_http_auth_plugin_checks_basic_auth(
         config = relay_config(
             tmp_path / "q",
             delivery=IN_PROCESS,
+            intake=IN_PROCESS,
             smtp={
                 "feeder": {
                     "host": "127.0.0.1",
@@ -315,6 +318,7 @@ async def test_route_hook_changes_the_zone_or_fixes_the_mx(tmp_path: Path, mx: T
         config = relay_config(
             tmp_path / "q",
             delivery=IN_PROCESS,
+            intake=IN_PROCESS,
             zones=zones(mx, other={"host": "127.0.0.1", "port": other.port}),
             plugins={
                 "example": {
@@ -391,6 +395,7 @@ async def test_route_hook_diverts_to_http_delivery(tmp_path: Path, mx: TestMx) -
         config = relay_config(
             tmp_path / "q",
             delivery=IN_PROCESS,
+            intake=IN_PROCESS,
             zones=zones(mx),
             plugins={
                 "example": {
@@ -431,6 +436,7 @@ async def test_http_delivery_outcomes(tmp_path: Path, mx: TestMx) -> None:
         config = relay_config(
             tmp_path / "q",
             delivery=IN_PROCESS,
+            intake=IN_PROCESS,
             zones=zones(mx, web={"host": "127.0.0.1", "port": mx.port}),
             routing={"default_zone": "default"},
             plugins={
@@ -519,6 +525,7 @@ async def test_header_rules_edit_each_delivery_before_dkim_signs_it(
     config = relay_config(
         tmp_path / "q",
         delivery=IN_PROCESS,
+        intake=IN_PROCESS,
         zones=zones(mx),
         dkim={"keys": {"origin.test": {"selector": "s1", "private_key": str(key_path)}}},
         plugins={"rules": {"module": "header-rules", "rules": rules}},

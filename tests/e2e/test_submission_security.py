@@ -213,14 +213,19 @@ async def test_each_limit_answers_and_nothing_half_received_is_queued(tmp_path: 
     start = b"EHLO c\r\nMAIL FROM:<a@origin.test>\r\nRCPT TO:<r@one.test>\r\nDATA\r\n"
 
     def connections(port: int) -> tuple[bytes, bytes]:
-        first = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
-        second = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0))
-        other = socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.3", 0))
-        third = socket.create_connection(("127.0.0.1", port))
+        # Each greeting is read before the next connection opens: with intake processes
+        # two connections opened together may be admitted in either order.
+        def connect(source: str) -> tuple[socket.socket, bytes]:
+            client = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+            return client, client.recv(200)
+
+        first, greeting = connect("127.0.0.2")
+        second, per_address = connect("127.0.0.2")
+        other, other_greeting = connect("127.0.0.3")
+        third, full = connect("127.0.0.1")
         with first, second, other, third:
-            first.recv(100)
-            other.recv(100)
-            return second.recv(200), third.recv(200)
+            assert greeting.startswith(b"220") and other_greeting.startswith(b"220")
+            return per_address, full
 
     async with running_relay(config) as (relay, info):
         port = info.smtp_ports["feeder"]

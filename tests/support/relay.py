@@ -34,6 +34,8 @@ def relay_config(queue_path: Path, **tables: Any) -> Config:
             # The suite again with delivery processes: ZONEMTA_TEST_DELIVERY_PROCESSES=1.
             "processes": int(os.environ.get("ZONEMTA_TEST_DELIVERY_PROCESSES", "0")),
         },
+        # The suite again with SMTP intake processes: ZONEMTA_TEST_INTAKE_PROCESSES=2.
+        "intake": {"processes": int(os.environ.get("ZONEMTA_TEST_INTAKE_PROCESSES", "0"))},
         "api": {"port": 0},
         "dns": {"nameservers": ["127.0.0.1:1"], "timeout": "2s"},
     }

@@ -18,7 +18,7 @@ import trio
 import trio.testing
 import trustme
 
-from zonemta.app import interface_settings
+from zonemta.engine.smtp_interfaces import interface_settings
 from zonemta.conf import ConfigError, config_from_dict
 from zonemta.engine.auth import FailureThrottle, hash_password
 from zonemta.engine.bus import EventBus

@@ -8,6 +8,7 @@ from zonemta.conf.api import ApiConfig
 from zonemta.conf.bounces import BouncesConfig, DsnConfig, WebhookConfig, WebhookFormat
 from zonemta.conf.dkim import DkimAlgorithm, DkimConfig, DkimKey, HeadersConfig
 from zonemta.conf.dump import dump_config, to_toml
+from zonemta.conf.intake import IntakeConfig
 from zonemta.conf.loader import ConfigError, config_from_dict, converter, load_config
 from zonemta.conf.model import (
     Config,
@@ -42,6 +43,7 @@ __all__ = [
     "DsnConfig",
     "Durability",
     "HeadersConfig",
+    "IntakeConfig",
     "LogConfig",
     "LogLevel",
     "PluginConfig",

@@ -32,7 +32,16 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn
 
 from zonemta.conf.model import NAME_RE, Config
-from zonemta.conf.units import ByteSize, format_duration, format_size, parse_duration, parse_size
+from zonemta.conf.units import (
+    ByteSize,
+    ProcessCount,
+    format_duration,
+    format_process_count,
+    format_size,
+    parse_duration,
+    parse_process_count,
+    parse_size,
+)
 from zonemta.conf.zones import TableKey
 
 __all__ = ["ConfigError", "config_from_dict", "converter", "load_config"]
@@ -133,6 +142,12 @@ def _structure_bytesize(value: Any, _typ: type) -> ByteSize:
     return ByteSize(parse_size(value))
 
 
+def _structure_process_count(value: Any, _typ: type) -> ProcessCount:
+    if type(value) not in (str, int):
+        raise _mismatch("'auto' or a number of processes", value)
+    return parse_process_count(value)
+
+
 def _structure_path(value: Any, _typ: type) -> Path:
     if type(value) is not str:
         raise _mismatch("str (a path)", value)
@@ -230,6 +245,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _structure_bool)
     conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(ByteSize, _structure_bytesize)
+    conv.register_structure_hook(ProcessCount, _structure_process_count)
     conv.register_structure_hook(timedelta, _structure_timedelta)
     conv.register_structure_hook(Path, _structure_path)
     conv.register_structure_hook_func(
@@ -240,6 +256,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(_is_homogeneous_tuple, _tuple_hook_factory)
 
     conv.register_unstructure_hook(ByteSize, format_size)
+    conv.register_unstructure_hook(ProcessCount, format_process_count)
     conv.register_unstructure_hook(timedelta, format_duration)
     conv.register_unstructure_hook(Path, str)
     conv.register_unstructure_hook_func(

@@ -25,6 +25,7 @@ from zonemta.conf import security
 from zonemta.conf.api import ApiConfig
 from zonemta.conf.bounces import BouncesConfig
 from zonemta.conf.dkim import DkimConfig, HeadersConfig
+from zonemta.conf.intake import IntakeConfig
 from zonemta.conf.plugins import PluginConfig
 from zonemta.conf.units import ByteSize, format_duration
 from zonemta.conf.zones import (
@@ -429,6 +430,7 @@ class Config:
     queue: QueueConfig = attrs.field(factory=QueueConfig)
     dns: DnsConfig = attrs.field(factory=DnsConfig)
     delivery: DeliveryConfig = attrs.field(factory=DeliveryConfig)
+    intake: IntakeConfig = attrs.field(factory=IntakeConfig)
     zones: dict[str, ZoneConfig] = attrs.field(
         factory=dict, converter=_with_builtin_zones, validator=_names
     )

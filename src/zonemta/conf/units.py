@@ -20,10 +20,14 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 
 __all__ = [
+    "AUTO_PROCESSES",
     "ByteSize",
+    "ProcessCount",
     "format_duration",
+    "format_process_count",
     "format_size",
     "parse_duration",
+    "parse_process_count",
     "parse_size",
 ]
 
@@ -158,3 +162,27 @@ def format_size(n: int) -> str:
         if n and n % size == 0:
             return f"{n // size}{suffix}"
     return f"{n}B"
+
+
+class ProcessCount(int):
+    """A number of child processes, or :data:`AUTO_PROCESSES` ("auto" in the file): the
+    relay chooses at start. An ``int`` subclass so the converter can tell it apart."""
+
+
+AUTO_PROCESSES = ProcessCount(-1)
+MAX_PROCESSES = 64
+
+
+def parse_process_count(value: int | str) -> ProcessCount:
+    """``"auto"`` or a whole number from 0 to 64."""
+    if value == "auto":
+        return AUTO_PROCESSES
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected 'auto' or a whole number of processes, got {value!r}")
+    if not 0 <= value <= MAX_PROCESSES:
+        raise ValueError(f"processes must be 'auto' or 0 to {MAX_PROCESSES}, got {value}")
+    return ProcessCount(value)
+
+
+def format_process_count(value: ProcessCount) -> int | str:
+    return "auto" if value == AUTO_PROCESSES else int(value)

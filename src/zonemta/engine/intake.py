@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -28,7 +29,7 @@ from zonemta.engine.hooks import (
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.routing import Route, Router, strip_routing_fields
 from zonemta.headers import HeaderPolicy, HopLimitExceeded
-from zonemta.store import BodyWriter, MessageRecord, NewDelivery, Store, StoreError
+from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
 from zonemta.transport.smtp.reply import Reply
 
 log = logging.getLogger(__name__)
@@ -246,12 +247,23 @@ class Reception:
         return headers
 
 
+class IntakeStore(Protocol):
+    """What the intake needs of a store: the relay's :class:`Store`, or in an intake
+    process the link that stores through the relay."""
+
+    def new_body(self, message_id: str) -> BodyWriter: ...
+
+    async def commit_message(
+        self, message: MessageRecord, body: BodyWriter, deliveries: Sequence[NewDelivery]
+    ) -> None: ...
+
+
 class Intake:
     """Turns receptions into stored messages and tells the schedulers about new work."""
 
     def __init__(
         self,
-        store: Store,
+        store: IntakeStore,
         router: Router,
         bus: EventBus,
         *,
@@ -360,19 +372,29 @@ class Intake:
         )
         await self.store.commit_message(record, body, deliveries)
         small = reception._small
-        self.on_stored(record, b"".join(small) if small is not None else None, len(deliveries))
+        self.announce(
+            record,
+            b"".join(small) if small is not None else None,
+            [r.zone for r in routes],
+        )
+        return reception.id
+
+    def announce(self, record: MessageRecord, small_body: bytes | None, zones: list[str]) -> None:
+        """A committed message (one delivery per entry of ``zones``): hand it to the
+        delivery engine (with its body when small), publish ``message.queued`` and wake the
+        zones' schedulers. Intake processes' messages are announced here by the relay."""
+        self.on_stored(record, small_body, len(zones))
         self.bus.publish(
             Event(
                 "message.queued",
-                reception.id,
-                now,
+                record.id,
+                record.received_at,
                 details={
-                    "from": envelope.mail_from,
-                    "recipients": len(deliveries),
-                    "size": len(headers) + 2 + body.size,
-                    "interface": envelope.interface,
+                    "from": record.mail_from,
+                    "recipients": len(zones),
+                    "size": len(record.headers) + 2 + record.body_size,
+                    "interface": record.meta.get("interface", ""),
                 },
             )
         )
-        self.on_queued({r.zone for r in routes})
-        return reception.id
+        self.on_queued(set(zones))

@@ -21,6 +21,7 @@ import trio
 
 from zonemta.engine.hooks import HookFailed, SessionInfo, run_checks
 from zonemta.engine.intake import Intake
+from zonemta.transport.admission import Admission, ClientCounts
 from zonemta.transport.interface import (
     LOOPBACK_NETWORKS,
     Authenticator,
@@ -32,8 +33,6 @@ from zonemta.transport.proxy import NEED_DATA, ProxyHeaderParser, ProxyProtocolE
 from zonemta.transport.session import (
     RECEIVE_SIZE,
     REFUSAL_TIMEOUT,
-    REPLY_TOO_MANY,
-    REPLY_TOO_MANY_FROM_ADDRESS,
     SmtpSession,
 )
 from zonemta.transport.smtp.reply import Reply
@@ -48,6 +47,7 @@ __all__ = [
     "SmtpInterfaceService",
     "SmtpSession",
     "in_networks",
+    "open_interface_listeners",
     "read_proxy_header",
 ]
 
@@ -96,34 +96,52 @@ async def read_proxy_header(stream: trio.abc.Stream, peer: str) -> tuple[trio.ab
 
 
 class SmtpInterfaceService:
-    """Listens on one interface and serves each client in its own task."""
+    """Listens on one interface and serves each client in its own task. Clients are
+    counted by ``admission`` (by default: here, in :attr:`counts`)."""
 
-    def __init__(self, settings: InterfaceSettings, intake: Intake) -> None:
+    def __init__(
+        self, settings: InterfaceSettings, intake: Intake, admission: Admission | None = None
+    ) -> None:
         self.settings = settings
         self.intake = intake
-        self.active = 0
-        self.per_address: dict[str, int] = {}
+        self.counts = ClientCounts(settings)
+        self.admission: Admission = admission if admission is not None else self.counts
         self._closing = False
         self._accepting = trio.CancelScope()
         self._sessions_nursery: trio.Nursery | None = None
         self._live: set[SmtpSession] = set()
 
-    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until :meth:`stop`. Reports the bound port through ``task_status``."""
-        listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
+    @property
+    def active(self) -> int:
+        return self.counts.active
+
+    @property
+    def per_address(self) -> dict[str, int]:
+        return self.counts.per_address
+
+    async def run(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until :meth:`stop` on ``listeners`` (by default, ones it opens on the
+        interface's address). Reports the bound port through ``task_status``."""
+        if listeners is None:
+            listeners = await open_interface_listeners(self.settings)
         port = listeners[0].socket.getsockname()[1]
-        log.info(
-            "SMTP interface %s listening on %s:%s", self.settings.name, self.settings.host, port
-        )
         async with trio.open_nursery() as sessions:
             self._sessions_nursery = sessions
             with self._accepting:
-                await sessions.start(
-                    partial(trio.serve_listeners, self._handle, listeners, handler_nursery=sessions)
-                )
-                task_status.started(port)
-                await trio.sleep_forever()
+                async with trio.open_nursery() as accepting:  # cancelled by stop()
+                    serve = partial(
+                        trio.serve_listeners, self._handle, listeners, handler_nursery=sessions
+                    )
+                    await accepting.start(serve)
+                    task_status.started(port)
             # No longer accepting; sessions end by themselves (see stop()).
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; idle sessions get 421 at once, a session receiving a message
@@ -150,7 +168,7 @@ class SmtpInterfaceService:
                 except (ProxyProtocolError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                     log.info("%s: bad PROXY header from %s: %s", settings.name, peer, exc)
                     return
-            refusal = self._admit(address)
+            refusal = await self.admission.admit(address)
             if refusal is not None:
                 await self._refuse(stream, refusal)
                 return
@@ -158,29 +176,8 @@ class SmtpInterfaceService:
             await self._serve(stream, address)
         finally:
             if counted:
-                self.active -= 1
-                left = self.per_address[address] - 1
-                if left:
-                    self.per_address[address] = left
-                else:
-                    del self.per_address[address]
+                self.admission.leave(address)
             await trio.aclose_forcefully(stream)
-
-    def _admit(self, address: str) -> Reply | None:
-        """Count the connection in, or say why it is refused."""
-        settings = self.settings
-        if self.active >= settings.max_clients:
-            return REPLY_TOO_MANY
-        limit = settings.max_clients_per_address
-        if (
-            limit
-            and self.per_address.get(address, 0) >= limit
-            and not in_networks(address, settings.relay_networks)
-        ):
-            return REPLY_TOO_MANY_FROM_ADDRESS
-        self.active += 1
-        self.per_address[address] = self.per_address.get(address, 0) + 1
-        return None
 
     async def _refuse(self, stream: trio.abc.Stream, reply: Reply) -> None:
         log.info("%s: connection refused: %s", self.settings.name, reply)
@@ -228,6 +225,14 @@ class SmtpInterfaceService:
         finally:
             self._live.discard(session)
             await trio.aclose_forcefully(session.stream)
+
+
+async def open_interface_listeners(settings: InterfaceSettings) -> list[trio.SocketListener]:
+    """Bind and listen on the interface's address (port 0: any free port)."""
+    listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+    port = listeners[0].socket.getsockname()[1]
+    log.info("SMTP interface %s listening on %s:%s", settings.name, settings.host, port)
+    return listeners
 
 
 def _peer(stream: trio.abc.Stream) -> str:

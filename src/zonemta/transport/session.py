@@ -34,10 +34,6 @@ REFUSAL_TIMEOUT = 5.0
 
 REPLY_IDLE_TIMEOUT = Reply(421, ("timeout exceeded, closing connection",), "4.4.2")
 REPLY_SHUTDOWN = Reply(421, ("server shutting down, try again later",), "4.3.2")
-REPLY_TOO_MANY = Reply(421, ("too many connections, try again later",), "4.7.0")
-REPLY_TOO_MANY_FROM_ADDRESS = Reply(
-    421, ("too many connections from your address, try again later",), "4.7.0"
-)
 REPLY_STORE_FAILED = Reply(451, ("temporary failure storing the message, try again",), "4.3.0")
 REPLY_RELAY_DENIED = Reply(554, ("relay access denied",), "5.7.1")
 REPLY_AUTH_OK = Reply(235, ("Authentication successful",), "2.7.0")

@@ -1,0 +1,247 @@
+"""Intake processes, the relay's side: SMTP intake in child processes, the store here.
+
+With ``[intake] processes = N`` the relay binds the SMTP listening sockets and N children
+(``zonemta.engine.intake_worker``) inherit them and accept from them: each runs the sessions
+and the :class:`~zonemta.engine.intake.Intake` (header policy, routing, DKIM body hash). The
+relay stays the one owner of the store: a child's message body and commit cross the pipe,
+the relay's group-commit writer stores them with everyone else's, and the child answers 250
+only once the relay said the commit is durable. The client limits of each interface are
+counted here, so ``max_clients`` and ``max_clients_per_address`` hold over all children.
+
+Frames (child → relay; ``rid`` numbers a call the relay answers with ``("reply", rid,
+value)``):
+
+``("admit", rid, interface, address)``
+    count a new client in; the value is None or the refusal (a Reply).
+``("leave", interface, address)``
+    a counted client has gone.
+``("body", rid, message_id, data)``
+    the next piece of a body being received (value: None, or the StoreError).
+``("abort", message_id)``
+    the reception ended without a commit.
+``("commit", rid, record, deliveries, tail)``
+    the rest of the body and the commit (value: None, or the StoreError).
+``("event", event)``
+    ``message.rejected`` / ``message.dropped``, published on the relay's bus.
+
+Relay → child: ``("init", config, sockets, log_level, index)``, the replies, and
+``("stop", grace)``: stop accepting, finish the sessions within ``grace``, then exit.
+
+A child that dies is started again; the clients it had counted are released and the bodies
+of its unfinished receptions discarded. A message whose commit the relay had begun is stored
+whatever happens to the child (the client may then send it again: at-least-once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from zonemta.conf import Config, ConfigError
+from zonemta.conf.units import AUTO_PROCESSES
+from zonemta.engine.child_process import ChildProcess
+from zonemta.engine.delivery_pipe import Frame, PipeError
+from zonemta.engine.hooks import Hooks
+from zonemta.engine.intake import SMALL_BODY, Intake
+from zonemta.store import BodyWriter, MessageRecord, NewDelivery, Store, StoreError
+from zonemta.transport.admission import ClientCounts
+
+__all__ = ["INTAKE_HOOKS", "IntakeProcess", "intake_processes"]
+
+log = logging.getLogger(__name__)
+
+# Plugin hooks that run during SMTP intake: intake processes run no plugins.
+INTAKE_HOOKS = (
+    "connect",
+    "auth",
+    "mail_from",
+    "rcpt_to",
+    "data",
+    "headers",
+    "body",
+    "queue",
+    "route",
+)
+# "auto" runs this many intake processes per core (measured: benchmarks/RESULTS.md).
+AUTO_MAX = 4
+
+
+def intake_processes(config: Config, hooks: Hooks) -> int:
+    """How many intake processes to run. "auto": one per core (at most 4), none when a
+    plugin hooks into the SMTP intake. Raises ConfigError for an explicit number with such
+    plugins."""
+    used = [name for name in INTAKE_HOOKS if getattr(hooks, name)]
+    wanted = config.intake.processes
+    if wanted == AUTO_PROCESSES:
+        if used:
+            log.info("SMTP intake in the relay's process: plugins use %s", ", ".join(used))
+            return 0
+        return max(1, min(os.cpu_count() or 1, AUTO_MAX))
+    if wanted and used:
+        raise ConfigError(
+            "configuration",
+            [
+                f"config.intake.processes: plugins use the intake hooks {', '.join(used)}, "
+                "which run only in the relay's own process; set processes = 0 (or 'auto')"
+            ],
+        )
+    return int(wanted)
+
+
+@attrs.define(eq=False)
+class _Receiving:
+    """A body arriving from a child."""
+
+    writer: BodyWriter
+    small: list[bytes] | None = attrs.field(factory=list)  # while it fits SMALL_BODY
+
+    async def write(self, data: bytes) -> None:
+        if not data:
+            return
+        await self.writer.write(data)
+        if self.small is not None:
+            if self.writer.size <= SMALL_BODY:
+                self.small.append(data)
+            else:
+                self.small = None
+
+
+class IntakeProcess(ChildProcess):
+    """One intake child and what it has in progress here."""
+
+    kind = "intake"
+    module = "zonemta.engine.intake_worker"
+
+    def __init__(
+        self,
+        index: int,
+        config: Config,
+        *,
+        sockets: dict[str, list[int]],
+        counts: dict[str, ClientCounts],
+        intake: Intake,
+        store: Store,
+    ) -> None:
+        super().__init__(index)
+        self.config = config
+        self.sockets = sockets  # interface name → listening socket descriptors
+        self.counts = counts  # interface name → client counts (shared by all children)
+        self.intake = intake
+        self.store = store
+        self._clients: Counter[tuple[str, str]] = Counter()  # counted in by this process
+        self._receiving: dict[str, _Receiving] = {}
+        self._tasks: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Body writes and commits run as tasks that outlive a dying child: what the relay
+        # has begun to store, it finishes.
+        async with trio.open_nursery() as tasks:
+            self._tasks = tasks
+            await super().run(task_status=task_status)
+
+    def init_frame(self) -> Frame:
+        level = logging.getLogger("zonemta").getEffectiveLevel()
+        return ("init", self.config, self.sockets, level, self.index)
+
+    def inherited_fds(self) -> tuple[int, ...]:
+        return tuple(fd for fds in self.sockets.values() for fd in fds)
+
+    def request_stop(self, grace: float) -> None:
+        if self.pipe is not None:
+            self.pipe.send(("stop", grace))
+
+    def lost(self) -> None:
+        for (interface, address), count in self._clients.items():
+            for _ in range(count):
+                self.counts[interface].leave(address)
+        self._clients.clear()
+        receiving, self._receiving = self._receiving, {}
+        assert self._tasks is not None
+        for item in receiving.values():
+            self._tasks.start_soon(item.writer.abort)
+
+    # -- frames --------------------------------------------------------------------------
+
+    def dispatch(self, frame: Frame) -> None:
+        kind = frame[0]
+        if kind == "admit":
+            _, rid, interface, address = frame
+            refusal = self.counts[interface].check(address)
+            if refusal is None:
+                self._clients[interface, address] += 1
+            self._reply(rid, refusal)
+        elif kind == "leave":
+            _, interface, address = frame
+            key = (interface, address)
+            if self._clients[key] <= 0:
+                raise PipeError(f"leave without admit: {key}")
+            self._clients[key] -= 1
+            if not self._clients[key]:
+                del self._clients[key]
+            self.counts[interface].leave(address)
+        elif kind == "event":
+            self.intake.bus.publish(frame[1])
+        elif kind == "body":
+            self._start(self._body, *frame[1:])
+        elif kind == "commit":
+            self._start(self._commit, *frame[1:])
+        elif kind == "abort":
+            self._start(self._abort, *frame[1:])
+        else:
+            raise PipeError(f"unknown frame {kind!r}")
+
+    def _start(self, handler: Callable[..., Awaitable[None]], *args: Any) -> None:
+        assert self._tasks is not None
+        self._tasks.start_soon(handler, *args)
+
+    def _reply(self, rid: int, value: object) -> None:
+        pipe = self.pipe
+        if pipe is None:
+            return  # the child is gone; nobody waits for the answer
+        try:
+            pipe.send(("reply", rid, value))
+        except Exception:  # an error that does not pickle: send its text
+            pipe.send(("reply", rid, StoreError(str(value))))
+
+    async def _body(self, rid: int, message_id: str, data: bytes) -> None:
+        receiving = self._receiving.get(message_id)
+        if receiving is None:
+            receiving = self._receiving[message_id] = _Receiving(self.store.new_body(message_id))
+        try:
+            await receiving.write(data)
+        except StoreError as exc:
+            self._reply(rid, exc)
+            return
+        self._reply(rid, None)
+
+    async def _abort(self, message_id: str) -> None:
+        receiving = self._receiving.pop(message_id, None)
+        if receiving is not None:
+            await receiving.writer.abort()
+
+    async def _commit(
+        self, rid: int, record: MessageRecord, deliveries: Sequence[NewDelivery], tail: bytes
+    ) -> None:
+        receiving = self._receiving.pop(record.id, None)
+        if receiving is None:
+            receiving = _Receiving(self.store.new_body(record.id))
+        try:
+            with trio.CancelScope(shield=True):
+                await receiving.write(tail)
+                await self.store.commit_message(record, receiving.writer, deliveries)
+        except StoreError as exc:
+            log.warning(
+                "message %s from intake process %d not stored: %s", record.id, self.index, exc
+            )
+            await receiving.writer.abort()
+            self._reply(rid, exc)
+            return
+        small = b"".join(receiving.small) if receiving.small is not None else None
+        self.intake.announce(record, small, [d.zone for d in deliveries])
+        self._reply(rid, None)

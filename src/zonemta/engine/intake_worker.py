@@ -1,0 +1,253 @@
+"""An intake process: ``python -m zonemta.engine.intake_worker FD SOCKET...``, started by
+the relay (``engine/intake_process.py`` describes the frames).
+
+It accepts SMTP clients on the listening sockets it inherited and runs their sessions and
+the :class:`~zonemta.engine.intake.Intake` as the relay would, except that it stores through
+the relay: :class:`RelayStore` sends the body and the commit over the pipe, and a session
+answers 250 only after the relay has committed. It ignores SIGINT and SIGTERM — the relay
+tells it to stop — and exits at once when the pipe closes (the relay's death included).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from itertools import count
+from typing import Any
+
+import attrs
+import trio
+
+from zonemta.conf import Config
+from zonemta.engine.bus import Event, EventBus
+from zonemta.engine.delivery_pipe import FramedPipe, PipeError
+from zonemta.engine.ids import QueueIdGenerator
+from zonemta.engine.intake import Intake
+from zonemta.engine.routing import Router
+from zonemta.engine.smtp_interfaces import enabled_interfaces
+from zonemta.headers import HeaderPolicy
+from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
+from zonemta.transport.listener import SmtpInterfaceService
+from zonemta.transport.smtp.reply import Reply
+
+log = logging.getLogger(__name__)
+
+# Events of the intake that the relay publishes for us (message.queued it makes itself).
+FORWARDED_EVENTS = ("message.rejected", "message.dropped")
+
+
+class RelayGone(StoreError):
+    """The relay closed the pipe: nothing can be stored any more."""
+
+
+@attrs.define(eq=False)
+class _Call:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    value: Any = None
+
+
+class RelayLink:
+    """Calls to the relay over the pipe: each waits for its ``("reply", rid, value)``."""
+
+    def __init__(self, pipe: FramedPipe) -> None:
+        self.pipe = pipe
+        self._ids = count(1)
+        self._calls: dict[int, _Call] = {}
+        self.closed = False
+
+    async def call(self, kind: str, *args: object) -> Any:
+        if self.closed:
+            raise RelayGone("the relay has gone")
+        rid = next(self._ids)
+        call = self._calls[rid] = _Call()
+        self.pipe.send((kind, rid, *args))
+        try:
+            await call.done.wait()
+        finally:
+            del self._calls[rid]
+        if isinstance(call.value, RelayGone):
+            raise call.value
+        return call.value
+
+    def answer(self, rid: int, value: object) -> None:
+        call = self._calls.get(rid)
+        if call is None:
+            raise PipeError(f"a reply to no call: {rid}")
+        call.value = value
+        call.done.set()
+
+    def close(self) -> None:
+        """The pipe closed: every call in progress fails."""
+        self.closed = True
+        for call in self._calls.values():
+            call.value = RelayGone("the relay has gone")
+            call.done.set()
+
+
+class RelayAdmission:
+    """The client limits of one interface, counted by the relay for all its children."""
+
+    def __init__(self, link: RelayLink, interface: str) -> None:
+        self.link = link
+        self.interface = interface
+
+    async def admit(self, address: str) -> Reply | None:
+        refusal: Reply | None = await self.link.call("admit", self.interface, address)
+        return refusal
+
+    def leave(self, address: str) -> None:
+        if not self.link.closed:
+            self.link.pipe.send(("leave", self.interface, address))
+
+
+class RelayBody(BodyWriter):
+    """A body stored by the relay: sent in pieces of ``chunk_size`` (each acknowledged, so
+    a fast client cannot fill memory), the last piece with the commit."""
+
+    def __init__(self, link: RelayLink, message_id: str, chunk_size: int) -> None:
+        self.link = link
+        self.message_id = message_id
+        self.size = 0
+        self.chunk_size = chunk_size
+        self._buffer = bytearray()
+        self._sent = False  # the relay has a part of it
+        self._finished = False
+
+    async def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self._buffer += chunk
+        while len(self._buffer) >= self.chunk_size:
+            piece = bytes(self._buffer[: self.chunk_size])
+            del self._buffer[: self.chunk_size]
+            self._sent = True
+            error = await self.link.call("body", self.message_id, piece)
+            if error is not None:
+                raise error
+
+    def take_tail(self) -> bytes:
+        self._finished = True
+        tail = bytes(self._buffer)
+        self._buffer.clear()
+        return tail
+
+    async def abort(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._buffer.clear()
+        if self._sent and not self.link.closed:
+            self.link.pipe.send(("abort", self.message_id))
+        await trio.lowlevel.checkpoint()
+
+
+class RelayStore:
+    """The intake's store in an intake process: the relay stores."""
+
+    def __init__(self, link: RelayLink, chunk_size: int) -> None:
+        self.link = link
+        self.chunk_size = chunk_size
+
+    def new_body(self, message_id: str) -> BodyWriter:
+        return RelayBody(self.link, message_id, self.chunk_size)
+
+    async def commit_message(
+        self, message: MessageRecord, body: BodyWriter, deliveries: Sequence[NewDelivery]
+    ) -> None:
+        assert isinstance(body, RelayBody)
+        tail = body.take_tail()
+        error = await self.link.call("commit", message, list(deliveries), tail)
+        if error is not None:
+            raise error
+
+
+def build_intake(config: Config, link: RelayLink) -> Intake:
+    bus = EventBus()
+
+    def forward(event: Event) -> None:
+        if event.type in FORWARDED_EVENTS and not link.closed:
+            link.pipe.send(("event", event))
+
+    bus.add_listener(forward)
+    return Intake(
+        RelayStore(link, int(config.queue.body_chunk_size)),
+        Router(config),
+        bus,
+        ids=QueueIdGenerator(time.time),
+        clock=time.time,
+        headers=HeaderPolicy.from_config(config.headers, config.hostname),
+    )
+
+
+def _listeners(fds: list[int]) -> list[trio.SocketListener]:
+    return [
+        trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in fds
+    ]
+
+
+async def run(fd: int) -> None:
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+    pipe = FramedPipe(stream)
+    frames = pipe.frames()
+    init = await anext(frames, None)
+    if init is None or init[0] != "init":
+        raise SystemExit("zonemta intake process: no init frame from the relay")
+    _, config, sockets, level, index = init
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s %(levelname)s %(name)s[intake-{index}]: %(message)s",
+        stream=sys.stderr,
+    )
+    link = RelayLink(pipe)
+    intake = build_intake(config, link)
+    services = [
+        (SmtpInterfaceService(settings, intake, RelayAdmission(link, settings.name)), settings)
+        for settings in enabled_interfaces(config)
+    ]
+
+    async def read_frames(cancel_scope: trio.CancelScope) -> None:
+        try:
+            async for frame in frames:
+                if frame[0] == "reply":
+                    link.answer(frame[1], frame[2])
+                elif frame[0] == "stop":
+                    for service, _ in services:
+                        await service.stop(frame[1])
+                else:
+                    raise PipeError(f"unknown frame {frame[0]!r}")
+        finally:
+            link.close()
+            cancel_scope.cancel()  # the relay has gone: so do we
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pipe.run_writer)
+        nursery.start_soon(read_frames, nursery.cancel_scope)
+        async with trio.open_nursery() as serving:
+            for service, settings in services:
+                await serving.start(service.run, _listeners(sockets[settings.name]))
+            pipe.send(("ready",))
+        # Every interface stopped and its sessions ended: we are done.
+        pipe.close_after_sending()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or not all(arg.isdigit() for arg in argv[1:]):
+        usage = "usage: python -m zonemta.engine.intake_worker FD SOCKET... (started by the relay)"
+        print(usage, file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the relay stops us with a frame
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        trio.run(run, int(argv[1]))
+    except (trio.BrokenResourceError, ConnectionError):
+        return 0  # the relay went away
+    finally:
+        logging.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
