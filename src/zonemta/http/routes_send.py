@@ -121,7 +121,7 @@ class SendRoutes:
             raise ApiError(415, "send the message as JSON (Content-Type: application/json)")
         try:
             data = await request.get_json()
-        except BadRequest:
+        except (BadRequest, UnicodeDecodeError):  # quart decodes the body as UTF-8 first
             raise ApiError(400, "the request body is not valid JSON") from None
         try:
             composed = compose(data, hostname=self.ctx.config.hostname, now=self.ctx.clock())

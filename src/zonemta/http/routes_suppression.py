@@ -24,7 +24,7 @@ async def request_params() -> dict[str, Any]:
     if request.mimetype == "application/json":
         try:
             data = await request.get_json()
-        except BadRequest:
+        except (BadRequest, UnicodeDecodeError):  # quart decodes the body as UTF-8 first
             raise ApiError(400, "the request body is not valid JSON") from None
         if data is not None and not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
