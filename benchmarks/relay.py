@@ -69,8 +69,8 @@ class Params:
     keep: bool
     delivery_processes: int = 1
     injector: str = "trio"
-    #: ``[intake] processes``; None: the key is not written (zonemta's default).
-    intake_processes: int | None = None
+    #: ``[intake] processes`` (a count or "auto"); None: not written (zonemta's default).
+    intake_processes: int | str | None = None
     backend: str = "sqlite"
 
     def plan(self) -> LoadPlan:
@@ -407,7 +407,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add(
         "--intake-processes",
-        type=int,
+        type=_process_count,
+        metavar="N|auto",
         help="zonemta's [intake] processes (written only when given)",
     )
     add(
@@ -419,14 +420,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _process_count(text: str) -> int | str:
+    """``auto`` or a count of 0 or more (``[intake] processes``)."""
+    if text == "auto":
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a count of 0 or more, not {text!r}")
+    return count
+
+
 def _check_args(args: argparse.Namespace) -> str | None:
     """What is wrong with the command line, or None."""
     if args.messages < 1 or args.size < 0 or args.connections < 1:
         return "--messages and --connections must be at least 1"
     if args.per_connection < 1:
         return "--per-connection must be at least 1"
-    if args.intake_processes is not None and args.intake_processes < 0:
-        return "--intake-processes must be 0 or more"
     if args.target is not None and (args.intake_processes is not None or args.backend != "sqlite"):
         return "--intake-processes and --backend apply to a zonemta the harness starts"
     if args.injector == "smtp-source":

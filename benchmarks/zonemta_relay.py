@@ -64,7 +64,7 @@ def build_config(
     port: int,
     sink_port: int,
     delivery_processes: int = 1,
-    intake_processes: int | None = None,
+    intake_processes: int | str | None = None,
     mongodb_uri: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -18,8 +20,9 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package beside src/
 
 from benchmarks import procstat, relay, report  # noqa: E402
 from benchmarks.inject import LINE, Injector, LoadPlan, iter_body, message_head  # noqa: E402
-from benchmarks.sink import find_bench_id, handle_session, serve_sink  # noqa: E402
+from benchmarks.sink import find_bench_id, handle_session, recipient_id, serve_sink  # noqa: E402
 from benchmarks.sinkctl import SinkProcess  # noqa: E402
+from benchmarks.smtp_source import SourceRun, command, find_smtp_source, plan_runs  # noqa: E402
 from benchmarks.zonemta_relay import build_config, dump_toml  # noqa: E402
 
 
@@ -225,12 +228,232 @@ async def test_sink_process_reports_arrivals() -> None:
 
 def test_harness_direct_run_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    args = "--only direct --messages 30 --size 512 --connections 3 --timeout 30 --json"
-    status = relay.main([*args.split(), str(out)])
+    args = "--only direct --messages 30 --size 512 --connections 3 --per-connection 3 --json"
+    status = relay.main([*args.split(), str(out), "--timeout", "30"])
     assert status == 0
     result = json.loads(out.read_text())["direct"]
     for key in ("accepted_per_s", "delivered_per_s", "latency_p50_s", "latency_p99_s"):
         assert result[key] is not None
     assert result["delivered"] == 30
     assert result["params"]["messages"] == 30
-    assert result["machine"]["cores"] == os.cpu_count()
+    # The machine's processors as /proc/cpuinfo lists them (not the os.cpu_count() that
+    # machine_info itself calls, which would make this compare a value with itself).
+    listed = [
+        line
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.split(":")[0].strip() == "processor"
+    ]
+    assert result["machine"]["cores"] == len(listed) > 0
+    assert result["params"]["injector"] == "trio"
+    assert result["params"]["intake_processes"] is None
+    # At most 3 messages per session; only the sessions that end the run may carry fewer.
+    assert result["smtp_sessions_in"] == result["sink_connections"]
+    assert 10 <= result["smtp_sessions_in"] <= 10 + 3
+
+
+async def test_one_message_per_session_opens_a_session_per_message() -> None:
+    sink = _Recorder()
+    accepted: dict[int, float] = {}
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_sink(
+                sink.arrival, sink.connection, port=0, task_status=task_status
+            )
+        )
+        plan = LoadPlan(messages=12, size=500, connections=5, per_connection=1)
+        stats = await Injector("127.0.0.1", port, plan, accepted.__setitem__).run()
+        nursery.cancel_scope.cancel()
+    assert stats.accepted == 12
+    # Exactly one session per message: no session is opened once the messages ran out.
+    assert stats.sessions == sink.connections == 12
+
+
+def test_sink_names_untagged_messages_by_recipient() -> None:
+    assert recipient_id(b"RCPT TO:<17user@sink.test>") == "to:17user@sink.test"
+    assert recipient_id(b"rcpt to: <a b@x.test> NOTIFY=NEVER") == "to:a_b@x.test"
+    assert recipient_id(b"RCPT TO:bare@x.test SIZE=1") == "to:bare@x.test"
+    assert recipient_id(b"RCPT TO:<>") is None
+    assert recipient_id(b"RCPT") is None
+
+
+def test_new_options_parse() -> None:
+    parser = relay._parser()
+    defaults = parser.parse_args([])
+    assert (defaults.injector, defaults.intake_processes, defaults.backend) == (
+        "trio",
+        None,
+        "sqlite",
+    )
+    args = parser.parse_args(
+        ["--injector", "smtp-source", "--intake-processes", "4", "--backend", "mongodb"]
+    )
+    assert (args.injector, args.intake_processes, args.backend) == ("smtp-source", 4, "mongodb")
+    assert parser.parse_args(["--intake-processes", "auto"]).intake_processes == "auto"
+    for bad in (["--intake-processes", "-1"], ["--injector", "swaks"], ["--backend", "redis"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "--injector smtp-source --rate 10",
+        "--target 127.0.0.1:2525 --backend mongodb",
+        "--target 127.0.0.1:2525 --intake-processes 2",
+        "--per-connection 0",
+    ],
+)
+def test_conflicting_options_are_refused(argv: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert relay.main(argv.split()) == 2
+    assert capsys.readouterr().err.strip()
+
+
+def test_smtp_source_shapes() -> None:
+    one = plan_runs(LoadPlan(messages=20000, size=4096, connections=20, per_connection=1))
+    assert one.runs == (SourceRun(20, 20000, keep_open=False, recipient="user@sink.test"),)
+    assert one.workers == 0
+    kept = plan_runs(LoadPlan(messages=20000, size=4096, connections=20, per_connection=1000))
+    assert kept.runs == (SourceRun(20, 20000, keep_open=True, recipient="user@sink.test"),)
+    # 20 sessions of 100 cannot carry 20000 messages: workers reconnect every 100.
+    chunked = plan_runs(LoadPlan(messages=20000, size=4096, connections=20, per_connection=100))
+    assert (chunked.runs, chunked.workers, chunked.chunk, chunked.messages) == ((), 20, 100, 20000)
+    few = plan_runs(LoadPlan(messages=3, size=10, connections=20, per_connection=1))
+    assert few.runs[0].sessions == 3
+    with pytest.raises(ValueError, match="rate"):
+        plan_runs(LoadPlan(messages=3, size=10, rate=5.0))
+
+
+def test_smtp_source_command_line() -> None:
+    run = SourceRun(20, 5000, keep_open=False, recipient="user@sink.test")
+    args = command("/usr/sbin/smtp-source", "127.0.0.1", 2525, run, size=4096, sender="b@s.test")
+    assert args == [
+        "/usr/sbin/smtp-source",
+        "-c",  # the counter the harness reads acceptances from
+        "-N",  # numbered recipients: the sink tells the messages apart
+        *("-s", "20", "-m", "5000"),
+        *("-l", "4096", "-f", "b@s.test", "-t", "user@sink.test", "-M", "bench.sender.test"),
+        "127.0.0.1:2525",
+    ]
+    kept = SourceRun(1, 7, keep_open=True, recipient="user.3@sink.test")
+    args = command("smtp-source", "127.0.0.1", 25, kept, size=100, sender="b@s.test")
+    assert args[:9] == ["smtp-source", "-c", "-N", "-s", "1", "-m", "7", "-d", "-l"]
+    assert args[args.index("-t") + 1] == "user.3@sink.test"
+
+
+def test_zonemta_config_options() -> None:
+    plain = build_config(queue_dir=Path("/q"), port=1, sink_port=2)
+    assert "intake" not in plain  # a zonemta without the setting still starts
+    assert plain["queue"] == {"path": "/q"}
+    config = build_config(
+        queue_dir=Path("/q"),
+        port=1,
+        sink_port=2,
+        intake_processes=4,
+        mongodb_uri="mongodb://127.0.0.1:27017/?directConnection=true",
+    )
+    parsed = tomllib.loads(dump_toml(config))
+    assert parsed["intake"] == {"processes": 4}
+    assert parsed["queue"]["backend"] == "mongodb"
+    assert parsed["queue"]["mongodb_uri"] == "mongodb://127.0.0.1:27017/?directConnection=true"
+    assert tomllib.loads(
+        dump_toml(build_config(queue_dir=Path("/q"), port=1, sink_port=2, intake_processes="auto"))
+    )["intake"] == {"processes": "auto"}
+
+
+def test_zonemta_accepts_the_generated_mongodb_config() -> None:
+    from zonemta.conf import QueueBackend, config_from_dict
+
+    uri = "mongodb://127.0.0.1:27017/?directConnection=true"
+    config = config_from_dict(
+        build_config(queue_dir=Path("/q"), port=1, sink_port=2, mongodb_uri=uri)
+    )
+    assert config.queue.backend is QueueBackend.MONGODB
+    assert config.queue.mongodb_uri == uri
+
+
+_TREE_HELPER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    BURN = "import time\\nwhile time.process_time() < 0.3: pass\\nprint('burned', flush=True)\\n"
+    live = None
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() == "reaped":  # a child that burns CPU, exits and is waited for
+            subprocess.run([sys.executable, "-c", BURN], stdout=subprocess.DEVNULL, check=True)
+            print("reaped", flush=True)
+        elif line.strip() == "live":  # one that burns CPU and stays
+            live = subprocess.Popen(
+                [sys.executable, "-c", BURN + "import sys\\nsys.stdin.read()\\n"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            )
+            live.stdout.readline()
+            print("live", live.pid, flush=True)
+    if live is not None:
+        live.stdin.close()
+        live.wait()
+    """
+)
+
+
+def test_procstat_counts_children_started_later_and_reaped_ones() -> None:
+    root = subprocess.Popen(
+        [sys.executable, "-c", _TREE_HELPER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert root.stdin is not None and root.stdout is not None
+    try:
+        assert root.stdout.readline().strip() == "ready"
+        sampler = procstat.MemorySampler(root.pid)
+        sampler.sample()
+        before = procstat.tree_cpu_seconds(root.pid)
+        root.stdin.write("reaped\n")
+        root.stdin.flush()
+        assert root.stdout.readline().strip() == "reaped"
+        root.stdin.write("live\n")
+        root.stdin.flush()
+        word, pid = root.stdout.readline().split()
+        assert word == "live"
+        sampler.sample()
+        used = procstat.tree_cpu_seconds(root.pid) - before
+        assert int(pid) in procstat.tree_pids(root.pid)
+    finally:
+        root.stdin.close()
+        root.wait(30)
+    # Each child burned 0.3 s of CPU after the baseline: one counts through the cutime of
+    # the parent that reaped it, the other (started after the baseline) in its own stat.
+    assert used >= 0.58
+    assert sampler.peak_processes == 2
+    assert len(sampler.seen) == 2
+    assert sampler.peak_hwm_kb > 0
+
+
+def _smtp_source_run(tmp_path: Path, argv: str) -> dict[str, object]:
+    out = tmp_path / "bench.json"
+    status = relay.main([*argv.split(), "--timeout", "60", "--json", str(out)])
+    assert status == 0
+    result: dict[str, object] = json.loads(out.read_text())["direct"]
+    return result
+
+
+@pytest.mark.skipif(find_smtp_source() is None, reason="smtp-source is not installed")
+@pytest.mark.parametrize(
+    ("shape", "sessions"),
+    [
+        ("--messages 40 --connections 4 --per-connection 1", 40),  # a session per message
+        ("--messages 30 --connections 4 --per-connection 3", 10),  # reconnect every 3
+        ("--messages 30 --connections 3 --per-connection 100", 3),  # sessions stay open
+    ],
+)
+def test_smtp_source_injector_real_run(tmp_path: Path, shape: str, sessions: int) -> None:
+    result = _smtp_source_run(tmp_path, f"--only direct --injector smtp-source --size 600 {shape}")
+    offered = int(shape.split()[1])
+    assert result["delivered"] == result["accepted"] == offered
+    assert result["sink_connections"] == result["smtp_sessions_in"] == sessions
+    assert result["accepted_per_s"] is not None and result["delivered_per_s"] is not None
+    # No tags, so no latency: the figures say so instead of inventing one.
+    assert result["latency_measured"] is False
+    assert result["latency_p50_s"] is None
+    assert any("latency not measured" in str(note) for note in result["notes"])  # type: ignore[attr-defined]
+    assert result["params"]["injector"] == "smtp-source"  # type: ignore[index]
