@@ -61,9 +61,11 @@ def parent_map() -> dict[int, int]:
     return parents
 
 
-def tree_pids(root: int) -> list[int]:
-    """``root`` and all its live descendants (empty when ``root`` is gone)."""
-    parents = parent_map()
+def tree_pids(root: int, parents: dict[int, int] | None = None) -> list[int]:
+    """``root`` and all its live descendants (empty when ``root`` is gone); ``parents`` is a
+    :func:`parent_map` to reuse (one scan of ``/proc`` for several trees)."""
+    if parents is None:
+        parents = parent_map()
     if root not in parents:
         return []
     children: dict[int, list[int]] = {}
@@ -144,8 +146,9 @@ class MemorySampler:
     samples: int = 0
     seen: set[tuple[int, int]] = attrs.Factory(set)
 
-    def sample(self) -> None:
-        pids = tree_pids(self.root)
+    def sample(self, parents: dict[int, int] | None = None) -> None:
+        """Read the tree's memory now; ``parents`` as for :func:`tree_pids`."""
+        pids = tree_pids(self.root, parents)
         if not pids:
             return
         self.samples += 1

@@ -14,6 +14,11 @@ Two front ends share one ``ZoneAnswerer`` (the answering logic, query log and fa
 
 UDP replies larger than the client's limit (512 octets, or its EDNS payload size) are sent
 truncated with the TC flag, so clients retry over TCP.
+
+DNSSEC is simulated by the AD bit alone (no signatures): after ``set_authenticated(True)``
+(the whole zone) or ``set_authenticated(True, name)`` (one owner name), answers to queries
+that ask for DNSSEC (DO or AD set) carry AD, as a validating resolver's would. By default
+nothing is authenticated.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ class ZoneAnswerer:
         self._failures: dict[dns.name.Name, dns.rcode.Rcode] = {}
         self._drops: set[dns.name.Name] = set()
         self._log: list[QueryRecord] = []
+        self._authenticated = False
+        self._authenticated_names: dict[dns.name.Name, bool] = {}
 
     # -- knobs and observations ---------------------------------------------------------------
 
@@ -101,6 +108,15 @@ class ZoneAnswerer:
                 self._drops.add(key)
             else:
                 self._drops.discard(key)
+
+    def set_authenticated(self, authenticated: bool, name: str | None = None) -> None:
+        """Set AD on answers for ``name`` (or, without a name, for the whole zone; a name's
+        own setting wins over the zone's)."""
+        with self._lock:
+            if name is None:
+                self._authenticated = authenticated
+            else:
+                self._authenticated_names[_absolute(name, self.origin)] = authenticated
 
     @property
     def queries(self) -> list[QueryRecord]:
@@ -148,10 +164,14 @@ class ZoneAnswerer:
             )
             dropped = qname in self._drops
             failure = self._failures.get(qname)
+            authenticated = self._authenticated_names.get(qname, self._authenticated)
         if dropped:
             return None
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        asks_dnssec = bool(query.flags & dns.flags.AD) or bool(query.ednsflags & dns.flags.DO)
+        if authenticated and asks_dnssec:
+            response.flags |= dns.flags.AD
         if failure is not None:
             response.set_rcode(failure)
         elif question.rdclass != dns.rdataclass.IN or not qname.is_subdomain(self.origin):
@@ -217,6 +237,9 @@ class _AnswererKnobs:
 
     def drop(self, name: str, dropped: bool = True) -> None:
         self.answerer.drop(name, dropped)
+
+    def set_authenticated(self, authenticated: bool, name: str | None = None) -> None:
+        self.answerer.set_authenticated(authenticated, name)
 
     @property
     def queries(self) -> list[QueryRecord]:

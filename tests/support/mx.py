@@ -1,18 +1,28 @@
 """A test MX: aiosmtpd (an independent SMTP server implementation) in its own thread,
-recording every message it accepts and answering RCPT/DATA as the test scripts it."""
+recording every message it accepts and answering RCPT/DATA as the test scripts it.
+
+Given ``tls`` (a server context, e.g. from :func:`tls_context`), it offers STARTTLS and
+records for each message whether it came over TLS; without it (the default) it offers none.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
+
+if TYPE_CHECKING:
+    import trustme
 
 
 @attrs.frozen
@@ -22,6 +32,35 @@ class Received:
     content: bytes
     peer: str
     time: float
+    tls: bool = False  # came over STARTTLS
+
+
+def tls_context(
+    certificate: trustme.LeafCert, *, with_chain_root: trustme.CA | None = None
+) -> ssl.SSLContext:
+    """A server context presenting ``certificate`` (and, with ``with_chain_root``, that CA's
+    own certificate at the end of the chain, as DANE-TA servers must)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    if with_chain_root is None:
+        certificate.configure_cert(context)
+        return context
+    with tempfile.TemporaryDirectory() as folder:
+        chain, key = Path(folder, "chain.pem"), Path(folder, "key.pem")
+        pems = [blob.bytes() for blob in certificate.cert_chain_pems]
+        chain.write_bytes(b"".join([*pems, with_chain_root.cert_pem.bytes()]))
+        key.write_bytes(certificate.private_key_pem.bytes())
+        context.load_cert_chain(chain, key)
+    return context
+
+
+def broken_tls_context(certificate: trustme.LeafCert) -> ssl.SSLContext:
+    """A server context no client can agree with (TLS 1.2 only, with PSK ciphers and no
+    PSK): STARTTLS is offered but every handshake fails."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(context)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("PSK")
+    return context
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -63,6 +102,7 @@ class _Handler:
             content=bytes(envelope.original_content or envelope.content),
             peer=session.peer[0],
             time=time.time(),
+            tls=session.ssl is not None,
         )
         with self.mx.lock:
             self.mx.messages.append(message)
@@ -112,6 +152,7 @@ class TestMx:
         rcpt_reply: Callable[[str], str | None] | None = None,
         rcpt_reply_from: Callable[[str, str], str | None] | None = None,
         data_delay: Callable[[str], float] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = free_port(host)
@@ -134,6 +175,7 @@ class TestMx:
             port=self.port,
             data_size_limit=None,
             ready_timeout=10,
+            tls_context=tls,
         )
 
     def start(self) -> TestMx:

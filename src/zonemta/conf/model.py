@@ -26,6 +26,7 @@ from zonemta.conf.api import ApiConfig
 from zonemta.conf.bounces import BouncesConfig
 from zonemta.conf.dkim import DkimConfig, HeadersConfig
 from zonemta.conf.intake import IntakeConfig
+from zonemta.conf.outbound_tls import OutboundTlsConfig
 from zonemta.conf.plugins import PluginConfig
 from zonemta.conf.units import ByteSize, format_duration
 from zonemta.conf.zones import (
@@ -86,11 +87,12 @@ class Durability(enum.StrEnum):
 
 
 class TlsMode(enum.StrEnum):
-    """STARTTLS policy for outbound delivery."""
+    """STARTTLS policy for outbound delivery (docs/config.md "Outbound TLS")."""
 
     OPPORTUNISTIC = "opportunistic"  # use STARTTLS when offered, fall back to plain on failure
-    NONE = "none"  # never STARTTLS
-    REQUIRED = "required"  # defer the delivery when TLS cannot be negotiated
+    NONE = "none"  # never STARTTLS (and no MTA-STS or DANE)
+    REQUIRED = "required"  # TLS with a certificate from a trusted CA (any name), or defer
+    VERIFY = "verify"  # TLS with a trusted certificate for the MX (smart host) name, or defer
 
 
 class LogLevel(enum.StrEnum):
@@ -367,6 +369,8 @@ class ZoneConfig:
     local_address: str = attrs.field(default="", validator=_ip_literal_or_empty)
     name: str = attrs.field(default="", validator=_hostname_or_empty)  # EHLO; "" → Config.hostname
     tls: TlsMode = TlsMode.OPPORTUNISTIC
+    mta_sts: bool = True  # honour the recipient domain's MTA-STS policy (RFC 8461)
+    dane: bool = True  # honour DNSSEC-signed TLSA records of the MX hosts (RFC 7672)
     dsn: bool = True  # tell senders about this zone's bounces and delays ([bounces.dsn])
     pool: str = ""  # a [pools] name; "" = local_address (or the OS's choice)
     throttling: str = attrs.field(default="", validator=rate_or_empty)  # per connection
@@ -429,6 +433,7 @@ class Config:
     smtp: dict[str, SmtpInterface] = attrs.field(factory=_default_interfaces, validator=_names)
     queue: QueueConfig = attrs.field(factory=QueueConfig)
     dns: DnsConfig = attrs.field(factory=DnsConfig)
+    outbound_tls: OutboundTlsConfig = attrs.field(factory=OutboundTlsConfig)
     delivery: DeliveryConfig = attrs.field(factory=DeliveryConfig)
     intake: IntakeConfig = attrs.field(factory=IntakeConfig)
     zones: dict[str, ZoneConfig] = attrs.field(

@@ -182,12 +182,13 @@ class Deliverer:
 
 def log_outcome(row: Delivery, machine: DeliveryMachine, outcome: Outcome) -> None:
     log.info(
-        "%s.%03x %s to=<%s> zone=%s mx=%s response=%r",
+        "%s.%03x %s to=<%s> zone=%s mx=%s tls=%s response=%r",
         row.message_id,
         row.seq,
         machine.state.value.upper(),
         row.recipient,
         row.zone,
         machine.mx or "-",
+        machine.tls or "-",
         outcome.response,
     )

@@ -34,6 +34,7 @@ from zonemta.engine.machine import MachineBase
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.transmit import Sender
 from zonemta.engine.zones import DomainPolicy, SourceAddresses
+from zonemta.transport.tls_policy import OutboundTls
 from zonemta.statemachine import DeliveryState, Transition
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def build_senders(
     signer = load_signer(config.dkim, clock=time.time)
     domains = DomainPolicy(config)
     timeouts = delivery_timeouts(config)
+    tls_policy = OutboundTls.from_config(config, resolver)  # this process's MTA-STS cache
     senders = {}
     for name in zones:
         senders[name] = Sender(
@@ -113,6 +115,7 @@ def build_senders(
             classifier=classifier,
             signer=signer,
             blacklist=blacklist,
+            tls_policy=tls_policy,
         )
     return senders
 

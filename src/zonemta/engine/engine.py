@@ -26,6 +26,7 @@ from zonemta.engine.zones import DomainPolicy, SourceAddresses
 from zonemta.store import Store
 from zonemta.transport.dns import MxResolver
 from zonemta.transport.outbound import Timeouts, TlsPolicy
+from zonemta.transport.tls_policy import OutboundTls
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def zone_route(config: Config, name: str) -> ZoneRoute:
         tls=TlsPolicy(zone.tls.value if isinstance(zone.tls, TlsMode) else zone.tls),
         max_mx_hosts=config.delivery.max_mx_hosts,
         connections=zone.connections,
+        mta_sts=zone.mta_sts,
+        dane=zone.dane,
     )
 
 
@@ -106,6 +109,7 @@ class DeliveryEngine:
         self._stopped = trio.Event()
         self._connection_pools: list[ZoneConnections] = []
         enabled = [name for name, zone in config.zones.items() if not zone.disabled]
+        tls_policy = OutboundTls.from_config(config, resolver)  # MTA-STS cache, DANE lookups
         count = min(config.delivery.processes, len(enabled))
         shares: list[list[str]] = [enabled[i::count] for i in range(count)]
         for index, zones in enumerate(shares):
@@ -127,6 +131,7 @@ class DeliveryEngine:
                 signer=self.bounces.signer,
                 blacklist=self.blacklist,
                 hooks=hooks,
+                tls_policy=tls_policy,
             )
             remote = remote_of.get(name)
             deliverer = Deliverer(

@@ -21,6 +21,10 @@ class MachineBase(abc.ABC):
         self.state = DeliveryState.DEFERRED if row.attempts else DeliveryState.QUEUED
         self.mx: str | None = None
         self.local_address: str | None = None
+        # "TLSv1.3/TLS_AES_256_GCM_SHA384" once the attempt's connection is in TLS (taken from
+        # the details of the connected/reuse_connection transition, so the relay's machine
+        # knows it when a delivery process sends).
+        self.tls: str | None = None
 
     def fire(
         self,
@@ -32,6 +36,8 @@ class MachineBase(abc.ABC):
     ) -> Transition:
         """Advance and publish at once (transitions that persist nothing)."""
         row = self.advance(trigger)
+        if "tls_version" in details:
+            self.tls = f"{details['tls_version']}/{details.get('tls_cipher', '')}"
         self.publish(row, response=response, category=category, **details)
         return row
 

@@ -35,7 +35,7 @@ from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.zones import DomainPolicy, SourceAddresses
 from zonemta.statemachine import Trigger
 from zonemta.store import Delivery, MessageRecord
-from zonemta.transport.dns import Destination, DnsFailure, MxResolver
+from zonemta.transport.dns import Destination, DnsFailure, MxHost, MxResolver
 from zonemta.transport.outbound import (
     DeliveryFailure,
     OutboundConnection,
@@ -44,6 +44,7 @@ from zonemta.transport.outbound import (
     TlsPolicy,
     Transaction,
 )
+from zonemta.transport.tls_policy import OutboundTls, TlsPlan
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class ZoneRoute:
     tls: TlsPolicy
     max_mx_hosts: int
     connections: int = 10
+    mta_sts: bool = True  # MX deliveries honour MTA-STS policies
+    dane: bool = True  # MX deliveries honour DANE TLSA records
 
 
 @attrs.frozen
@@ -111,6 +114,7 @@ class Sender:
         signer: DkimSigner | None = None,
         blacklist: BlacklistView | None = None,
         hooks: Hooks | None = None,
+        tls_policy: OutboundTls | None = None,
     ) -> None:
         self.zone = zone
         self.connections = connections
@@ -124,6 +128,8 @@ class Sender:
         self.signer = signer  # DKIM at send time
         self.blacklist = blacklist  # local addresses blacklisted per domain
         self.hooks = hooks if hooks is not None else Hooks()  # plugins (engine/hooks.py)
+        # TLS per host: the zone's mode, MTA-STS and DANE (None: the zone's mode alone).
+        self.tls_policy = tls_policy if tls_policy is not None else OutboundTls()
 
     def destination_of(self, row: Delivery) -> str:
         if self.zone.smart_host:
@@ -141,7 +147,7 @@ class Sender:
             category: str | None = "dns"
             response = str(exc.reply)
         else:
-            category = "network" if exc.reply is None else None
+            category = (exc.category or "network") if exc.reply is None else None
             response = exc.response
             if exc.reply is not None and self.classifier is not None:
                 verdict = self.classifier.classify(response)
@@ -253,7 +259,7 @@ class Sender:
         row = machine.row
         if slot.connection is not None:
             machine.mx = slot.connection.mx
-            machine.fire(Trigger.REUSE_CONNECTION)
+            machine.fire(Trigger.REUSE_CONNECTION, **slot.connection.tls_details)
             try:
                 await self._throttle(slot)
                 reply = await self._send(slot.connection, message, body, row)
@@ -275,11 +281,14 @@ class Sender:
             destination = await self.resolver.resolve_host(
                 mx, port=port, ipv6=self.zone.ipv6, prefer_ipv6=self.zone.prefer_ipv6
             )
+            plan = self.tls_policy.fixed(self.zone.tls, destination.hosts)
         else:
             destination = await self._resolve(row)
+            plan = await self._tls_plan(destination, port)
         machine.fire(Trigger.RESOLVED, hosts=[host.name for host in destination.hosts])
-        slot.connection = await self._connect(destination, machine, source, port=port)
-        machine.fire(Trigger.CONNECTED, tls=slot.connection.tls)
+        slot.connection = await self._connect(plan, destination, machine, source, port=port)
+        connection = slot.connection
+        machine.fire(Trigger.CONNECTED, tls=connection.tls, **connection.tls_details)
         await self._throttle(slot)
         reply = await self._send(slot.connection, message, body, row)
         return Outcome(Trigger.ACCEPTED, str(reply))
@@ -297,8 +306,17 @@ class Sender:
             row.domain, ipv6=zone.ipv6, prefer_ipv6=zone.prefer_ipv6, max_hosts=zone.max_mx_hosts
         )
 
+    async def _tls_plan(self, destination: Destination, port: int) -> TlsPlan:
+        zone = self.zone
+        if zone.smart_host:
+            return self.tls_policy.fixed(zone.tls, destination.hosts)
+        return await self.tls_policy.plan(
+            destination, mode=zone.tls, port=port, mta_sts=zone.mta_sts, dane=zone.dane
+        )
+
     async def _connect(
         self,
+        plan: TlsPlan,
         destination: Destination,
         machine: MachineBase,
         source: PoolAddress,
@@ -308,7 +326,8 @@ class Sender:
         zone = self.zone
         port = zone.port if port is None else port
         last: DeliveryFailure | None = None
-        for host in destination.hosts:
+        host: MxHost
+        for host, need in plan.hosts:
             for address in host.addresses:
                 ipv6 = ":" in address
                 local = source
@@ -327,12 +346,19 @@ class Sender:
                         mx=host.name,
                         ehlo_name=local.name,
                         local_address=local.address or None,
-                        tls=zone.tls,
+                        tls=need,
                         timeouts=self.timeouts,
                     )
                 except DeliveryFailure as exc:
                     log.info("%s [%s]:%s: %s", host.name, address, port, exc)
                     last = exc
+        if last is None and plan.refused:
+            reasons = "; ".join(plan.refused)
+            raise DeliveryFailure(
+                Stage.CONNECT,
+                f"no MX host of {destination.domain} usable: {reasons}",
+                category="tls",
+            )
         if last is None:
             raise DeliveryFailure(Stage.CONNECT, f"no usable address for {destination.domain}")
         raise last

@@ -1,24 +1,43 @@
 """The trio driver of the SMTP client protocol object: one outgoing SMTP connection.
 
-It owns the socket, the source address, per-phase deadlines and TLS; the protocol object
-owns the grammar. Failures are typed (:class:`DeliveryFailure` with the :class:`Stage` and the
-remote :class:`Reply` when there is one); nothing here reads reply text.
+It owns the socket, the source address, per-phase deadlines and TLS (what a host needs is a
+:class:`HostTls`, decided by ``tls_policy.py``); the protocol object owns the grammar.
+Failures are typed (:class:`DeliveryFailure` with the :class:`Stage` and the remote
+:class:`Reply` when there is one); nothing here reads reply text.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import ssl
 from collections.abc import AsyncIterable
+from datetime import UTC, datetime
 
 import attrs
 import trio
 
+from zonemta.transport.dane import DaneMismatch, DaneResult, TlsaRecord, check_chain
 from zonemta.transport.smtp import client as smtp
 from zonemta.transport.smtp.dotstuff import DotStuffer
 from zonemta.transport.smtp.errors import RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
+from zonemta.transport.tls import (
+    CertificateCheck,
+    client_context,
+    describe_handshake_failure,
+    peer_chain,
+)
+from zonemta.transport.tls_policy import HostTls, TlsPolicy
+
+__all__ = [
+    "DeliveryFailure",
+    "HostTls",
+    "OutboundConnection",
+    "Stage",
+    "Timeouts",
+    "TlsPolicy",
+    "Transaction",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,23 +58,25 @@ class Stage(enum.Enum):
     FINAL = "final"
 
 
-class TlsPolicy(enum.Enum):
-    NONE = "none"
-    OPPORTUNISTIC = "opportunistic"
-    REQUIRED = "required"
-
-
 class DeliveryFailure(Exception):
     """An attempt failed at ``stage``. ``reply`` is the remote answer when the failure was
-    one; ``temporary`` says whether trying again later can help."""
+    one; ``temporary`` says whether trying again later can help; ``category`` overrides the
+    default category of a failure without a reply (``network``), e.g. ``tls``."""
 
     def __init__(
-        self, stage: Stage, message: str, *, reply: Reply | None = None, temporary: bool = True
+        self,
+        stage: Stage,
+        message: str,
+        *,
+        reply: Reply | None = None,
+        temporary: bool = True,
+        category: str | None = None,
     ) -> None:
         super().__init__(message)
         self.stage = stage
         self.reply = reply
         self.temporary = temporary
+        self.category = category
 
     @property
     def response(self) -> str:
@@ -83,25 +104,6 @@ class Transaction:
     smtputf8: bool = False
 
 
-def _client_tls_context() -> ssl.SSLContext:
-    # Opportunistic TLS to MX hosts: encrypt, but certificates are not checked (there is no
-    # trust anchor for MX names without MTA-STS or DANE, RFC 7435).
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-_TLS_CONTEXT: ssl.SSLContext | None = None
-
-
-def tls_context() -> ssl.SSLContext:
-    global _TLS_CONTEXT
-    if _TLS_CONTEXT is None:
-        _TLS_CONTEXT = _client_tls_context()
-    return _TLS_CONTEXT
-
-
 class OutboundConnection:
     """An open SMTP session with a remote server, greeted and EHLO'd (and TLS'd when
     possible). Use :meth:`connect` to make one."""
@@ -126,6 +128,10 @@ class OutboundConnection:
         self.timeouts = timeouts
         self.extensions = smtp.Extensions()
         self.tls = False
+        self.tls_version = ""  # e.g. "TLSv1.3" once TLS is up
+        self.tls_cipher = ""  # e.g. "TLS_AES_256_GCM_SHA384"
+        self.tls_verified = ""  # "ca", "ca+name", "dane-ee", "dane-ta"; "" = not checked
+        self.tls_source = ""  # the policy that set the TLS requirement
         self.messages = 0
         self.broken = False
         self.ehlo_name = ""  # the name this side greeted with (for Received headers)
@@ -139,30 +145,34 @@ class OutboundConnection:
         mx: str,
         ehlo_name: str,
         local_address: str | None = None,
-        tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC,
+        tls: TlsPolicy | HostTls = TlsPolicy.OPPORTUNISTIC,
         timeouts: Timeouts = Timeouts(),
     ) -> OutboundConnection:
-        """Connect, read the greeting, EHLO (HELO when EHLO is refused) and STARTTLS when
-        offered. Raises :class:`DeliveryFailure`."""
-        connection = await cls._open(address, port, mx, ehlo_name, local_address, tls, timeouts)
-        if tls is TlsPolicy.OPPORTUNISTIC and connection.extensions.starttls:
-            try:
-                await connection._starttls(ehlo_name)
-                return connection
-            except DeliveryFailure as exc:
-                if exc.reply is not None:
-                    raise
-                await connection.aclose(polite=False)
-                log.info("TLS with %s failed (%s); retrying without TLS", address, exc)
-                connection = await cls._open(
-                    address, port, mx, ehlo_name, local_address, TlsPolicy.NONE, timeouts
-                )
-                return connection
-        if tls is TlsPolicy.REQUIRED:
-            if not connection.extensions.starttls:
+        """Connect, read the greeting, EHLO (HELO when EHLO is refused) and STARTTLS as
+        ``tls`` says: a failed opportunistic handshake is retried in plaintext on a new
+        connection; a required one fails the attempt. Raises :class:`DeliveryFailure`."""
+        need = tls if isinstance(tls, HostTls) else HostTls.for_mode(tls)
+        connection = await cls._open(address, port, mx, ehlo_name, local_address, timeouts)
+        connection.tls_source = need.source
+        if not need.starttls:
+            return connection
+        if not connection.extensions.starttls:
+            if need.required:
                 await connection.aclose()
-                raise DeliveryFailure(Stage.STARTTLS, "TLS required but STARTTLS not offered")
-            await connection._starttls(ehlo_name)
+                raise DeliveryFailure(
+                    Stage.STARTTLS,
+                    f"{mx} does not offer STARTTLS; TLS is required ({need.source})",
+                    category="tls",
+                )
+            return connection
+        try:
+            await connection._starttls(ehlo_name, need)
+        except DeliveryFailure as exc:
+            await connection.aclose(polite=False)
+            if exc.reply is not None or need.required:
+                raise
+            log.info("TLS with %s failed (%s); retrying without TLS", address, exc)
+            return await cls._open(address, port, mx, ehlo_name, local_address, timeouts)
         return connection
 
     @classmethod
@@ -173,7 +183,6 @@ class OutboundConnection:
         mx: str,
         ehlo_name: str,
         local_address: str | None,
-        tls: TlsPolicy,
         timeouts: Timeouts,
     ) -> OutboundConnection:
         try:
@@ -217,7 +226,7 @@ class OutboundConnection:
             raise DeliveryFailure.from_reply(Stage.EHLO, reply)
         self.extensions = smtp.Extensions()
 
-    async def _starttls(self, ehlo_name: str) -> None:
+    async def _starttls(self, ehlo_name: str, need: HostTls) -> None:
         reply = await self._command(Stage.STARTTLS, self.protocol.starttls())
         if not reply.is_positive:
             raise DeliveryFailure.from_reply(Stage.STARTTLS, reply)
@@ -226,19 +235,60 @@ class OutboundConnection:
         except RemoteProtocolError as exc:
             self.broken = True
             raise DeliveryFailure(Stage.STARTTLS, str(exc)) from exc
+        # SNI is the MX host name (RFC 7672 8.1); CA_AND_NAME checks the certificate for it.
         tls_stream = trio.SSLStream(
-            self.stream, tls_context(), server_hostname=self.mx or None, https_compatible=True
+            self.stream,
+            client_context(need.check, need.ca_file),
+            server_hostname=self.mx or None,
+            https_compatible=True,
         )
+        why = f"; TLS is required ({need.source})" if need.required else ""
         try:
             with trio.fail_after(self.timeouts.command):
                 await tls_stream.do_handshake()
         except (trio.TooSlowError, trio.BrokenResourceError) as exc:
             self.broken = True
             await trio.aclose_forcefully(tls_stream)
-            raise DeliveryFailure(Stage.STARTTLS, f"TLS handshake failed: {exc!r}") from exc
+            reason = describe_handshake_failure(exc)
+            raise DeliveryFailure(
+                Stage.STARTTLS,
+                f"TLS handshake with {self.mx} failed: {reason}{why}",
+                category="tls",
+            ) from exc
         self.stream = tls_stream
         self.tls = True
+        self.tls_version = tls_stream.version() or ""
+        cipher = tls_stream.cipher()
+        self.tls_cipher = cipher[0] if cipher else ""
+        self.tls_verified = "" if need.check is CertificateCheck.NONE else need.check.value
+        if need.tlsa:
+            self.tls_verified = self._check_dane(tls_stream, need.tlsa).value
         await self._hello(ehlo_name)
+
+    def _check_dane(
+        self, stream: trio.SSLStream[trio.abc.Stream], records: tuple[TlsaRecord, ...]
+    ) -> DaneResult:
+        try:
+            return check_chain(peer_chain(stream), records, host=self.mx, now=datetime.now(UTC))
+        except DaneMismatch as exc:
+            self.broken = True
+            raise DeliveryFailure(
+                Stage.STARTTLS,
+                f"DANE authentication of {self.mx} failed: {exc}; TLS is required (dane)",
+                category="tls",
+            ) from exc
+
+    @property
+    def tls_details(self) -> dict[str, str]:
+        """What the delivery event records about this connection's TLS (empty: plaintext)."""
+        if not self.tls:
+            return {}
+        return {
+            "tls_version": self.tls_version,
+            "tls_cipher": self.tls_cipher,
+            "tls_verified": self.tls_verified or "no",
+            "tls_policy": self.tls_source,
+        }
 
     async def _send(self, stage: Stage, data: bytes, seconds: float) -> None:
         try:
