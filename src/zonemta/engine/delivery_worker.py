@@ -34,8 +34,8 @@ from zonemta.engine.machine import MachineBase
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.transmit import Sender
 from zonemta.engine.zones import DomainPolicy, SourceAddresses
-from zonemta.transport.tls_policy import OutboundTls
 from zonemta.statemachine import DeliveryState, Transition
+from zonemta.transport.tls_policy import OutboundTls
 
 log = logging.getLogger(__name__)
 
