@@ -457,3 +457,26 @@ def test_smtp_source_injector_real_run(tmp_path: Path, shape: str, sessions: int
     assert result["latency_p50_s"] is None
     assert any("latency not measured" in str(note) for note in result["notes"])  # type: ignore[attr-defined]
     assert result["params"]["injector"] == "smtp-source"  # type: ignore[index]
+
+
+def _zonemta_has_intake_processes() -> bool:
+    try:
+        from zonemta.conf import IntakeConfig  # noqa: F401
+    except ImportError:
+        return False
+    return relay.find_zonemta() is not None
+
+
+@pytest.mark.skipif(
+    not _zonemta_has_intake_processes(), reason="zonemta without [intake] processes"
+)
+def test_zonemta_figures_cover_every_process_of_the_relay(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = "--messages 20 --size 600 --connections 2 --delivery-processes 1 --intake-processes 2"
+    assert relay.main([*argv.split(), "--timeout", "60", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["zonemta"]
+    assert result["delivered"] == 20
+    # The relay, its delivery process and two intake processes, started after the relay.
+    assert result["relay_processes_peak"] == result["relay_processes_seen"] == 4
+    assert result["params"]["intake_processes"] == 2
+    assert result["cpu_s_per_msg"] > 0
