@@ -34,6 +34,13 @@ class StoreError(Exception):
     """
 
 
+class StoreFull(StoreError):
+    """The store has no room for more (disk full, or the configured size limit reached).
+
+    What is already stored stays readable and deliverable; submitters get a temporary
+    failure (SMTP ``452 4.3.1``) until deliveries free space."""
+
+
 class LeaseLost(StoreError):
     """The delivery is no longer leased by this owner (expired, taken over, or removed)."""
 

@@ -74,11 +74,17 @@ class SqliteStore(Store):
         durability: Durability = "full",
         chunk_size: int = 256 * 1024,
         batch_limit: int = 500,
+        max_size: int = 0,
     ) -> None:
         if durability not in ("full", "normal"):
             raise ValueError(f"durability must be 'full' or 'normal', not {durability!r}")
         if chunk_size < 1:
             raise ValueError("chunk_size must be positive")
+        if max_size < 0:
+            raise ValueError("max_size must be 0 (no limit) or positive")
+        # Largest database in bytes (sqlite's max_page_count); 0: as large as the disk allows.
+        # Past it, writes that need more pages fail with StoreFull, as on a full disk.
+        self.max_size = max_size
         self.path = Path(path)
         self.durability: Durability = durability
         self.chunk_size = chunk_size
@@ -120,6 +126,9 @@ class SqliteStore(Store):
         self.path.mkdir(parents=True, exist_ok=True)
         conn = connect_writer(self.db_path, self.durability)
         try:
+            if self.max_size:
+                (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+                conn.execute(f"PRAGMA max_page_count = {max(1, self.max_size // page_size)}")
             self._readers.open(self.db_path)
         except BaseException:
             conn.close()

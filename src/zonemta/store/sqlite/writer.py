@@ -5,7 +5,9 @@ commit that covers them. The writer takes everything that is waiting (up to
 ``batch_limit`` ops) and runs the lot in ONE worker-thread call, inside one
 ``BEGIN IMMEDIATE … COMMIT``: one thread hop and one fsync per batch, however many messages
 or chunks arrived meanwhile. Each op runs in its own SAVEPOINT, so an op that raises is
-rolled back alone and fails only its own caller; the others commit.
+rolled back alone and fails only its own caller; the others commit. When sqlite rolls the
+whole transaction back on an op's error (it may, for a full disk or an I/O error), that op
+fails and the others run again in a new transaction: their work was undone with it.
 
 Results are handed back only after COMMIT returned, so a caller that sees success knows its
 change is durable (as durable as the connection's ``synchronous`` setting makes it).
@@ -21,7 +23,7 @@ from typing import Any, Final, Generic, TypeVar
 import attrs
 import trio
 
-from zonemta.store.base import StoreError
+from zonemta.store.base import StoreError, StoreFull
 
 T = TypeVar("T")
 
@@ -50,7 +52,8 @@ def as_store_error(exc: BaseException) -> BaseException:
     """``exc`` as the store's callers should see it: sqlite errors become a
     :class:`StoreError` caused by them; StoreErrors and programming errors stay as they are."""
     if isinstance(exc, sqlite3.Error):
-        err = StoreError(f"sqlite: {exc}")
+        full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        err = (StoreFull if full else StoreError)(f"sqlite: {exc}")
         err.__cause__ = exc
         return err
     return exc
@@ -74,6 +77,11 @@ class Pending(Generic[T]):
     def set_error(self, error: BaseException) -> None:
         self._value = _UNSET
         self._error = error
+
+    def reset(self) -> None:
+        """Forget the outcome: the transaction that ran the op was rolled back."""
+        self._value = _UNSET
+        self._error = None
 
     @property
     def failed(self) -> bool:
@@ -213,23 +221,37 @@ class GroupCommitWriter:
         self._receive.close()
 
     def _run_batch(self, batch: list[Pending[Any]]) -> None:
-        """Worker thread: one transaction, one savepoint per op."""
+        """Worker thread: the batch's ops, in as few transactions as their errors allow
+        (one, unless an op's error rolled the whole transaction back)."""
         conn = self._conn
         assert conn is not None
+        while batch:
+            batch = self._run_transaction(conn, batch)
+
+    def _run_transaction(
+        self, conn: sqlite3.Connection, batch: list[Pending[Any]]
+    ) -> list[Pending[Any]]:
+        """One transaction, one savepoint per op. Returns the ops to run again: all but the
+        failing one when its error made sqlite roll back the whole transaction."""
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             for pending in batch:
                 pending.set_error(as_store_error(exc))
-            return
+            return []
         try:
             for pending in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     pending.set_value(pending.fn(conn))
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
                     pending.set_error(as_store_error(exc))
+                    if not conn.in_transaction:  # sqlite rolled everything back itself
+                        again = [other for other in batch if other is not pending]
+                        for other in again:
+                            other.reset()
+                        return again
+                    conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -240,3 +262,4 @@ class GroupCommitWriter:
             for pending in batch:
                 if not pending.failed:  # an op that failed on its own keeps its error
                     pending.set_error(as_store_error(exc))
+        return []
