@@ -189,7 +189,17 @@ class Injector:
             yield from iter_body(length)
 
     async def _connect_tcp(self) -> trio.abc.Stream:
-        return await trio.open_tcp_stream(self.host, self.port)
+        """A plain connect: with one new session per message (``per_connection=1``) the
+        connection set-up is most of the injector's work, and ``trio.open_tcp_stream``'s
+        name resolution and happy-eyeballs machinery is not needed for a loopback address."""
+        family = trio.socket.AF_INET6 if ":" in self.host else trio.socket.AF_INET
+        sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+        try:
+            await sock.connect((self.host, self.port))
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
 
     @property
     def notes(self) -> list[str]:
