@@ -45,6 +45,7 @@ WELL_KNOWN_PATH = "/.well-known/mta-sts.txt"
 # A domain whose fetch failed is not asked again for this long (unless its id changes).
 FETCH_FAILURE_BACKOFF = 300.0
 _ID_RE = re.compile(r"[A-Za-z0-9]{1,32}")
+_MAX_AGE_RE = re.compile(r"[0-9]{1,10}")  # RFC 8461 3.2: 1*10DIGIT
 
 
 class MtaStsMode(enum.StrEnum):
@@ -116,7 +117,7 @@ def parse_policy(text: str, *, policy_id: str = "") -> Policy:
     except ValueError:
         raise PolicyError(f"bad or missing mode: {fields.get('mode')!r}") from None
     max_age_text = fields.get("max_age", "")
-    if not max_age_text.isdigit() or len(max_age_text) > 10:
+    if not _MAX_AGE_RE.fullmatch(max_age_text):
         raise PolicyError(f"bad or missing max_age: {max_age_text!r}")
     if mode is not MtaStsMode.NONE and not mx:
         raise PolicyError(f"mode {mode} without mx patterns")
