@@ -45,8 +45,9 @@ DELIVERY_POLL_S = 0.05
 READY_TIMEOUT_S = 60.0
 
 _MEMORY_METHODS = {
-    "zonemta": "peak_rss_mb = VmHWM (kernel peak RSS) of the relay process, summed over its "
-    "process tree; peak_pss_mb = peak of PSS summed over the tree, sampled every {interval} s",
+    "zonemta": "peak_rss_mb = largest sum of VmHWM (kernel peak RSS per process) over the "
+    "live processes of the relay's tree (relay, delivery and intake processes); peak_pss_mb = "
+    "peak of PSS summed over the tree; both sampled every {interval} s",
     "postfix": "peak_rss_mb = peak_pss_mb = peak of PSS (smaps_rollup) summed over every "
     "Postfix process, sampled every {interval} s (RSS would double-count shared pages)",
     "direct": "no relay: injector straight into the sink",
