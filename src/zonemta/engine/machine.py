@@ -36,8 +36,9 @@ class MachineBase(abc.ABC):
     ) -> Transition:
         """Advance and publish at once (transitions that persist nothing)."""
         row = self.advance(trigger)
-        if "tls_version" in details:
-            self.tls = f"{details['tls_version']}/{details.get('tls_cipher', '')}"
+        if trigger in (Trigger.CONNECTED, Trigger.REUSE_CONNECTION):  # plaintext: no version
+            version = details.get("tls_version")
+            self.tls = f"{version}/{details.get('tls_cipher', '')}" if version else None
         self.publish(row, response=response, category=category, **details)
         return row
 

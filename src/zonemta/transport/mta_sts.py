@@ -209,6 +209,8 @@ class MtaStsPolicies:
             policy = await self.fetch(domain, policy_id)
         except PolicyError as exc:
             log.warning("MTA-STS %s: policy id %s not fetched: %s", domain, policy_id, exc)
+            if len(self._failed) >= self.cache_size:  # forget the failures that expired
+                self._failed = {k: t for k, t in self._failed.items() if t > now}
             self._failed[(domain, policy_id)] = now + FETCH_FAILURE_BACKOFF
             return cached.policy if cached is not None else None
         self._failed.pop((domain, policy_id), None)
