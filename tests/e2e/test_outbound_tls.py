@@ -121,7 +121,10 @@ async def test_opportunistic_tls_is_used_and_recorded(
     assert f"tls={details['tls_version']}/{details['tls_cipher']}" in line
 
 
-async def test_failed_handshake_falls_back_to_plaintext(tmp_path: Path, ca: trustme.CA) -> None:
+async def test_failed_handshake_falls_back_to_plaintext(
+    tmp_path: Path, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="zonemta.engine.attempt")
     with TestMx(tls=broken_tls_context(ca.issue_cert(MX_NAME))) as mx:
         async with run_dns_server(zone_text(mx.port)) as dns:
             events = await first_outcome(tmp_path, dns, mx)
@@ -129,6 +132,8 @@ async def test_failed_handshake_falls_back_to_plaintext(tmp_path: Path, ca: trus
     assert [m.tls for m in mx.received()] == [False]
     assert connected(events)["tls"] is False
     assert "tls_version" not in connected(events)
+    line = next(r.getMessage() for r in caplog.records if "DELIVERED" in r.getMessage())
+    assert " tls=- " in line
 
 
 async def test_required_defers_when_the_handshake_fails(tmp_path: Path, ca: trustme.CA) -> None:
