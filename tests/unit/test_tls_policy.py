@@ -69,6 +69,12 @@ async def test_secure_tlsa_records_require_dane() -> None:
     # Only a PKIX-EE record: TLS is mandatory, with nothing to authenticate against.
     assert by_host["mx2.example.test"] == HostTls(required=True, source="dane")
     assert plan.refused == ()
+    async with run_dns_server(ZONE) as dns:
+        dns.set_authenticated(True)
+        plan = await planner(dns).plan(DESTINATION, mode=TlsPolicy.REQUIRED, port=25)
+    # The zone's own check stays when the TLSA records cannot authenticate.
+    expected = HostTls(required=True, check=CertificateCheck.CA, source="dane")
+    assert needs(plan.hosts)["mx2.example.test"] == expected
 
 
 @pytest.mark.parametrize("insecure", ["example", None])

@@ -146,7 +146,7 @@ class OutboundTls:
             if isinstance(records, str):
                 refused.append(records)
             elif records is not None:
-                hosts.append((host, self._dane_need(records)))
+                hosts.append((host, self._dane_need(records, base)))
             elif policy is not None and not policy.allows(host.name):
                 if policy.mode is MtaStsMode.ENFORCE:
                     refused.append(
@@ -167,10 +167,13 @@ class OutboundTls:
                 hosts.append((host, base))
         return TlsPlan(tuple(hosts), tuple(refused))
 
-    def _dane_need(self, records: tuple[TlsaRecord, ...]) -> HostTls:
+    def _dane_need(self, records: tuple[TlsaRecord, ...], base: HostTls) -> HostTls:
         usable = tuple(record for record in records if record.usable)
-        # No usable record: encrypt, with nothing to authenticate against (RFC 7672 2.2).
-        return HostTls(required=True, tlsa=usable, source="dane", ca_file=self.ca_file)
+        if usable:
+            return HostTls(required=True, tlsa=usable, source="dane", ca_file=self.ca_file)
+        # No usable record: TLS is mandatory, with nothing to authenticate against
+        # (RFC 7672 2.2); the zone's own certificate check still applies.
+        return attrs.evolve(base, required=True, source="dane")
 
     async def _dane_records(
         self, destination: Destination, port: int
