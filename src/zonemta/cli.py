@@ -1,4 +1,5 @@
-"""Command line: ``zonemta run | config | passwd | events | check-bounce``."""
+"""Command line: ``zonemta run | config | passwd | events | check-bounce | suspend | resume |
+why``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ from zonemta import __version__
 from zonemta.conf import Config, ConfigError, dump_config, load_config
 from zonemta.events_cli import add_arguments as add_event_arguments
 from zonemta.events_cli import options_from_args, run_events
+from zonemta.operator_cli import (
+    add_resume_arguments,
+    add_suspend_arguments,
+    add_why_arguments,
+    cmd_resume,
+    cmd_suspend,
+    cmd_why,
+)
 
 
 def _load(path: str | None) -> Config:
@@ -144,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("-c", "--config", help="TOML configuration file (for its rules_file)")
     check.add_argument("--rules", help="extra bounce rules file, tried before the built-in")
     check.set_defaults(func=cmd_check_bounce)
+    suspend = commands.add_parser("suspend", help="hold a zone, domain, source or message")
+    add_suspend_arguments(suspend)
+    suspend.set_defaults(func=lambda args: cmd_suspend(args, _load))
+    resume = commands.add_parser("resume", help="remove a suspension (resume what it held)")
+    add_resume_arguments(resume)
+    resume.set_defaults(func=lambda args: cmd_resume(args, _load))
+    why = commands.add_parser("why", help="why a message's recipients have not gone yet")
+    add_why_arguments(why)
+    why.set_defaults(func=lambda args: cmd_why(args, _load))
     return parser
 
 

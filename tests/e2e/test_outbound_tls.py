@@ -339,3 +339,31 @@ async def test_mta_sts_testing_delivers_despite_a_bad_certificate(
     assert outcome(events).to_state == "delivered"
     assert connected(events)["tls_verified"] == "no"
     assert server.count("mta-sts.one.test") == 1
+
+
+# -- smart hosts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "state"), [("localhost", "delivered"), (MX_NAME, "deferred")])
+async def test_a_smart_host_is_verified_for_its_configured_name(
+    tmp_path: Path, ca: trustme.CA, ca_file: str, name: str, state: str
+) -> None:
+    with TestMx(tls=tls_context(ca.issue_cert(name))) as mx:
+        smart = {"host": "localhost", "port": mx.port, "tls": "verify"}
+        config = relay_config(
+            tmp_path / "q",
+            zones={"default": smart, "bounces": smart},
+            outbound_tls={"ca_file": ca_file},
+        )
+        async with running_relay(config) as (relay, info):
+            events = relay.bus.subscribe()
+            await submit_async(info.smtp_ports["feeder"], "s@origin.test", ["r@one.test"], MESSAGE)
+            seen = await collect_until(
+                events, lambda got: any(e.to_state in ("delivered", "deferred") for e in got)
+            )
+    assert outcome(seen).to_state == state
+    if state == "delivered":
+        assert connected(seen)["tls_verified"] == "ca+name"
+        assert [m.tls for m in mx.received()] == [True]
+    else:
+        assert "certificate verify failed" in (outcome(seen).response or "")

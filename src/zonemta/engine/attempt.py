@@ -23,6 +23,7 @@ from zonemta.engine.messages import MessageCache
 from zonemta.engine.notices import BounceNotices
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.suppression import SuppressionList
+from zonemta.engine.suspensions import Suspensions, describe
 from zonemta.engine.transmit import Outcome, Sender
 from zonemta.statemachine import DeliveryState, Persist, Transition, Trigger
 from zonemta.store import Delivery, LeaseLost, MessageRecord, Store, StoreError
@@ -50,6 +51,7 @@ class Deliverer:
         blacklist: Blacklist | None = None,
         hooks: Hooks | None = None,
         remote: DeliveryProcess | None = None,
+        suspensions: Suspensions | None = None,
     ) -> None:
         self.sender = sender  # DNS, connection and SMTP transaction (engine/transmit.py)
         self.zone = sender.zone
@@ -64,6 +66,7 @@ class Deliverer:
         self.blacklist = blacklist  # local addresses blacklisted per domain
         self.hooks = hooks if hooks is not None else Hooks()  # plugins (engine/hooks.py)
         self.remote = remote  # a delivery process sends instead of ``sender``
+        self.suspensions = suspensions  # holds: a held delivery is released unattempted
 
     def destination_of(self, row: Delivery) -> str:
         return self.sender.destination_of(row)
@@ -90,6 +93,9 @@ class Deliverer:
 
     async def _attempt(self, machine: DeliveryMachine) -> Outcome:
         row = machine.row
+        held = self.suspensions.holding(row) if self.suspensions is not None else None
+        if held is not None:  # suspended after it was leased: wait, nothing counted
+            return Outcome(Trigger.RELEASE, f"held by suspension {held.id}: {describe(held)}")
         message = await self.messages.get(row.message_id)
         if message is None:
             return Outcome(Trigger.PERMANENT_FAILURE, "message data is missing", "internal")

@@ -10,7 +10,7 @@ expire by themselves.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import attrs
 import trio
@@ -34,19 +34,22 @@ class Blacklist:
         ttl: float,
         clock: Callable[[], float],
         refresh_interval: float = 30.0,
+        held_sources: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.store = store
         self.ttl = ttl
         self.clock = clock
         self.refresh_interval = refresh_interval
         self._entries: dict[_Key, BlacklistEntry] = {}
+        self.held_sources = held_sources  # suspended source addresses (every domain)
 
     def disabled_for(self, domain: str) -> frozenset[str]:
-        """Local addresses currently blacklisted by ``domain``."""
+        """Local addresses currently blacklisted by ``domain`` (or suspended)."""
+        held = frozenset(self.held_sources()) if self.held_sources is not None else frozenset()
         if not self._entries:
-            return frozenset()
+            return held
         now = self.clock()
-        return frozenset(
+        return held | frozenset(
             key.address
             for key, entry in self._entries.items()
             if key.domain == domain and entry.expires > now

@@ -21,6 +21,7 @@ from zonemta.engine.notices import BounceHandling
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.scheduler import ZoneScheduler
 from zonemta.engine.suppression import SuppressionList
+from zonemta.engine.suspensions import Suspensions
 from zonemta.engine.transmit import Sender, ZoneRoute
 from zonemta.engine.zones import DomainPolicy, SourceAddresses
 from zonemta.store import Store
@@ -94,7 +95,14 @@ class DeliveryEngine:
         self.messages = MessageCache(store)
         self.suppressions = SuppressionList(store)
         self.domains = DomainPolicy(config)
-        self.blacklist = Blacklist(store, ttl=config.blacklist.ttl.total_seconds(), clock=clock)
+        self.suspensions = Suspensions(store, bus=bus, clock=clock)
+        self.suspensions.on_change(lambda: self.wake(self.schedulers))
+        self.blacklist = Blacklist(
+            store,
+            ttl=config.blacklist.ttl.total_seconds(),
+            clock=clock,
+            held_sources=lambda: self.suspensions.held_sources(),
+        )
         queue = config.queue
         retry = RetryPolicy.from_config(queue.retry_schedule, queue.max_queue_time)
         # Bounce rules, DKIM keys, DSNs, webhook (raises ConfigError for bad keys or rules).
@@ -147,6 +155,7 @@ class DeliveryEngine:
                 blacklist=self.blacklist,
                 hooks=hooks,
                 remote=remote,
+                suspensions=self.suspensions,
             )
             if remote is None:
                 self.pools[name] = pool
@@ -162,6 +171,7 @@ class DeliveryEngine:
                 max_inflight=zone.connections * 4,
                 domains=self.domains,
                 clock=clock,
+                suspensions=self.suspensions,
             )
 
     def wake(self, zones: Iterable[str]) -> None:
@@ -174,6 +184,7 @@ class DeliveryEngine:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.suppressions.run)
             await nursery.start(self.blacklist.run)
+            await nursery.start(self.suspensions.run)
             if self.bounces.webhook is not None:
                 await nursery.start(self.bounces.webhook.run)
             for pool in self._connection_pools:

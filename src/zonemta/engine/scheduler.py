@@ -5,6 +5,10 @@ domains that are at their connection limit are skipped in the lease query, so a 
 domain never holds up the zone's other domains. New mail wakes the scheduler at once;
 otherwise it sleeps until the next delivery is due (or a poll interval, for work that
 another instance released).
+
+Suspensions (:mod:`zonemta.engine.suspensions`) are obeyed here: a held zone (or one whose
+every source address is suspended) leases nothing, held domains and messages are left out of
+the lease query, and the scheduler wakes when a suspension is added, removed or expires.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import trio
 from zonemta.engine.attempt import Deliverer
 from zonemta.engine.bus import EventBus
 from zonemta.engine.machine import DeliveryMachine
+from zonemta.engine.suspensions import Suspensions
 from zonemta.engine.zones import DomainPolicy
 from zonemta.statemachine import Trigger
 from zonemta.store import Delivery, DeliveryKey, Store, StoreError
@@ -40,8 +45,10 @@ class ZoneScheduler:
         max_inflight: int,
         domains: DomainPolicy,
         clock: Callable[[], float],
+        suspensions: Suspensions | None = None,
     ) -> None:
         self.deliverer = deliverer
+        self.suspensions = suspensions
         self.zone = deliverer.zone.name
         self.store = store
         self.bus = bus
@@ -84,16 +91,40 @@ class ZoneScheduler:
             await self._drained.wait()
         self._cancel.cancel()
 
+    def destination_use(self, destination: str) -> int:
+        """Deliveries to ``destination`` in flight in this zone now."""
+        return self._destinations.get(destination, 0)
+
+    def destination_limit(self, row: Delivery) -> int:
+        """How many deliveries to ``row``'s destination this zone runs at once."""
+        return self._limit(self.deliverer.destination_of(row))
+
     def _limit(self, domain: str) -> int:
         """Deliveries to ``domain`` at once in this zone."""
         return min(self.domains.settings(domain).max_connections, self.connections)
 
+    def zone_held(self) -> str | None:
+        """Why the whole zone leases nothing now (a suspension), or None."""
+        if self.suspensions is None:
+            return None
+        entry = self.suspensions.zone_hold(self.zone)
+        if entry is not None:
+            return f"suspension {entry.id}"
+        sources = self.deliverer.sender.sources.addresses
+        held = self.suspensions.held_sources()
+        if sources and all(address in held for address in sources):
+            return "every source address of the zone is suspended"
+        return None
+
+    def _skip_messages(self) -> list[str]:
+        return list(self.suspensions.held_messages()) if self.suspensions else []
+
     def _skip_domains(self) -> list[str]:
-        """Recipient domains not to lease now: at their connection limit (MX zones) or
-        waiting for their rate."""
-        skip = []
+        """Recipient domains not to lease now: held, at their connection limit (MX zones)
+        or waiting for their rate."""
+        skip = list(self.suspensions.held_domains(self.zone)) if self.suspensions else []
         if not self.deliverer.zone.smart_host:
-            skip = [d for d, n in self._destinations.items() if n >= self._limit(d)]
+            skip += [d for d, n in self._destinations.items() if n >= self._limit(d)]
         for domain in list(self._rated):
             if self.domains.rate_limited(domain) is not None:
                 skip.append(domain)
@@ -110,6 +141,10 @@ class ZoneScheduler:
         while not self._stopping:
             self._changed = trio.Event()
             free = self.max_inflight - len(self.inflight)
+            if free > 0 and self.zone_held() is not None:
+                with trio.move_on_after(POLL_INTERVAL):
+                    await self._changed.wait()
+                continue
             if free > 0:
                 now = self.clock()
                 try:
@@ -120,6 +155,7 @@ class ZoneScheduler:
                         lease_until=now + self.lease_time,
                         limit=free,
                         skip_domains=self._skip_domains(),
+                        skip_messages=self._skip_messages(),
                     )
                 except StoreError as exc:
                     log.error("leasing in zone %s failed: %s", self.zone, exc)
@@ -140,8 +176,8 @@ class ZoneScheduler:
                 due = None
             if due is not None:
                 timeout = min(timeout, max(due - self.clock(), 0.0))
-        if timeout <= 0 and self._skip_domains():
-            # Due work exists only for domains at their limit: wait for a slot.
+        if timeout <= 0 and (self._skip_domains() or self._skip_messages()):
+            # Due work exists only for domains at their limit (or held): wait for a slot.
             timeout = POLL_INTERVAL
         if timeout <= 0:
             return

@@ -20,6 +20,8 @@ from zonemta.http.openapi import openapi_document
 from zonemta.http.routes_queue import QueueRoutes
 from zonemta.http.routes_send import SendRoutes
 from zonemta.http.routes_suppression import SuppressionRoutes
+from zonemta.http.routes_suspend import SuspendRoutes
+from zonemta.http.routes_why import WhyRoutes
 from zonemta.http.streaming import ApiRequest, FlowControlledConnection
 from zonemta.store import StoreError
 
@@ -97,6 +99,8 @@ def create_app(ctx: ApiContext, metrics: Metrics, events: EventStream) -> Any:
     app.add_url_rule("/openapi.json", "openapi", openapi_route, methods=["GET"])
     QueueRoutes(ctx).register(app)
     SuppressionRoutes(ctx).register(app)
+    SuspendRoutes(ctx).register(app)
+    WhyRoutes(ctx).register(app)
     SendRoutes(ctx).register(app)
     events.register(app)
     return app

@@ -1,44 +1,18 @@
 """The OpenAPI 3 description of every route (served at ``GET /openapi.json``).
 
 Kept as data beside the routes; a test checks that every route the app registers is here.
+Operator control (suspensions, "why") is described in :mod:`zonemta.http.openapi_operator`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "Bad request",
-        401: "Missing or wrong Bearer token",
-        404: "Not found",
-        408: "The request body did not arrive in time",
-        409: "Every matching delivery is being attempted right now",
-        413: "Larger than [api] max_send_size",
-        415: "Wrong Content-Type",
-        503: "The store failed; try again",
-    }
-    return {str(code): _json(_ref("Error"), text[code]) for code in codes}
-
-
-def _param(name: str, where: str, description: str, **schema: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": where,
-        "required": where == "path",
-        "description": description,
-        "schema": schema or {"type": "string"},
-    }
-
+from zonemta.http.openapi_common import errors as _errors
+from zonemta.http.openapi_common import json_body as _json
+from zonemta.http.openapi_common import param as _param
+from zonemta.http.openapi_common import ref as _ref
+from zonemta.http.openapi_operator import OPERATOR_PATHS, OPERATOR_SCHEMAS
 
 MESSAGE_ID = _param("id", "path", "Queue id")
 SEQ = _param("seq", "path", "Delivery number within the message", type="integer")
@@ -446,9 +420,9 @@ def openapi_document(version: str) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "zonemta HTTP API", "version": version},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **OPERATOR_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}, {}],
-        "paths": PATHS,
+        "paths": {**PATHS, **OPERATOR_PATHS},
     }
