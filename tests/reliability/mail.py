@@ -7,7 +7,7 @@ import hashlib
 import re
 import smtplib
 
-TOKEN_RE = re.compile(rb"X-Token: (t-[0-9a-z-]+)\r\n")
+TOKEN_RE = re.compile(rb"X-Token: (t-[0-9a-z_-]+)\r\n")
 DIGEST_RE = re.compile(rb"X-Body-Sha256: ([0-9a-f]{64})\r\n")
 
 
