@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
+import sqlite3
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,8 +28,29 @@ from tests.support.relay import (
 from zonemta.app import Relay
 from zonemta.conf import ConfigError
 from zonemta.engine.bus import Event
+from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
+from zonemta.store.sqlite import SqliteStore
 
 TWO = {"processes": 2}
+
+
+class CommitFailingStore(SqliteStore):
+    """A real sqlite store whose commits fail (as with a full disk); what was written of a
+    body stays until the caller aborts it."""
+
+    async def commit_message(
+        self,
+        message: MessageRecord,
+        body: BodyWriter,
+        deliveries: Sequence[NewDelivery],
+    ) -> None:
+        raise StoreError("disk full")
+
+
+def chunk_rows(store: SqliteStore) -> int:
+    with sqlite3.connect(store.path / "queue.sqlite3") as db:
+        (count,) = db.execute("SELECT count(*) FROM chunks").fetchone()
+    return int(count)
 
 
 async def read_reply(stream: trio.SocketStream) -> bytes:
@@ -210,3 +234,34 @@ async def test_intake_plugins_need_the_relays_own_process(tmp_path: Path, mx: Te
                 return client.ehlo()[0]
 
         assert await trio.to_thread.run_sync(greet) == 250
+
+
+async def test_a_store_failure_is_a_451_from_the_child_and_keeps_nothing(
+    tmp_path: Path, mx: TestMx
+) -> None:
+    config = relay_config(
+        tmp_path / "q",
+        zones=smart_host(mx),
+        intake=TWO,
+        queue={"path": str(tmp_path / "q"), "body_chunk_size": "4KB"},
+    )
+    store = CommitFailingStore(tmp_path / "q", chunk_size=4096)  # the body below is 5 pieces
+    relay = Relay(config, store=store, shutdown_grace=2.0)
+    message = b"Subject: x\r\n\r\n" + b"body line\r\n" * 2000
+    async with trio.open_nursery() as nursery:
+        info = await nursery.start(relay.run)
+        events = relay.bus.subscribe()
+        with pytest.raises(AssertionError, match="451"):
+            await trio.to_thread.run_sync(
+                submit, info.smtp_ports["feeder"], "s@origin.test", ["a@one.test"], message
+            )
+
+        def rejected(seen: list[Event]) -> bool:
+            return any(e.type == "message.rejected" for e in seen)
+
+        seen = await collect_until(events, rejected)
+        assert chunk_rows(store) == 0  # the relay removed the pieces it had stored
+        assert await store.zone_counts(time.time()) == {}
+        relay.request_stop()
+    [event] = [e for e in seen if e.type == "message.rejected"]
+    assert event.details is not None and "disk full" in event.details["reason"]

@@ -215,8 +215,8 @@ class IntakeProcess(ChildProcess):
             receiving = self._receiving[message_id] = _Receiving(self.store.new_body(message_id))
         try:
             await receiving.write(data)
-        except StoreError as exc:
-            self._reply(rid, exc)
+        except Exception as exc:
+            self._reply(rid, _as_store_error(exc))
             return
         self._reply(rid, None)
 
@@ -235,13 +235,24 @@ class IntakeProcess(ChildProcess):
             with trio.CancelScope(shield=True):
                 await receiving.write(tail)
                 await self.store.commit_message(record, receiving.writer, deliveries)
-        except StoreError as exc:
+        except Exception as exc:  # a bug too: the client gets 451, the child goes on
             log.warning(
-                "message %s from intake process %d not stored: %s", record.id, self.index, exc
+                "message %s from intake process %d not stored: %r", record.id, self.index, exc
             )
             await receiving.writer.abort()
-            self._reply(rid, exc)
+            self._reply(rid, _as_store_error(exc))
             return
+        self._reply(rid, None)  # stored: the child may answer 250
         small = b"".join(receiving.small) if receiving.small is not None else None
-        self.intake.announce(record, small, [d.zone for d in deliveries])
-        self._reply(rid, None)
+        try:
+            self.intake.announce(record, small, [d.zone for d in deliveries])
+        except Exception:  # stored all the same: the scheduler's poll finds it
+            log.exception("announcing message %s failed", record.id)
+
+
+def _as_store_error(exc: Exception) -> StoreError:
+    """What the child raises for ``exc`` (its session answers 451, or 452 for a full disk)."""
+    if isinstance(exc, StoreError):
+        return exc
+    log.error("storing for an intake process failed", exc_info=exc)
+    return StoreError(f"internal error: {exc!r}")
