@@ -78,5 +78,9 @@ class BouncesConfig:
 
     # Operator rules (same format as the built-in file), tested before the built-in rules.
     rules_file: str = ""
+    # Automatic backoff (docs/operator.md): replies that say "too fast" suspend the (zone,
+    # domain) for a while; operator rules (same format) are tried before the built-in ones.
+    backoff: bool = True
+    backoff_rules_file: str = ""
     dsn: DsnConfig = attrs.field(factory=DsnConfig)
     webhook: WebhookConfig = attrs.field(factory=WebhookConfig)

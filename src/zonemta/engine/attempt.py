@@ -14,6 +14,7 @@ from functools import partial
 
 import trio
 
+from zonemta.engine.backoff import Backoff
 from zonemta.engine.blacklist import Blacklist
 from zonemta.engine.bus import EventBus
 from zonemta.engine.delivery_process import DeliveryProcess
@@ -52,6 +53,7 @@ class Deliverer:
         hooks: Hooks | None = None,
         remote: DeliveryProcess | None = None,
         suspensions: Suspensions | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.sender = sender  # DNS, connection and SMTP transaction (engine/transmit.py)
         self.zone = sender.zone
@@ -67,6 +69,7 @@ class Deliverer:
         self.hooks = hooks if hooks is not None else Hooks()  # plugins (engine/hooks.py)
         self.remote = remote  # a delivery process sends instead of ``sender``
         self.suspensions = suspensions  # holds: a held delivery is released unattempted
+        self.backoff = backoff  # "too fast" replies suspend the (zone, domain) for a while
 
     def destination_of(self, row: Delivery) -> str:
         return self.sender.destination_of(row)
@@ -127,6 +130,12 @@ class Deliverer:
             and row_transition.source is not DeliveryState.LOCKED  # a remote reply said so
         ):
             await self.blacklist.add(row.domain, machine.local_address or "", outcome.response)
+        if (
+            self.backoff is not None
+            and outcome.trigger in (Trigger.TRANSIENT_FAILURE, Trigger.RETRIES_EXHAUSTED)
+            and row_transition.source is not DeliveryState.LOCKED  # a remote reply said so
+        ):
+            await self.backoff.consider(row.zone, row.domain, outcome.response)
         delay_notified = False
         if self.notices is not None:  # before the bounced message can leave the store
             delay_notified = await self.notices.after_attempt(

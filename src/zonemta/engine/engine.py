@@ -8,9 +8,10 @@ from functools import partial
 
 import trio
 
-from zonemta.conf import Config, TlsMode
+from zonemta.conf import Config, ConfigError, TlsMode
 from zonemta.conf.rates import parse_rate
 from zonemta.engine.attempt import Deliverer
+from zonemta.engine.backoff import Backoff, BackoffRulesError, load_backoff_rules
 from zonemta.engine.blacklist import Blacklist
 from zonemta.engine.bus import EventBus
 from zonemta.engine.connections import ZoneConnections
@@ -78,6 +79,17 @@ def zone_connections(config: Config, name: str) -> ZoneConnections:
     )
 
 
+def make_backoff(config: Config, suspensions: Suspensions) -> Backoff | None:
+    """The automatic backoff ``[bounces]`` asks for. Raises ConfigError for a bad rules file."""
+    if not config.bounces.backoff:
+        return None
+    try:
+        rules = load_backoff_rules(config.bounces.backoff_rules_file or None)
+    except BackoffRulesError as exc:
+        raise ConfigError("configuration", [f"config.bounces.backoff_rules_file: {exc}"]) from None
+    return Backoff(rules, suspensions)
+
+
 class DeliveryEngine:
     def __init__(
         self,
@@ -97,6 +109,7 @@ class DeliveryEngine:
         self.domains = DomainPolicy(config)
         self.suspensions = Suspensions(store, bus=bus, clock=clock)
         self.suspensions.on_change(lambda: self.wake(self.schedulers))
+        self.backoff = make_backoff(config, self.suspensions)
         self.blacklist = Blacklist(
             store,
             ttl=config.blacklist.ttl.total_seconds(),
@@ -156,6 +169,7 @@ class DeliveryEngine:
                 hooks=hooks,
                 remote=remote,
                 suspensions=self.suspensions,
+                backoff=self.backoff,
             )
             if remote is None:
                 self.pools[name] = pool

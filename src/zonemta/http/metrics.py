@@ -69,9 +69,15 @@ class PoolState(Protocol):
 class _PoolCollector(Collector):
     """Connection pool and blacklist figures, read at scrape time."""
 
-    def __init__(self, pools: Mapping[str, PoolState], blacklisted: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        pools: Mapping[str, PoolState],
+        blacklisted: Callable[[], int],
+        suspended: Callable[[], int],
+    ) -> None:
         self._pools = pools
         self._blacklisted = blacklisted
+        self._suspended = suspended
 
     def collect(self) -> Iterator[Metric]:
         reuses = CounterMetricFamily(
@@ -94,6 +100,11 @@ class _PoolCollector(Collector):
             "Local addresses currently disabled by a recipient domain (domain, address pairs)",
             value=self._blacklisted(),
         )
+        yield GaugeMetricFamily(
+            "zonemta_suspensions",
+            "Suspensions in force (operators' holds and automatic backoffs)",
+            value=self._suspended(),
+        )
 
 
 class Metrics:
@@ -106,6 +117,7 @@ class Metrics:
         zones: Iterable[str],
         pools: Mapping[str, PoolState],
         blacklisted: Callable[[], int] = lambda: 0,
+        suspended: Callable[[], int] = lambda: 0,
     ) -> None:
         # No ``_created`` series (ZoneMTA's prom-client has none); a process-wide switch,
         # and this registry is the process's only one.
@@ -154,7 +166,13 @@ class Metrics:
             "/events subscribers disconnected because they fell behind",
             registry=r,
         )
-        r.register(_PoolCollector(pools, blacklisted))
+        self.backoffs = Counter(
+            "zonemta_backoff",
+            "Automatic backoffs: a remote reply matched a backoff rule and suspended a domain",
+            ["zone", "rule"],
+            registry=r,
+        )
+        r.register(_PoolCollector(pools, blacklisted, suspended))
         for zone in zones:
             for result in RESULTS.values():
                 self.delivery_status.labels(result, zone)
@@ -175,6 +193,8 @@ class Metrics:
             self.message_push.labels("fail").inc()
         elif kind == "message.dropped":
             self.message_drop.inc()
+        elif kind == "suspension.added" and event.details and "rule" in event.details:
+            self.backoffs.labels(event.zone or "", str(event.details["rule"])).inc()
 
     def _on_delivery(self, event: Event) -> None:
         key = (event.id, event.seq)

@@ -32,6 +32,7 @@ class ApiServer:
             zones=ctx.config.zones,
             pools=ctx.engine.pools,
             blacklisted=lambda: len(ctx.engine.blacklist.entries()),
+            suspended=lambda: len(ctx.engine.suspensions.entries()),
         )
         ctx.bus.add_listener(self.metrics.on_event)
         self.events = EventStream(

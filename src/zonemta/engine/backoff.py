@@ -1,0 +1,127 @@
+"""Automatic backoff: a remote reply that says "you are sending too fast" suspends the
+(zone, recipient domain) for a while.
+
+The rules are data (``zonemta/data/backoff-rules.txt``, plus an operator file tried
+first): one rule per line, ``suspend DURATION /PATTERN/ NAME``. A temporary failure whose
+reply (normalised as the bounce rules see it) matches a rule adds a suspension of the
+delivery's domain in its zone for ``DURATION``, naming the rule and the reply, unless one
+made by a rule already holds that (zone, domain). The decision is taken in the relay, where
+the outcome arrives (also with delivery processes), and the suspension is shared through
+the store like an operator's.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from importlib import resources
+from pathlib import Path
+
+import attrs
+
+from zonemta.conf.units import parse_duration
+from zonemta.engine.bounces import normalize_response
+from zonemta.engine.suspensions import Suspensions
+from zonemta.store import StoreError, Suspension
+
+log = logging.getLogger(__name__)
+
+_BUILTIN = "backoff-rules.txt"
+_RULE = re.compile(r"(\S+)\s+(\S+)\s+/((?:\\.|[^\\/])*)/\s+(\S+)\s*$")
+ACTIONS = ("suspend",)
+
+
+class BackoffRulesError(Exception):
+    """A backoff rules file cannot be used; the message names file and line."""
+
+
+@attrs.frozen
+class BackoffRule:
+    name: str
+    pattern: re.Pattern[str]
+    seconds: float
+    source: str  # "file:line"
+
+
+def parse_backoff_rules(text: str, source: str) -> list[BackoffRule]:
+    """Parse a rules file (blank lines and ``#`` comments skipped). Raises
+    :class:`BackoffRulesError` naming ``source:line`` for a bad line."""
+    rules: list[BackoffRule] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{source}:{number}"
+        match = _RULE.fullmatch(line)
+        if match is None:
+            raise BackoffRulesError(f"{where}: expected 'suspend DURATION /PATTERN/ NAME'")
+        action, duration, pattern, name = match.groups()
+        if action not in ACTIONS:
+            raise BackoffRulesError(f"{where}: unknown action {action!r} (expected suspend)")
+        try:
+            seconds = parse_duration(duration).total_seconds()
+        except ValueError as exc:
+            raise BackoffRulesError(f"{where}: {exc}") from None
+        if seconds <= 0:
+            raise BackoffRulesError(f"{where}: the duration must be longer than 0 s")
+        try:
+            compiled = re.compile(pattern.replace("\\/", "/"), re.IGNORECASE)
+        except re.error as exc:
+            raise BackoffRulesError(f"{where}: bad pattern: {exc}") from None
+        rules.append(BackoffRule(name, compiled, seconds, where))
+    return rules
+
+
+def load_backoff_rules(extra: str | Path | None = None) -> list[BackoffRule]:
+    """The operator's rules (``extra``, tried first) and the built-in ones. Raises
+    :class:`BackoffRulesError`."""
+    rules: list[BackoffRule] = []
+    if extra:
+        path = Path(extra)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BackoffRulesError(f"cannot read backoff rules {path}: {exc}") from None
+        rules += parse_backoff_rules(text, str(path))
+    builtin = resources.files("zonemta.data").joinpath(_BUILTIN).read_text(encoding="utf-8")
+    return rules + parse_backoff_rules(builtin, _BUILTIN)
+
+
+class Backoff:
+    def __init__(self, rules: list[BackoffRule], suspensions: Suspensions) -> None:
+        self.rules = rules
+        self.suspensions = suspensions
+
+    def match(self, response: str) -> BackoffRule | None:
+        line = normalize_response(response)[0]
+        if not line.startswith("4"):
+            return None
+        for rule in self.rules:
+            if rule.pattern.search(line):
+                return rule
+        return None
+
+    def _active(self, zone: str, domain: str) -> Suspension | None:
+        held = self.suspensions.held_domains(zone).get(domain)
+        return held if held is not None and held.rule is not None else None
+
+    async def consider(self, zone: str, domain: str, response: str) -> Suspension | None:
+        """After a temporary failure with a remote ``response``: suspend (zone, domain) when
+        a rule matches and no backoff holds it yet. Returns the new suspension, if any.
+        A store failure is logged (the delivery's own retry goes on)."""
+        rule = self.match(response)
+        if rule is None or self._active(zone, domain) is not None:
+            return None
+        try:
+            return await self.suspensions.add(
+                zone=zone,
+                domain=domain,
+                until=self.suspensions.clock() + rule.seconds,
+                reason=f"backoff for {rule.seconds:g} s",
+                who="backoff",
+                rule=rule.name,
+                response=response,
+            )
+        except StoreError as exc:
+            log.error("storing the backoff of %s in zone %s failed: %s", domain, zone, exc)
+            return None

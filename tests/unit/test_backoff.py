@@ -1,0 +1,96 @@
+"""Backoff rules: the file format, the built-in rules against provider texts, and the
+decision (one backoff per zone and domain, only for temporary replies)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from zonemta.engine.backoff import (
+    Backoff,
+    BackoffRulesError,
+    load_backoff_rules,
+    parse_backoff_rules,
+)
+from zonemta.engine.bus import EventBus
+from zonemta.engine.suspensions import Suspensions
+from zonemta.store.sqlite import SqliteStore, open_sqlite_store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    async with open_sqlite_store(tmp_path / "q") as opened:
+        yield opened
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("suspend 10m /x/", "expected 'suspend DURATION /PATTERN/ NAME'"),
+        ("slow 10m /x/ name", "unknown action 'slow'"),
+        ("suspend soon /x/ name", "rules.txt:1"),
+        ("suspend 0s /x/ name", "longer than 0 s"),
+        ("suspend 10m /(/ name", "bad pattern"),
+    ],
+)
+def test_bad_rules_name_file_and_line(line: str, problem: str) -> None:
+    with pytest.raises(BackoffRulesError, match=r"rules\.txt:1") as caught:
+        parse_backoff_rules(line, "rules.txt")
+    assert problem in str(caught.value)
+
+
+def test_a_rule_pattern_may_hold_escaped_slashes() -> None:
+    (rule,) = parse_backoff_rules("# comment\n\nsuspend 2h /a\\/b/ slashes\n", "f")
+    assert rule.pattern.search("451 a/b") and rule.seconds == 7200 and rule.source == "f:3"
+
+
+BUILTIN = Backoff(load_backoff_rules(), suspensions=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("reply", "rule"),
+    [
+        (
+            "421-4.7.28 Our system has detected an unusual rate of\r\n"
+            "421 4.7.28 unsolicited mail originating from your IP address. gsmtp",
+            "gmail-rate-limited",
+        ),
+        (
+            "451 4.7.500 Server busy. Please try again later from [192.0.2.1]. (S3140)",
+            "microsoft-rate-limited",
+        ),
+        ("421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred", "yahoo-deferred"),
+        ("421 4.7.0 Temporarily rate limited, try again later", "rate-limited"),
+        ("421 4.7.0 Too many concurrent connections from your host", "too-many-connections"),
+        ("450 4.7.1 Too many messages from your IP, please slow down", "too-many-messages"),
+    ],
+)
+def test_builtin_rules_know_provider_deferrals(reply: str, rule: str) -> None:
+    matched = BUILTIN.match(reply)
+    assert matched is not None and matched.name == rule
+
+
+@pytest.mark.parametrize(
+    "reply",
+    ["451 4.7.1 greylisted, try again", "550 5.7.1 Temporarily rate limited", "250 OK"],
+)
+def test_other_replies_cause_no_backoff(reply: str) -> None:
+    assert BUILTIN.match(reply) is None
+
+
+async def test_one_backoff_per_zone_and_domain(tmp_path: Path, store: SqliteStore) -> None:
+    rules_file = tmp_path / "backoff.txt"
+    rules_file.write_text("suspend 1h /custom throttle/ ours\n")
+    suspensions = Suspensions(store, bus=EventBus(), clock=trio.current_time)
+    backoff = Backoff(load_backoff_rules(rules_file), suspensions)
+    first = await backoff.consider("default", "x.test", "421 4.7.0 custom throttle")
+    assert first is not None and first.rule == "ours" and first.who == "backoff"
+    assert first.until == pytest.approx(trio.current_time() + 3600)
+    assert first.response == "421 4.7.0 custom throttle"
+    assert await backoff.consider("default", "x.test", "421 4.7.0 custom throttle") is None
+    other = await backoff.consider("other", "x.test", "421 4.7.0 rate limit exceeded")
+    assert other is not None and other.rule == "rate-limited"
+    assert [e.id for e in await store.list_suspensions(0.0)] == [first.id, other.id]
