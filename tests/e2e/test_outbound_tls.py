@@ -367,3 +367,32 @@ async def test_a_smart_host_is_verified_for_its_configured_name(
         assert [m.tls for m in mx.received()] == [True]
     else:
         assert "certificate verify failed" in (outcome(seen).response or "")
+
+
+# -- a refused STARTTLS ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "state"), [("opportunistic", "delivered"), ("verify", "deferred")]
+)
+async def test_a_refused_starttls_goes_on_in_plaintext_unless_tls_is_required(
+    tmp_path: Path, ca: trustme.CA, ca_file: str, mode: str, state: str
+) -> None:
+    refusing = TestMx(
+        tls=tls_context(ca.issue_cert(MX_NAME)), starttls_reply="454 4.7.0 TLS not available now"
+    )
+    with refusing as mx:
+        before = mx.connections  # aiosmtpd's controller connects once when it starts
+        async with run_dns_server(zone_text(mx.port)) as dns:
+            events = await first_outcome(
+                tmp_path, dns, mx, tls=mode, outbound_tls={"ca_file": ca_file}
+            )
+    result = outcome(events)
+    assert result.to_state == state
+    if state == "delivered":
+        assert [m.tls for m in mx.received()] == [False]
+        assert mx.connections == before + 1  # the same session went on
+    else:
+        assert result.category == "tls"
+        assert "refused STARTTLS (454 4.7.0 TLS not available now)" in (result.response or "")
+        assert mx.received() == []

@@ -128,6 +128,12 @@ class _CountingSMTP(SMTP):
             self._mx.active -= 1
         super().connection_lost(exc)
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._mx.starttls_reply:  # offered, then refused
+            await self.push(self._mx.starttls_reply)
+            return
+        await super().smtp_STARTTLS(arg)
+
 
 class _Controller(Controller):
     def __init__(self, mx: TestMx, *args: Any, **kwargs: Any) -> None:
@@ -153,12 +159,14 @@ class TestMx:
         rcpt_reply_from: Callable[[str, str], str | None] | None = None,
         data_delay: Callable[[str], float] | None = None,
         tls: ssl.SSLContext | None = None,
+        starttls_reply: str = "",
     ) -> None:
         self.host = host
         self.port = free_port(host)
         self.rcpt_reply = rcpt_reply
         self.rcpt_reply_from = rcpt_reply_from  # (recipient, client address) -> reply or None
         self.data_delay = data_delay  # first recipient -> seconds to hold DATA
+        self.starttls_reply = starttls_reply  # with ``tls``: refuse STARTTLS with this reply
         self.rcpt_peers: list[tuple[str, str]] = []  # every RCPT seen, with the client address
         self.active = 0
         self.max_active = 0

@@ -149,8 +149,9 @@ class OutboundConnection:
         timeouts: Timeouts = Timeouts(),
     ) -> OutboundConnection:
         """Connect, read the greeting, EHLO (HELO when EHLO is refused) and STARTTLS as
-        ``tls`` says: a failed opportunistic handshake is retried in plaintext on a new
-        connection; a required one fails the attempt. Raises :class:`DeliveryFailure`."""
+        ``tls`` says: when opportunistic STARTTLS is refused or its handshake fails, the
+        session goes on in plaintext (on a new connection after a failed handshake); when
+        TLS is required, the attempt fails. Raises :class:`DeliveryFailure`."""
         need = tls if isinstance(tls, HostTls) else HostTls.for_mode(tls)
         connection = await cls._open(address, port, mx, ehlo_name, local_address, timeouts)
         connection.tls_source = need.source
@@ -168,8 +169,20 @@ class OutboundConnection:
         try:
             await connection._starttls(ehlo_name, need)
         except DeliveryFailure as exc:
-            await connection.aclose(polite=False)
-            if exc.reply is not None or need.required:
+            # STARTTLS answered with an error: the session is still in plaintext.
+            refusal = exc.reply if exc.stage is Stage.STARTTLS else None
+            if refusal is not None and refusal.code != 421 and not need.required:
+                # RFC 3207 4: after a refusal the client may go on without TLS.
+                log.info("%s refused STARTTLS (%s); going on without TLS", address, refusal)
+                return connection
+            await connection.aclose(polite=refusal is not None)
+            if refusal is not None and need.required:
+                raise DeliveryFailure(
+                    Stage.STARTTLS,
+                    f"{mx} refused STARTTLS ({refusal}); TLS is required ({need.source})",
+                    category="tls",
+                ) from exc
+            if refusal is not None or need.required or exc.reply is not None:
                 raise
             log.info("TLS with %s failed (%s); retrying without TLS", address, exc)
             return await cls._open(address, port, mx, ehlo_name, local_address, timeouts)
