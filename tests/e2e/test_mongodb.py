@@ -56,6 +56,9 @@ retry_schedule = ["1s", "1s", "1s", "1s", "1s", "1s"]
 lease_time = "{LEASE_SECONDS:.0f}s"
 [delivery]
 connect_timeout = "5s"
+[dns]
+nameservers = ["127.0.0.1:1"]
+timeout = "1s"
 [zones.default]
 host = "127.0.0.1"
 port = {mx_port}

@@ -12,6 +12,7 @@ import trio
 
 from tests.support.mx import TestMx, free_port
 from tests.support.relay import submit
+from tests.support.relay_process import RelayProcess
 
 RELAY = [sys.executable, "-m", "zonemta"]
 
@@ -29,6 +30,9 @@ retry_schedule = ["1s", "1s", "1s", "1s"]
 lease_time = "30s"
 [delivery]
 connect_timeout = "5s"
+[dns]
+nameservers = ["127.0.0.1:1"]
+timeout = "1s"
 [zones.default]
 host = "127.0.0.1"
 port = {mx_port}
@@ -38,17 +42,6 @@ port = 0
 """
     )
     return path
-
-
-async def wait_for_port(port: int, process: trio.Process, seconds: float = 30) -> None:
-    with trio.fail_after(seconds):
-        while True:
-            assert process.returncode is None, "relay exited early"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return
-            except OSError:
-                await trio.sleep(0.05)
 
 
 async def wait_until(predicate: object, seconds: float) -> None:
@@ -64,28 +57,24 @@ def message(n: int) -> bytes:
 
 
 async def test_sigkill_loses_no_accepted_message(tmp_path: Path) -> None:
-    smtp_port = free_port()
     with TestMx() as mx:
         mx.stall_data.set()
-        config = write_config(tmp_path / "zonemta.toml", smtp_port, mx.port, tmp_path / "queue")
-        first = await trio.lowlevel.open_process([*RELAY, "run", "-c", str(config)])
-        try:
-            await wait_for_port(smtp_port, first)
+        # Port 0: the relay says which port it got in its ready line.
+        config = write_config(tmp_path / "zonemta.toml", 0, mx.port, tmp_path / "queue")
+        async with RelayProcess(config, tmp_path / "first.log") as first:
+            smtp_port = first.smtp_ports["feeder"]
             for n in range(20):
                 await trio.to_thread.run_sync(
                     submit, smtp_port, "s@origin.test", [f"r{n}@one.test"], message(n)
                 )
             # Two deliveries are in the middle of DATA, the rest wait in the queue.
             await wait_until(lambda: mx.stalled >= 2, 20)
-        finally:
-            first.kill()
-            await first.wait()
-        assert first.returncode == -signal.SIGKILL
+            await first.kill()
+            assert first.process is not None and first.process.returncode == -signal.SIGKILL
+            await first.wait_group_gone(10)
         mx.stall_data.clear()
 
-        second = await trio.lowlevel.open_process([*RELAY, "run", "-c", str(config)])
-        try:
-            await wait_for_port(smtp_port, second)
+        async with RelayProcess(config, tmp_path / "second.log") as second:
             await wait_until(
                 lambda: (
                     {m.recipients[0] for m in mx.received()}
@@ -93,11 +82,7 @@ async def test_sigkill_loses_no_accepted_message(tmp_path: Path) -> None:
                 ),
                 60,
             )
-        finally:
-            second.send_signal(signal.SIGTERM)
-            with trio.fail_after(30):
-                await second.wait()
-        assert second.returncode == 0
+            assert await second.terminate() == 0
     bodies = {m.recipients[0]: m.content for m in mx.received()}
     for n in range(20):
         assert f"body {n}\r\n".encode() in bodies[f"r{n}@one.test"]
