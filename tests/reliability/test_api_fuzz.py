@@ -23,7 +23,7 @@ from zonemta.http.openapi import openapi_document
 
 TOKEN = "fuzz-token-1"
 LONG = os.environ.get("ZONEMTA_RELIABILITY_LONG") == "1"
-EXAMPLES = 200 if LONG else 12  # per operation and generation mode
+EXAMPLES = 200 if LONG else 8  # per operation and generation mode
 # /events is a websocket; schemathesis speaks plain HTTP to it (covered by test_http_events).
 SKIPPED = {("GET", "/events")}
 
