@@ -182,6 +182,7 @@ async def test_mx_failover_reaches_the_next_preference_on_another_address(
                 seen = await collect_until(events, outcomes("delivered"), seconds=30)
     [delivered] = of_state(seen, "delivered")
     assert delivered.mx == f"mx2.{domain}"
+    assert of_state(seen, "deferred") == []  # in the same attempt, not on a retry
     assert [check_intact(m.content) for m in sink.received()] == ["t-failover"]
     if primary_fault is not None:
         assert servers[0].connections >= 1  # the primary was tried first
