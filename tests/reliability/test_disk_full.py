@@ -4,17 +4,19 @@ queued is still delivered, and intake works again once deliveries have freed spa
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 import zonemta.app
 from tests.reliability.mail import check_intact, token_message, try_submit
 from tests.support.faulty_mx import FaultyMx
-from tests.support.relay import relay_config, running_relay
+from tests.support.relay import api_url, relay_config, running_relay
 from zonemta.conf import Config
 from zonemta.store import StoreFull
 from zonemta.store.sqlite import GroupCommitWriter, SqliteStore
@@ -138,6 +140,19 @@ async def test_full_store_refuses_keeps_nothing_half_stored_delivers_and_recover
                 try_submit, port, "late@one.test", token_message("t-late", BODY)
             )
             assert 400 <= again[0] < 500, again
+            # The HTTP API says so too: 503 with a JSON error, nothing stored.
+            raw = b"To: web@one.test\r\n" + token_message("t-web", BODY)
+            response = await trio.to_thread.run_sync(
+                functools.partial(
+                    httpx.post,
+                    f"{api_url(info)}/send-raw",
+                    content=raw,
+                    headers={"Content-Type": "message/rfc822"},
+                    timeout=30,
+                )
+            )
+            assert response.status_code == 503, response.text
+            assert "error" in response.json()
             messages, chunks, deliveries = stored_ids(queue)
             assert messages == deliveries == set(accepted.values())
             assert chunks <= messages  # no chunk of a refused message
