@@ -58,11 +58,13 @@ class ZoneScheduler:
         self.domains = domains
         self.connections = deliverer.zone.connections
         self.clock = clock
+        self.poll_interval = POLL_INTERVAL  # for work other instances release or add
         self.inflight: dict[DeliveryKey, DeliveryMachine] = {}
         self._destinations: dict[str, int] = {}
         self._destination_limits: dict[str, trio.CapacityLimiter] = {}
         self._rated: set[str] = set()  # recipient domains with a rate, seen in flight
         self._changed = trio.Event()
+        self._busy = trio.Event()  # set while attempts are in flight (lease renewal runs)
         self._stopping = False
         self._drained = trio.Event()
         self._cancel = trio.CancelScope()
@@ -142,7 +144,7 @@ class ZoneScheduler:
             self._changed = trio.Event()
             free = self.max_inflight - len(self.inflight)
             if free > 0 and self.zone_held() is not None:
-                with trio.move_on_after(POLL_INTERVAL):
+                with trio.move_on_after(self.poll_interval):
                     await self._changed.wait()
                 continue
             if free > 0:
@@ -168,7 +170,7 @@ class ZoneScheduler:
             await self._wait_for_work(free > 0)
 
     async def _wait_for_work(self, could_lease: bool) -> None:
-        timeout = POLL_INTERVAL
+        timeout = self.poll_interval
         if could_lease:
             try:
                 due = await self.store.next_due(self.zone)
@@ -178,7 +180,7 @@ class ZoneScheduler:
                 timeout = min(timeout, max(due - self.clock(), 0.0))
         if timeout <= 0 and (self._skip_domains() or self._skip_messages()):
             # Due work exists only for domains at their limit (or held): wait for a slot.
-            timeout = POLL_INTERVAL
+            timeout = self.poll_interval
         if timeout <= 0:
             return
         slot = self._next_rate_slot()
@@ -191,6 +193,7 @@ class ZoneScheduler:
         machine = DeliveryMachine(row, self.bus, self.clock)
         machine.fire(Trigger.LEASE)
         self.inflight[row.key] = machine
+        self._busy.set()
         destination = self.deliverer.destination_of(row)
         self._destinations[destination] = self._destinations.get(destination, 0) + 1
         if self.domains.bucket(row.domain) is not None:
@@ -218,6 +221,8 @@ class ZoneScheduler:
             raise
         finally:
             del self.inflight[machine.row.key]
+            if not self.inflight:
+                self._busy = trio.Event()
             left = self._destinations[destination] - 1
             if left:
                 self._destinations[destination] = left
@@ -237,6 +242,7 @@ class ZoneScheduler:
 
     async def _renew_leases(self) -> None:
         while True:
+            await self._busy.wait()  # an idle zone does not wake up for nothing
             await trio.sleep(self.lease_time / 3)
             keys = list(self.inflight)
             if not keys:
