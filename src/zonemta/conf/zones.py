@@ -134,12 +134,25 @@ def resolve_domain(domains: Mapping[TableKey, DomainConfig], domain: str) -> Dom
     )
 
 
+def is_site_pattern(name: str) -> bool:
+    """A ``[domains."*.provider.example"]`` key: a site, matched against MX host names."""
+    return name.startswith("*.")
+
+
+def site_matches(pattern: str, host: str) -> bool:
+    """Whether MX host ``host`` (no trailing dot) belongs to site ``pattern`` (``*.suffix``)."""
+    return host.lower().endswith(pattern[1:].lower())
+
+
 def domain_table_keys(
     _inst: object, attribute: attrs.Attribute[Any], value: Mapping[str, Any]
 ) -> None:
     for name in value:
-        if name != "default" and _DOMAIN_RE.fullmatch(name) is None:
-            raise ValueError(f"'{attribute.name}': not a domain name: {name!r}")
+        bare = name[2:] if is_site_pattern(name) else name
+        if name != "default" and _DOMAIN_RE.fullmatch(bare) is None:
+            raise ValueError(
+                f"'{attribute.name}': not a domain name or '*.<domain>' site: {name!r}"
+            )
 
 
 @attrs.frozen

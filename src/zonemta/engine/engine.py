@@ -106,7 +106,7 @@ class DeliveryEngine:
         self.bus = bus
         self.messages = MessageCache(store)
         self.suppressions = SuppressionList(store)
-        self.domains = DomainPolicy(config)
+        self.domains = DomainPolicy(config, resolver)
         self.suspensions = Suspensions(store, bus=bus, clock=clock)
         self.suspensions.on_change(lambda: self.wake(self.schedulers))
         self.backoff = make_backoff(config, self.suspensions)

@@ -97,9 +97,16 @@ class ZoneScheduler:
         """Deliveries to ``destination`` in flight in this zone now."""
         return self._destinations.get(destination, 0)
 
+    def destination_of(self, row: Delivery) -> str:
+        """What ``row``'s connection limit is counted under: the smart host, or the
+        recipient domain's site (``[domains."*.provider"]``, once learned) or domain."""
+        if self.deliverer.zone.smart_host:
+            return self.deliverer.destination_of(row)
+        return self.domains.site_of(row.domain)
+
     def destination_limit(self, row: Delivery) -> int:
         """How many deliveries to ``row``'s destination this zone runs at once."""
-        return self._limit(self.deliverer.destination_of(row))
+        return self._limit(self.destination_of(row))
 
     def _limit(self, domain: str) -> int:
         """Deliveries to ``domain`` at once in this zone."""
@@ -126,12 +133,14 @@ class ZoneScheduler:
         or waiting for their rate."""
         skip = list(self.suspensions.held_domains(self.zone)) if self.suspensions else []
         if not self.deliverer.zone.smart_host:
-            skip += [d for d, n in self._destinations.items() if n >= self._limit(d)]
-        for domain in list(self._rated):
-            if self.domains.rate_limited(domain) is not None:
-                skip.append(domain)
-            elif domain not in self._destinations:
-                self._rated.discard(domain)
+            for key, count in self._destinations.items():
+                if count >= self._limit(key):
+                    skip += self.domains.members(key)
+        for key in list(self._rated):
+            if self.domains.rate_limited(key) is not None:
+                skip += self.domains.members(key)
+            elif key not in self._destinations:
+                self._rated.discard(key)
         return skip
 
     def _next_rate_slot(self) -> float | None:
@@ -194,17 +203,39 @@ class ZoneScheduler:
         machine.fire(Trigger.LEASE)
         self.inflight[row.key] = machine
         self._busy.set()
-        destination = self.deliverer.destination_of(row)
+        destination = self.destination_of(row)
         self._destinations[destination] = self._destinations.get(destination, 0) + 1
-        if self.domains.bucket(row.domain) is not None:
-            self._rated.add(row.domain)
+        rate_key = self.domains.site_of(row.domain)
+        if self.domains.bucket(rate_key) is not None:
+            self._rated.add(rate_key)
         nursery.start_soon(self._run_attempt, machine, destination)
+
+    def _move(self, old: str, new: str) -> None:
+        """Count an attempt under ``new`` instead of ``old`` (its site was learned)."""
+        self._destinations[new] = self._destinations.get(new, 0) + 1
+        self._forget(old)
+
+    def _forget(self, destination: str) -> None:
+        left = self._destinations[destination] - 1
+        if left:
+            self._destinations[destination] = left
+        else:
+            del self._destinations[destination]
+            self._destination_limits.pop(destination, None)
 
     async def _run_attempt(self, machine: DeliveryMachine, destination: str) -> None:
         started = False
+        domain = machine.row.domain
         try:
-            bucket = self.domains.bucket(machine.row.domain)
+            if not self.deliverer.zone.smart_host and self.domains.needs_site(domain):
+                site = await self.domains.learn_site(domain)
+                if site != destination:
+                    self._move(destination, site)
+                    destination = site
+            rate_key = self.domains.site_of(domain)
+            bucket = self.domains.bucket(rate_key)
             if bucket is not None:
+                self._rated.add(rate_key)
                 await bucket.take()  # the lease is renewed meanwhile; no connection is held
             limiter = (
                 contextlib.nullcontext()
@@ -223,12 +254,7 @@ class ZoneScheduler:
             del self.inflight[machine.row.key]
             if not self.inflight:
                 self._busy = trio.Event()
-            left = self._destinations[destination] - 1
-            if left:
-                self._destinations[destination] = left
-            else:
-                del self._destinations[destination]
-                self._destination_limits.pop(destination, None)
+            self._forget(destination)
             if self._stopping and not self.inflight:
                 self._drained.set()
             self.wake()

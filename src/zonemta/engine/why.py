@@ -116,7 +116,7 @@ def _limits(
     scheduler = engine.schedulers[row.zone]
     zone = scheduler.deliverer.zone
     if not zone.smart_host:
-        destination = scheduler.deliverer.destination_of(row)
+        destination = scheduler.destination_of(row)
         use, limit = scheduler.destination_use(destination), scheduler.destination_limit(row)
         if use >= limit:
             reasons.append(
@@ -126,14 +126,15 @@ def _limits(
                     {"site": destination, "in_use": use, "limit": limit},
                 )
             )
-    slot = engine.domains.rate_limited(row.domain)
+    rate_key = engine.domains.site_of(row.domain)
+    slot = engine.domains.rate_limited(rate_key)
     if slot is not None:
-        rate = engine.domains.settings(row.domain).rate
+        rate = engine.domains.settings(rate_key).rate
         reasons.append(
             Reason(
                 "rate",
-                f"{row.domain} is at its rate ({rate}); the next token is due at the given time",
-                {"next_token": to_epoch(slot), "rate": str(rate)},
+                f"{rate_key} is at its rate ({rate}); the next token is due at the given time",
+                {"next_token": to_epoch(slot), "rate": str(rate), "site": rate_key},
             )
         )
     if len(scheduler.inflight) >= scheduler.max_inflight:

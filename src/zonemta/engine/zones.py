@@ -1,4 +1,12 @@
-"""Per-zone and per-domain delivery policy: source addresses, domain limits and rates."""
+"""Per-zone and per-domain delivery policy: source addresses, domain limits and rates.
+
+**Sites (MX rollup).** A ``[domains."*.provider.example"]`` table is a *site*: every
+recipient domain whose MX hosts end in ``.provider.example`` shares that table's
+``max_connections`` and ``rate`` (one limit, one bucket, keyed by the site), as KumoMTA's
+site names do. The relay learns a domain's site from an MX lookup (the resolver's cache
+makes it cheap) the first time it delivers to the domain, and keeps it for
+:data:`SITE_TTL` seconds; until then the domain counts as its own site.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +15,66 @@ from collections.abc import Collection
 import trio
 
 from zonemta.conf import Config
-from zonemta.conf.zones import DomainSettings, resolve_domain
+from zonemta.conf.zones import DomainSettings, is_site_pattern, resolve_domain, site_matches
 from zonemta.engine.pools import AddressPool, PoolAddress
 from zonemta.engine.ratelimit import TokenBucket
+from zonemta.transport.dns import DnsFailure, MxResolver
+
+#: Seconds a domain's learned site is kept before its MX hosts are looked up again.
+SITE_TTL = 3600.0
 
 
 class DomainPolicy:
-    """Each recipient domain's settings (``[domains]``) and its rate bucket, shared by every
-    zone: a domain's ``rate`` counts deliveries across all connections."""
+    """Each recipient domain's (or site's) settings (``[domains]``) and its rate bucket,
+    shared by every zone: a ``rate`` counts deliveries across all connections."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, resolver: MxResolver | None = None) -> None:
         self._config = config.domains
         self._settings: dict[str, DomainSettings] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self.site_patterns = tuple(str(k) for k in config.domains if is_site_pattern(str(k)))
+        self._resolver = resolver
+        self._sites: dict[str, tuple[str, float]] = {}  # domain -> (site, learned until)
+        self._members: dict[str, set[str]] = {}  # site -> domains known to belong to it
+
+    def site_of(self, domain: str) -> str:
+        """The key ``domain``'s limits are counted under: its site when one is known, else
+        the domain itself."""
+        known = self._sites.get(domain)
+        return known[0] if known is not None else domain
+
+    def needs_site(self, domain: str) -> bool:
+        """Whether :meth:`learn_site` would look ``domain``'s MX hosts up."""
+        if not self.site_patterns or self._resolver is None:
+            return False
+        known = self._sites.get(domain)
+        return known is None or known[1] <= trio.current_time()
+
+    async def learn_site(self, domain: str) -> str:
+        """Look up ``domain``'s MX hosts and remember which site (if any) they belong to.
+        A DNS failure leaves the domain its own site (the attempt reports the failure)."""
+        if not self.needs_site(domain):
+            return self.site_of(domain)
+        assert self._resolver is not None
+        try:
+            destination = await self._resolver.resolve(domain, max_hosts=10)
+        except DnsFailure:
+            return self.site_of(domain)
+        site = domain
+        for host in destination.hosts:
+            found = next((p for p in self.site_patterns if site_matches(p, host.name)), None)
+            if found is not None:
+                site = found
+                break
+        self._sites[domain] = (site, trio.current_time() + SITE_TTL)
+        if site != domain:
+            self._members.setdefault(site, set()).add(domain)
+        return site
+
+    def members(self, key: str) -> set[str]:
+        """The recipient domains counted under ``key`` (a site's known domains, or the
+        domain itself)."""
+        return {key, *self._members.get(key, ())}
 
     def settings(self, domain: str) -> DomainSettings:
         found = self._settings.get(domain)
