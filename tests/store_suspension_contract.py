@@ -62,3 +62,11 @@ class SuspensionContract:
         await store.add_suspension(Suspension("t", 100.0, source="127.0.0.2", until=120.0))
         assert {e.id for e in await store.expire_suspensions(500.0)} == {"s", "t"}
         assert [d.created for d in await store.deliveries_of("m1")] == [70.0, 70.0]  # +20 s
+
+    async def test_counters_add_up_and_expire(self, store: Store) -> None:
+        assert await store.add_to_counter("w:a", 2, expires=100.0) == 2
+        assert await store.add_to_counter("w:a", 3, expires=50.0) == 5
+        assert await store.add_to_counter("w:b", 1, expires=200.0) == 1
+        assert await store.get_counters(["w:a", "w:b", "w:c"]) == {"w:a": 5, "w:b": 1}
+        assert await store.purge_counters(150.0) == 1  # w:a kept its later expiry, 100
+        assert await store.get_counters(["w:a", "w:b"]) == {"w:b": 1}

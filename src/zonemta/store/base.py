@@ -425,6 +425,20 @@ class Store(abc.ABC):
         caller only. Returns the removed entries."""
 
     @abc.abstractmethod
+    async def add_to_counter(self, name: str, amount: int, *, expires: float) -> int:
+        """Add ``amount`` to the shared counter ``name`` (created at 0, kept until
+        ``expires``) and return its new value: one atomic step, so instances sharing the
+        store count together (warm-up caps, cross-instance rates)."""
+
+    @abc.abstractmethod
+    async def get_counters(self, names: Collection[str]) -> dict[str, int]:
+        """The values of the counters in ``names`` that exist."""
+
+    @abc.abstractmethod
+    async def purge_counters(self, now: float) -> int:
+        """Delete counters that expired at ``now``; returns how many."""
+
+    @abc.abstractmethod
     async def remove_orphans(self) -> int:
         """Remove bodies and messages that no delivery references (aborted receptions,
         crashes). Returns how many messages' data were removed."""

@@ -368,6 +368,15 @@ class MongoStore(Store):
     async def expire_suspensions(self, now: float) -> list[Suspension]:
         return await self._runner.run(partial(suspensions.expire_suspensions, now))
 
+    async def add_to_counter(self, name: str, amount: int, *, expires: float) -> int:
+        return await self._runner.run(partial(suspensions.add_to_counter, name, amount, expires))
+
+    async def get_counters(self, names: Collection[str]) -> dict[str, int]:
+        return await self._runner.run(partial(suspensions.get_counters, tuple(names)))
+
+    async def purge_counters(self, now: float) -> int:
+        return await self._runner.run(partial(suspensions.purge_counters, now))
+
     async def is_suppressed(self, recipient: str) -> bool:
         return await self._runner.run(partial(readers.is_suppressed, recipient))
 

@@ -1,17 +1,19 @@
-"""The MongoDB side of suspensions (collection ``suspensions``, ``_id`` = the entry's id)
-and the credit of held time. Blocking; the store runs them in worker threads."""
+"""The MongoDB side of suspensions (collection ``suspensions``, ``_id`` = the entry's id),
+the credit of held time, and the shared counters (``counters``, ``_id`` = the name).
+Blocking; the store runs them in worker threads."""
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReturnDocument
 
 from zonemta.store.base import Suspension
 from zonemta.store.mongodb.client import Db
 from zonemta.store.mongodb.schema import DELIVERIES
 
 SUSPENSIONS: Final = "suspensions"
+COUNTERS: Final = "counters"
 
 _FIELDS: Final = (
     "created",
@@ -84,3 +86,25 @@ def expire_suspensions(now: float, db: Db) -> list[Suspension]:
             _credit(entry, now, db)
             removed.append(entry)
     return removed
+
+
+def add_to_counter(name: str, amount: int, expires: float, db: Db) -> int:
+    doc = db[COUNTERS].find_one_and_update(
+        {"_id": name},
+        {"$inc": {"value": amount}, "$max": {"expires": expires}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    assert doc is not None  # upsert=True always returns the document
+    return int(doc["value"])
+
+
+def get_counters(names: tuple[str, ...], db: Db) -> dict[str, int]:
+    return {
+        str(doc["_id"]): int(doc["value"])
+        for doc in db[COUNTERS].find({"_id": {"$in": list(names)}})
+    }
+
+
+def purge_counters(now: float, db: Db) -> int:
+    return int(db[COUNTERS].delete_many({"expires": {"$lte": now}}).deleted_count)

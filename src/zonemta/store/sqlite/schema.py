@@ -11,6 +11,8 @@ Tables
     yet belongs to a body that is being received (or was abandoned: see ``remove_orphans``).
 ``suspensions``
     Operators' holds and automatic backoffs (:class:`~zonemta.store.base.Suspension`).
+``counters``
+    Named counters shared by instances (warm-up caps), each with an expiry.
 ``deliveries``
     One row per recipient. ``due`` is the moment the row can next be leased: ``next_attempt``
     while the row is queued or deferred, ``lease_until`` while it is locked. Indexing
@@ -96,6 +98,11 @@ CREATE TABLE IF NOT EXISTS suspensions (
     who TEXT NOT NULL,
     rule TEXT,
     response TEXT
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL,
+    expires REAL NOT NULL
 );
 """
 

@@ -371,6 +371,15 @@ class SqliteStore(Store):
     async def expire_suspensions(self, now: float) -> list[Suspension]:
         return await self._writer.submit(partial(suspensions.expire_suspensions, now))
 
+    async def add_to_counter(self, name: str, amount: int, *, expires: float) -> int:
+        return await self._writer.submit(partial(suspensions.add_to_counter, name, amount, expires))
+
+    async def get_counters(self, names: Collection[str]) -> dict[str, int]:
+        return await self._readers.run(partial(suspensions.get_counters, tuple(names)))
+
+    async def purge_counters(self, now: float) -> int:
+        return await self._writer.submit(partial(suspensions.purge_counters, now))
+
 
 @asynccontextmanager
 async def open_sqlite_store(

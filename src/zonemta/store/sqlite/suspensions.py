@@ -1,4 +1,5 @@
-"""The sqlite side of suspensions (the ``suspensions`` table) and the credit of held time.
+"""The sqlite side of suspensions (the ``suspensions`` table), the credit of held time, and
+the shared counters (``counters``).
 
 The write functions take the writing connection last (they run in the group-commit
 writer); :func:`list_suspensions` runs on a read connection.
@@ -6,6 +7,7 @@ writer); :func:`list_suspensions` runs on a read connection.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any, Final
 
@@ -97,3 +99,25 @@ def expire_suspensions(now: float, conn: sqlite3.Connection) -> list[Suspension]
     for entry in entries:
         _credit(entry, now, conn)
     return entries
+
+
+def add_to_counter(name: str, amount: int, expires: float, conn: sqlite3.Connection) -> int:
+    row = conn.execute(
+        "INSERT INTO counters (name, value, expires) VALUES (?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value,"
+        " expires = MAX(expires, excluded.expires) RETURNING value",
+        (name, amount, expires),
+    ).fetchone()
+    return int(row[0])
+
+
+def get_counters(names: tuple[str, ...], conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT name, value FROM counters WHERE name IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(names)),),
+    )
+    return {str(name): int(value) for name, value in rows}
+
+
+def purge_counters(now: float, conn: sqlite3.Connection) -> int:
+    return conn.execute("DELETE FROM counters WHERE expires <= ?", (now,)).rowcount
