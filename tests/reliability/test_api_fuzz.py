@@ -5,6 +5,7 @@ token."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,9 @@ def check_response(label: str, response: Any) -> None:
         assert isinstance(response.json().get("error"), str), f"{label}: {response.text[:300]}"
 
 
-def fuzz_every_operation(base_url: str) -> list[str]:
-    """Run the generated cases of every operation; returns the operations fuzzed."""
+def fuzz_every_operation(base_url: str, statuses: Counter[int]) -> list[str]:
+    """Run the generated cases of every operation, counting the answers' statuses; returns
+    the operations fuzzed."""
     schema = schemathesis.openapi.from_dict(openapi_document(__version__))
     fuzzed: list[str] = []
     for result in schema.get_all_operations():
@@ -54,17 +56,17 @@ def fuzz_every_operation(base_url: str) -> list[str]:
         if (operation.method.upper(), operation.path) in SKIPPED:
             continue
         label = f"{operation.method.upper()} {operation.path}"
-        run_cases(operation.as_strategy(), base_url, f"{label} valid")
+        run_cases(operation.as_strategy(), base_url, f"{label} valid", statuses)
         try:
             strategy = operation.as_strategy(generation_mode=GenerationMode.NEGATIVE)
-            run_cases(strategy, base_url, f"{label} invalid")
+            run_cases(strategy, base_url, f"{label} invalid", statuses)
         except Unsatisfiable:
             pass  # nothing in the operation can be made invalid (no parameters, no body)
         fuzzed.append(label)
     return fuzzed
 
 
-def run_cases(strategy: Any, base_url: str, label: str) -> None:
+def run_cases(strategy: Any, base_url: str, label: str, statuses: Counter[int]) -> None:
     @settings(
         max_examples=EXAMPLES,
         deadline=None,
@@ -77,17 +79,21 @@ def run_cases(strategy: Any, base_url: str, label: str) -> None:
         headers = {**(case.headers or {}), "Authorization": f"Bearer {TOKEN}"}
         response = case.call(base_url=base_url, headers=headers, timeout=10)
         check_response(f"{label} {case.method} {case.formatted_path}", response)
+        statuses[response.status_code] += 1
 
     one_case()
 
 
 async def test_fuzzed_requests_never_get_a_5xx_or_a_non_json_error(tmp_path: Path) -> None:
     config = relay_config(tmp_path / "q", api={"token": TOKEN})
+    statuses: Counter[int] = Counter()
     async with running_relay(config) as (_relay, info):
         with trio.fail_after(600 if LONG else 90):
-            fuzzed = await trio.to_thread.run_sync(fuzz_every_operation, api_url(info))
+            fuzzed = await trio.to_thread.run_sync(fuzz_every_operation, api_url(info), statuses)
+    print(f"\nfuzz figures: {len(fuzzed)} operations, {statuses.total()} requests, {statuses}")
     assert "POST /send" in fuzzed and "GET /message/{id}" in fuzzed
     assert len(fuzzed) >= 15
+    assert statuses[200] > 0 and sum(n for code, n in statuses.items() if code >= 400) > 0
 
 
 # Paths that must not reach a protected route without the token, whatever the spelling.
