@@ -12,12 +12,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_relay import MESSAGE, smart_host, without_received
 from tests.support.mx import TestMx
 from tests.support.relay import (
+    api_url,
     collect_until,
     relay_config,
     running_relay,
@@ -45,6 +48,18 @@ class CommitFailingStore(SqliteStore):
         deliveries: Sequence[NewDelivery],
     ) -> None:
         raise StoreError("disk full")
+
+
+def metric(text: str, sample: str, **labels: str) -> float:
+    """The sum of ``sample`` over the series with ``labels`` in a /metrics page."""
+    found = [
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    assert found, f"no {sample} {labels}"
+    return sum(found)
 
 
 def chunk_rows(store: SqliteStore) -> int:
@@ -104,6 +119,10 @@ async def test_children_accept_and_the_relay_stores_and_publishes(
                 nursery.start_soon(one, n)
         seen = await collect_until(events, lambda ev: len(terminal(ev)) == 12)
         assert relay.interfaces[0].active == 0  # every client counted out again
+        async with httpx.AsyncClient(base_url=api_url(info)) as client:
+            metrics = (await client.get("/metrics")).text
+    assert metric(metrics, "zonemta_message_push_total", result="success") == 12
+    assert metric(metrics, "zonemta_delivery_status_total", result="delivered") == 12
     queued = {e.id: e for e in seen if e.type == "message.queued"}
     assert set(queued) == set(ids)  # published by the relay, before the deliveries
     assert all(e.details == {**(e.details or {}), "interface": "feeder"} for e in queued.values())
@@ -199,6 +218,9 @@ async def test_refusals_in_a_child_are_published_by_the_relay(tmp_path: Path, mx
             return any(e.type == "message.rejected" for e in seen)
 
         [event] = [e for e in await collect_until(events, rejected) if e.type == "message.rejected"]
+        async with httpx.AsyncClient(base_url=api_url(info)) as client:
+            metrics = (await client.get("/metrics")).text
+    assert metric(metrics, "zonemta_message_push_total", result="fail") == 1
     assert event.details is not None and event.details["interface"] == "feeder"
     assert "5.4.6" in event.details["reason"]
 
