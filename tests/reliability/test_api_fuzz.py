@@ -84,6 +84,7 @@ def run_cases(strategy: Any, base_url: str, label: str, statuses: Counter[int]) 
     one_case()
 
 
+@pytest.mark.timeout(900 if LONG else 120)
 async def test_fuzzed_requests_never_get_a_5xx_or_a_non_json_error(tmp_path: Path) -> None:
     config = relay_config(tmp_path / "q", api={"token": TOKEN})
     statuses: Counter[int] = Counter()
