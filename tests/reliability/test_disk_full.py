@@ -175,11 +175,6 @@ async def test_full_store_refuses_keeps_nothing_half_stored_delivers_and_recover
     assert tokens == Counter([*accepted, *more])  # every accepted message once, intact
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the session answers every StoreError with 451 4.3.0; StoreFull -> 452 4.3.1 is "
-    "a change in transport/session.py, handed to its owner (see docs/reliability.md)",
-)
 async def test_a_full_store_answers_452_insufficient_storage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

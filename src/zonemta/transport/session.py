@@ -16,7 +16,7 @@ import trio
 
 from zonemta.engine.hooks import HookFailed, SessionInfo, run_checks
 from zonemta.engine.intake import Envelope, IntakeRejected, Reception
-from zonemta.store import StoreError
+from zonemta.store import StoreError, StoreFull
 from zonemta.transport.interface import in_networks
 from zonemta.transport.smtp import server as smtp
 from zonemta.transport.smtp.errors import RemoteProtocolError
@@ -35,6 +35,7 @@ REFUSAL_TIMEOUT = 5.0
 REPLY_IDLE_TIMEOUT = Reply(421, ("timeout exceeded, closing connection",), "4.4.2")
 REPLY_SHUTDOWN = Reply(421, ("server shutting down, try again later",), "4.3.2")
 REPLY_STORE_FAILED = Reply(451, ("temporary failure storing the message, try again",), "4.3.0")
+REPLY_STORE_FULL = Reply(452, ("insufficient system storage, try again later",), "4.3.1")
 REPLY_RELAY_DENIED = Reply(554, ("relay access denied",), "5.7.1")
 REPLY_AUTH_OK = Reply(235, ("Authentication successful",), "2.7.0")
 REPLY_AUTH_FAILED = Reply(535, ("Authentication credentials invalid",), "5.7.8")
@@ -324,6 +325,7 @@ class SmtpSession:
         except StoreError as exc:
             log.warning("message from %s not stored: %s", self.client_address, exc)
             self._publish("message.rejected", reception, f"store failed: {exc}")
-            self.protocol.respond(REPLY_STORE_FAILED)
+            full = isinstance(exc, StoreFull)  # RFC 5321 4.5.3.1.10: a retry may succeed
+            self.protocol.respond(REPLY_STORE_FULL if full else REPLY_STORE_FAILED)
             return
         self.protocol.respond(Reply(250, (f"Message queued as {queue_id}",), "2.0.0"))
