@@ -11,22 +11,15 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import AsyncIterable
-from datetime import UTC, datetime
 
 import attrs
 import trio
 
-from zonemta.transport.dane import DaneMismatch, DaneResult, TlsaRecord, check_chain
 from zonemta.transport.smtp import client as smtp
 from zonemta.transport.smtp.dotstuff import DotStuffer
 from zonemta.transport.smtp.errors import RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
-from zonemta.transport.tls import (
-    CertificateCheck,
-    client_context,
-    describe_handshake_failure,
-    peer_chain,
-)
+from zonemta.transport.starttls import TlsUpgradeFailed, start_client_tls
 from zonemta.transport.tls_policy import HostTls, TlsPolicy
 
 __all__ = [
@@ -248,48 +241,18 @@ class OutboundConnection:
         except RemoteProtocolError as exc:
             self.broken = True
             raise DeliveryFailure(Stage.STARTTLS, str(exc)) from exc
-        # SNI is the MX host name (RFC 7672 8.1); CA_AND_NAME checks the certificate for it.
-        tls_stream = trio.SSLStream(
-            self.stream,
-            client_context(need.check, need.ca_file),
-            server_hostname=self.mx or None,
-            https_compatible=True,
-        )
-        why = f"; TLS is required ({need.source})" if need.required else ""
         try:
-            with trio.fail_after(self.timeouts.command):
-                await tls_stream.do_handshake()
-        except (trio.TooSlowError, trio.BrokenResourceError) as exc:
+            session = await start_client_tls(
+                self.stream, need, host=self.mx, within=self.timeouts.command
+            )
+        except TlsUpgradeFailed as exc:
             self.broken = True
-            await trio.aclose_forcefully(tls_stream)
-            reason = describe_handshake_failure(exc)
-            raise DeliveryFailure(
-                Stage.STARTTLS,
-                f"TLS handshake with {self.mx} failed: {reason}{why}",
-                category="tls",
-            ) from exc
-        self.stream = tls_stream
+            raise DeliveryFailure(Stage.STARTTLS, str(exc), category="tls") from exc
+        self.stream = session.stream
         self.tls = True
-        self.tls_version = tls_stream.version() or ""
-        cipher = tls_stream.cipher()
-        self.tls_cipher = cipher[0] if cipher else ""
-        self.tls_verified = "" if need.check is CertificateCheck.NONE else need.check.value
-        if need.tlsa:
-            self.tls_verified = self._check_dane(tls_stream, need.tlsa).value
+        self.tls_version, self.tls_cipher = session.version, session.cipher
+        self.tls_verified = session.verified
         await self._hello(ehlo_name)
-
-    def _check_dane(
-        self, stream: trio.SSLStream[trio.abc.Stream], records: tuple[TlsaRecord, ...]
-    ) -> DaneResult:
-        try:
-            return check_chain(peer_chain(stream), records, host=self.mx, now=datetime.now(UTC))
-        except DaneMismatch as exc:
-            self.broken = True
-            raise DeliveryFailure(
-                Stage.STARTTLS,
-                f"DANE authentication of {self.mx} failed: {exc}; TLS is required (dane)",
-                category="tls",
-            ) from exc
 
     @property
     def tls_details(self) -> dict[str, str]:
