@@ -39,6 +39,8 @@ async def run_until_bounced(tmp_path: Path, mx: TestMx, queue: dict[str, object]
             "bounces": {"connection_cache": {"ttl": "2d"}},
         },
         bounces={"dsn": {"enabled": False}},
+        # A delivery process starts against real time: simulated days run in one process.
+        delivery={"processes": 0},
         api={"enabled": False},
     )
     relay = Relay(config, clock=trio.current_time, shutdown_grace=2.0)

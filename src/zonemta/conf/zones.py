@@ -7,9 +7,10 @@ of ``[zones.<name>]`` that belong to routing and pacing.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import attrs
@@ -77,6 +78,49 @@ def lower_keys(value: Any) -> Any:
     return value
 
 
+def _iso_date(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"'{attribute.name}' must be a date YYYY-MM-DD: {value!r}") from None
+
+
+#: Caps above this are no cap at all (a growth factor has reached any useful volume).
+WARMUP_UNLIMITED = 10**9
+
+
+@attrs.frozen
+class Warmup:
+    """A new source address's warm-up ramp: a cap on deliveries per UTC day that grows,
+    from ``start`` (day 0): either ``schedule[day]`` (no cap after the schedule), or
+    ``initial * growth ** day``. Days before ``start`` get day 0's cap."""
+
+    start: str = attrs.field(validator=_iso_date)
+    schedule: tuple[int, ...] = attrs.field(default=(), validator=v.deep_iterable(v.ge(1)))
+    initial: int | None = attrs.field(default=None, validator=v.optional(v.ge(1)))
+    growth: float | None = attrs.field(default=None, validator=v.optional(v.gt(1.0)))
+
+    def __attrs_post_init__(self) -> None:
+        if bool(self.schedule) == (self.initial is not None or self.growth is not None):
+            raise ValueError("give either 'schedule' or 'initial' and 'growth'")
+        if not self.schedule and (self.initial is None or self.growth is None):
+            raise ValueError("'initial' and 'growth' go together")
+
+    @property
+    def start_epoch(self) -> float:
+        return datetime.combine(date.fromisoformat(self.start), time(), UTC).timestamp()
+
+    def cap(self, day: int) -> int | None:
+        """Deliveries allowed on ``day`` (0 = the start date); None: no cap."""
+        day = max(day, 0)
+        if self.schedule:
+            return self.schedule[day] if day < len(self.schedule) else None
+        assert self.initial is not None and self.growth is not None
+        if day * math.log(self.growth) > math.log(WARMUP_UNLIMITED / self.initial):
+            return None
+        return int(self.initial * self.growth**day)
+
+
 @attrs.frozen
 class PoolEntry:
     """One local address of a pool (``[[pools.<name>]]``)."""
@@ -84,6 +128,7 @@ class PoolEntry:
     address: str = attrs.field(validator=_ip_literal)
     name: str = ""  # EHLO name from this address; "" = the zone's name or the hostname
     ratio: float | None = attrs.field(default=None, validator=_ratio)
+    warmup: Warmup | None = None
 
 
 @attrs.frozen

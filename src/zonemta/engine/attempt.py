@@ -26,12 +26,14 @@ from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.suppression import SuppressionList
 from zonemta.engine.suspensions import Suspensions, describe
 from zonemta.engine.transmit import Outcome, Sender
+from zonemta.engine.warmup import WarmupCaps
 from zonemta.statemachine import DeliveryState, Persist, Transition, Trigger
 from zonemta.store import Delivery, LeaseLost, MessageRecord, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 PROCESS_LOST = "delivery process exited during the attempt"
+WARMUP_USED = "every source address has used its warm-up cap today"
 
 
 class Deliverer:
@@ -54,6 +56,7 @@ class Deliverer:
         remote: DeliveryProcess | None = None,
         suspensions: Suspensions | None = None,
         backoff: Backoff | None = None,
+        warmup: WarmupCaps | None = None,
     ) -> None:
         self.sender = sender  # DNS, connection and SMTP transaction (engine/transmit.py)
         self.zone = sender.zone
@@ -70,6 +73,7 @@ class Deliverer:
         self.remote = remote  # a delivery process sends instead of ``sender``
         self.suspensions = suspensions  # holds: a held delivery is released unattempted
         self.backoff = backoff  # "too fast" replies suspend the (zone, domain) for a while
+        self.warmup = warmup  # daily caps of new source addresses
 
     def destination_of(self, row: Delivery) -> str:
         return self.sender.destination_of(row)
@@ -83,7 +87,11 @@ class Deliverer:
         the lease is released in a shielded scope so the delivery is tried again later."""
         row = machine.row
         try:
-            outcome = await self._attempt(machine)
+            try:
+                outcome = await self._attempt(machine)
+            finally:
+                if self.warmup is not None:
+                    self.warmup.done()
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
                 await self._finish(machine, Outcome(Trigger.RELEASE, "released at shutdown"))
@@ -106,12 +114,31 @@ class Deliverer:
             return Outcome(Trigger.EXPIRED, "message expired in the queue", "expired")
         if self.suppressions.is_suppressed(row.recipient):
             return Outcome(Trigger.SUPPRESSED, "recipient is on the suppression list", "suppressed")
+        if self.warmup is not None and self.warmup.ramps and not await self._count_warmup(row):
+            return Outcome(Trigger.RELEASE, WARMUP_USED)  # waits for the next day
         if self.remote is not None:
             outcome = await self.remote.transmit(machine, message, self.messages)
             if outcome is None:  # the process died; the retry goes to its successor
                 return self.sender.temporary(row, PROCESS_LOST, "internal")
             return outcome
         return await self.sender.transmit(machine, message, partial(self._body, message))
+
+    async def _count_warmup(self, row: Delivery) -> bool:
+        """Count the attempt against the warm-up cap of the address the sender will choose
+        (the same stable choice, made here first), before it goes: attempts starting at the
+        same time see each other's counts. False when warm-up caps leave no address."""
+        assert self.warmup is not None
+        sender = self.sender
+        source = sender.sources.choose(
+            str(row.key),
+            excluded=sender.domains.settings(row.domain).disabled_addresses,
+            blacklisted=sender.blacklist.disabled_for(row.domain) if sender.blacklist else (),
+        )
+        if source is None:
+            return not self.warmup.capped()
+        if source.address:
+            await self.warmup.record(source.address)
+        return True
 
     async def _body(self, message: MessageRecord) -> AsyncIterator[bytes]:
         if message.body_size:

@@ -24,6 +24,7 @@ from zonemta.engine.scheduler import ZoneScheduler
 from zonemta.engine.suppression import SuppressionList
 from zonemta.engine.suspensions import Suspensions
 from zonemta.engine.transmit import Sender, ZoneRoute
+from zonemta.engine.warmup import WarmupCaps
 from zonemta.engine.zones import DomainPolicy, SourceAddresses
 from zonemta.store import Store
 from zonemta.transport.dns import MxResolver
@@ -110,11 +111,13 @@ class DeliveryEngine:
         self.suspensions = Suspensions(store, bus=bus, clock=clock)
         self.suspensions.on_change(lambda: self.wake(self.schedulers))
         self.backoff = make_backoff(config, self.suspensions)
+        self.warmup = WarmupCaps.from_config(config, store, clock)
+        self.warmup.on_change(lambda: self.wake(self.schedulers))
         self.blacklist = Blacklist(
             store,
             ttl=config.blacklist.ttl.total_seconds(),
             clock=clock,
-            held_sources=lambda: self.suspensions.held_sources(),
+            held_sources=lambda: self.suspensions.held_sources().keys() | self.warmup.capped(),
         )
         queue = config.queue
         retry = RetryPolicy.from_config(queue.retry_schedule, queue.max_queue_time)
@@ -170,6 +173,7 @@ class DeliveryEngine:
                 remote=remote,
                 suspensions=self.suspensions,
                 backoff=self.backoff,
+                warmup=self.warmup,
             )
             if remote is None:
                 self.pools[name] = pool
@@ -186,6 +190,7 @@ class DeliveryEngine:
                 domains=self.domains,
                 clock=clock,
                 suspensions=self.suspensions,
+                warmup=self.warmup,
             )
 
     def wake(self, zones: Iterable[str]) -> None:
@@ -199,6 +204,7 @@ class DeliveryEngine:
             await nursery.start(self.suppressions.run)
             await nursery.start(self.blacklist.run)
             await nursery.start(self.suspensions.run)
+            await nursery.start(self.warmup.run)
             if self.bounces.webhook is not None:
                 await nursery.start(self.bounces.webhook.run)
             for pool in self._connection_pools:

@@ -23,6 +23,7 @@ from zonemta.engine.attempt import Deliverer
 from zonemta.engine.bus import EventBus
 from zonemta.engine.machine import DeliveryMachine
 from zonemta.engine.suspensions import Suspensions
+from zonemta.engine.warmup import WarmupCaps
 from zonemta.engine.zones import DomainPolicy
 from zonemta.statemachine import Trigger
 from zonemta.store import Delivery, DeliveryKey, Store, StoreError
@@ -46,9 +47,11 @@ class ZoneScheduler:
         domains: DomainPolicy,
         clock: Callable[[], float],
         suspensions: Suspensions | None = None,
+        warmup: WarmupCaps | None = None,
     ) -> None:
         self.deliverer = deliverer
         self.suspensions = suspensions
+        self.warmup = warmup
         self.zone = deliverer.zone.name
         self.store = store
         self.bus = bus
@@ -114,15 +117,19 @@ class ZoneScheduler:
 
     def zone_held(self) -> str | None:
         """Why the whole zone leases nothing now (a suspension), or None."""
-        if self.suspensions is None:
+        if self.suspensions is not None:
+            entry = self.suspensions.zone_hold(self.zone)
+            if entry is not None:
+                return f"suspension {entry.id}"
+        held = set(self.suspensions.held_sources()) if self.suspensions is not None else set()
+        capped = self.warmup.capped() if self.warmup is not None else frozenset()
+        if not held and not capped:
             return None
-        entry = self.suspensions.zone_hold(self.zone)
-        if entry is not None:
-            return f"suspension {entry.id}"
         sources = self.deliverer.sender.sources.addresses
-        held = self.suspensions.held_sources()
         if sources and all(address in held for address in sources):
             return "every source address of the zone is suspended"
+        if capped and sources and all(a in held or a in capped for a in sources):
+            return "every source address of the zone has used its warm-up cap today"
         return None
 
     def _skip_messages(self) -> list[str]:
@@ -153,7 +160,10 @@ class ZoneScheduler:
             self._changed = trio.Event()
             free = self.max_inflight - len(self.inflight)
             if free > 0 and self.zone_held() is not None:
-                with trio.move_on_after(self.poll_interval):
+                wait = self.poll_interval
+                if self.warmup is not None and self.warmup.ramps:
+                    wait = min(wait, max(self.warmup.next_day() - self.clock(), 0.0))
+                with trio.move_on_after(wait):
                     await self._changed.wait()
                 continue
             if free > 0:

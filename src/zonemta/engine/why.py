@@ -14,6 +14,8 @@ Reasons, by ``code``:
 ``domain_connections``  its recipient domain is at ``max_connections`` in the zone (use/limit)
 ``rate``                its recipient domain's ``rate`` has no token before the given time
 ``zone_capacity``       the zone has as many attempts in flight as it takes
+``warmup``              every source address of the zone has used its warm-up cap today
+                        (``addresses``: cap and use of each; ``next_day``)
 ``source_blacklisted``  every source address of the zone is blacklisted by the domain (the
                         next attempt bounces unless an entry expires first)
 ``due``                 nothing holds it: the scheduler leases it next
@@ -75,7 +77,17 @@ def explain(
     if entry is not None:
         reasons.append(_suspended(entry.id, describe(entry), entry.rule, entry.response))
     zone_entry = engine.suspensions.zone_hold(row.zone)
-    if zone_entry is None and scheduler.zone_held() is not None:
+    held = scheduler.zone_held() if zone_entry is None else None
+    if held is not None and "warm-up" in held:
+        warmup = engine.warmup
+        caps = {
+            a: {"cap": warmup.cap(a), "used": warmup.used(a)}
+            for a in sorted(scheduler.deliverer.sender.sources.addresses)
+            if a in warmup.ramps
+        }
+        details = {"addresses": caps, "next_day": warmup.next_day()}
+        reasons.append(Reason("warmup", held, details))
+    elif held is not None:
         reasons.append(
             Reason("sources_suspended", f"every source address of zone {row.zone} is suspended")
         )
@@ -146,7 +158,11 @@ def _limits(
             )
         )
     sources = scheduler.deliverer.sender.sources.addresses
-    blacklisted = engine.blacklist.disabled_for(row.domain) - set(engine.suspensions.held_sources())
+    blacklisted = (
+        engine.blacklist.disabled_for(row.domain)
+        - set(engine.suspensions.held_sources())
+        - engine.warmup.capped()
+    )
     if sources and sources <= blacklisted:
         reasons.append(
             Reason(

@@ -74,10 +74,12 @@ class _PoolCollector(Collector):
         pools: Mapping[str, PoolState],
         blacklisted: Callable[[], int],
         suspended: Callable[[], int],
+        warmup: Callable[[], list[tuple[str, int | None, int]]],
     ) -> None:
         self._pools = pools
         self._blacklisted = blacklisted
         self._suspended = suspended
+        self._warmup = warmup
 
     def collect(self) -> Iterator[Metric]:
         reuses = CounterMetricFamily(
@@ -105,6 +107,22 @@ class _PoolCollector(Collector):
             "Suspensions in force (operators' holds and automatic backoffs)",
             value=self._suspended(),
         )
+        used = GaugeMetricFamily(
+            "zonemta_warmup_used",
+            "Deliveries counted today against a source address's warm-up cap",
+            labels=["address"],
+        )
+        cap = GaugeMetricFamily(
+            "zonemta_warmup_cap",
+            "Today's warm-up cap of a source address (absent once its ramp is over)",
+            labels=["address"],
+        )
+        for address, today, count in self._warmup():
+            used.add_metric([address], count)
+            if today is not None:
+                cap.add_metric([address], today)
+        yield used
+        yield cap
 
 
 class Metrics:
@@ -118,6 +136,7 @@ class Metrics:
         pools: Mapping[str, PoolState],
         blacklisted: Callable[[], int] = lambda: 0,
         suspended: Callable[[], int] = lambda: 0,
+        warmup: Callable[[], list[tuple[str, int | None, int]]] = list,
     ) -> None:
         # No ``_created`` series (ZoneMTA's prom-client has none); a process-wide switch,
         # and this registry is the process's only one.
@@ -172,7 +191,7 @@ class Metrics:
             ["zone", "rule"],
             registry=r,
         )
-        r.register(_PoolCollector(pools, blacklisted, suspended))
+        r.register(_PoolCollector(pools, blacklisted, suspended, warmup))
         for zone in zones:
             for result in RESULTS.values():
                 self.delivery_status.labels(result, zone)

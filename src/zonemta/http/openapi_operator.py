@@ -150,6 +150,7 @@ OPERATOR_SCHEMAS: dict[str, Any] = {
                     "rate",
                     "zone_capacity",
                     "source_blacklisted",
+                    "warmup",
                     "due",
                 ],
             },
@@ -169,7 +170,10 @@ OPERATOR_SCHEMAS: dict[str, Any] = {
             "next_token": _TIME,
             "rate": _TEXT,
             "in_flight": {"type": "integer"},
-            "addresses": {"type": "array", "items": _TEXT},
+            "addresses": {
+                "description": "source_blacklisted: the addresses; warmup: address -> {cap, used}"
+            },
+            "next_day": _TIME,
         },
     },
 }

@@ -11,7 +11,7 @@ from zonemta.http.convert import delivery_status, iso, queue_id
 from zonemta.http.errors import ApiError
 
 #: Reason details that are epoch times; the JSON has them as ISO 8601.
-_TIMES = frozenset({"next_attempt", "lease_until", "next_token", "until"})
+_TIMES = frozenset({"next_attempt", "lease_until", "next_token", "until", "next_day"})
 
 
 def reason_json(reason: Reason) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class ApiServer:
             pools=ctx.engine.pools,
             blacklisted=lambda: len(ctx.engine.blacklist.entries()),
             suspended=lambda: len(ctx.engine.suspensions.entries()),
+            warmup=ctx.engine.warmup.figures,
         )
         ctx.bus.add_listener(self.metrics.on_event)
         self.events = EventStream(
