@@ -18,7 +18,6 @@ import trio
 import trio.testing
 import trustme
 
-from zonemta.engine.smtp_interfaces import interface_settings
 from zonemta.conf import ConfigError, config_from_dict
 from zonemta.engine.auth import FailureThrottle, hash_password
 from zonemta.engine.bus import EventBus
@@ -26,6 +25,7 @@ from zonemta.engine.hooks import SessionInfo
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake import Intake
 from zonemta.engine.routing import Router
+from zonemta.engine.smtp_interfaces import interface_settings
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store
 from zonemta.transport.listener import Authenticator, InterfaceSettings, SmtpInterfaceService
