@@ -78,9 +78,10 @@ class Deliverer:
     def destination_of(self, row: Delivery) -> str:
         return self.sender.destination_of(row)
 
-    async def release(self, machine: DeliveryMachine) -> None:
-        """Give the lease back without an attempt (cancelled before the attempt began)."""
-        await self._finish(machine, Outcome(Trigger.RELEASE, "released at shutdown"))
+    async def release(self, machine: DeliveryMachine, reason: str = "released at shutdown") -> None:
+        """Give the lease back without an attempt (cancelled before the attempt began, or
+        held back by a limit)."""
+        await self._finish(machine, Outcome(Trigger.RELEASE, reason))
 
     async def deliver(self, machine: DeliveryMachine) -> None:
         """Attempt the leased delivery and persist the outcome. On cancellation (shutdown)

@@ -8,7 +8,7 @@ from functools import partial
 
 import trio
 
-from zonemta.conf import Config, ConfigError, TlsMode
+from zonemta.conf import Config, ConfigError, QueueBackend, TlsMode
 from zonemta.conf.rates import parse_rate
 from zonemta.engine.attempt import Deliverer
 from zonemta.engine.backoff import Backoff, BackoffRulesError, load_backoff_rules
@@ -21,6 +21,7 @@ from zonemta.engine.messages import MessageCache
 from zonemta.engine.notices import BounceHandling
 from zonemta.engine.retry import RetryPolicy
 from zonemta.engine.scheduler import ZoneScheduler
+from zonemta.engine.shared_rate import SharedRates
 from zonemta.engine.suppression import SuppressionList
 from zonemta.engine.suspensions import Suspensions
 from zonemta.engine.transmit import Sender, ZoneRoute
@@ -112,6 +113,8 @@ class DeliveryEngine:
         self.suspensions.on_change(lambda: self.wake(self.schedulers))
         self.backoff = make_backoff(config, self.suspensions)
         self.warmup = WarmupCaps.from_config(config, store, clock)
+        shared = config.queue.backend is QueueBackend.MONGODB  # instances may share it
+        self.shared_rates = SharedRates(store, clock=clock) if shared else None
         self.warmup.on_change(lambda: self.wake(self.schedulers))
         self.blacklist = Blacklist(
             store,
@@ -191,6 +194,7 @@ class DeliveryEngine:
                 clock=clock,
                 suspensions=self.suspensions,
                 warmup=self.warmup,
+                shared_rates=self.shared_rates,
             )
 
     def wake(self, zones: Iterable[str]) -> None:

@@ -22,6 +22,7 @@ import trio
 from zonemta.engine.attempt import Deliverer
 from zonemta.engine.bus import EventBus
 from zonemta.engine.machine import DeliveryMachine
+from zonemta.engine.shared_rate import SharedRates
 from zonemta.engine.suspensions import Suspensions
 from zonemta.engine.warmup import WarmupCaps
 from zonemta.engine.zones import DomainPolicy
@@ -31,6 +32,7 @@ from zonemta.store import Delivery, DeliveryKey, Store, StoreError
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 5.0
+SHARED_RATE_USED = "the rate's window is used up by the instances sharing the store"
 STORE_ERROR_BACKOFF = 1.0
 
 
@@ -48,8 +50,10 @@ class ZoneScheduler:
         clock: Callable[[], float],
         suspensions: Suspensions | None = None,
         warmup: WarmupCaps | None = None,
+        shared_rates: SharedRates | None = None,
     ) -> None:
         self.deliverer = deliverer
+        self.shared_rates = shared_rates  # rates across instances on one MongoDB
         self.suspensions = suspensions
         self.warmup = warmup
         self.zone = deliverer.zone.name
@@ -144,15 +148,25 @@ class ZoneScheduler:
                 if count >= self._limit(key):
                     skip += self.domains.members(key)
         for key in list(self._rated):
-            if self.domains.rate_limited(key) is not None:
+            if self.rate_slot(key) is not None:
                 skip += self.domains.members(key)
             elif key not in self._destinations:
                 self._rated.discard(key)
         return skip
 
+    def rate_slot(self, key: str) -> float | None:
+        """When (trio time) the domain or site ``key`` may next be sent to, if later than
+        now: its own bucket, or the window its rate has used up across instances."""
+        slot = self.domains.rate_limited(key)
+        shared = self.shared_rates.blocked_until(key) if self.shared_rates else None
+        if shared is not None:
+            shared_slot = trio.current_time() + (shared - self.clock())
+            slot = shared_slot if slot is None else max(slot, shared_slot)
+        return slot
+
     def _next_rate_slot(self) -> float | None:
         """The soonest trio time a rate-limited domain may send again."""
-        times = [t for d in self._rated if (t := self.domains.rate_limited(d)) is not None]
+        times = [t for d in self._rated if (t := self.rate_slot(d)) is not None]
         return min(times) if times else None
 
     async def _lease_loop(self, nursery: trio.Nursery) -> None:
@@ -247,6 +261,11 @@ class ZoneScheduler:
             if bucket is not None:
                 self._rated.add(rate_key)
                 await bucket.take()  # the lease is renewed meanwhile; no connection is held
+                if self.shared_rates is not None and not await self.shared_rates.claim(
+                    rate_key, bucket.rate
+                ):  # used up across instances: wait, nothing counted
+                    await self.deliverer.release(machine, SHARED_RATE_USED)
+                    return
             limiter = (
                 contextlib.nullcontext()
                 if self.deliverer.zone.smart_host

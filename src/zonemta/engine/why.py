@@ -139,7 +139,7 @@ def _limits(
                 )
             )
     rate_key = engine.domains.site_of(row.domain)
-    slot = engine.domains.rate_limited(rate_key)
+    slot = scheduler.rate_slot(rate_key)
     if slot is not None:
         rate = engine.domains.settings(rate_key).rate
         reasons.append(

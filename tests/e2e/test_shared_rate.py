@@ -1,0 +1,94 @@
+"""A domain's ``rate`` across two relays sharing one MongoDB (SecantusDB on loopback): all
+instances together send at most ``count`` deliveries per window of the rate's period; the
+rest wait, given back without an attempt, and ``why`` says so."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.support.mongo import MongoEndpoint, mongo_endpoint
+from tests.support.mx import TestMx
+from tests.support.relay import api_url, relay_config, running_relay, submit_async
+from zonemta.engine.bus import Subscription
+from zonemta.engine.scheduler import SHARED_RATE_USED
+
+MESSAGE = b"From: s@origin.test\r\nSubject: shared rate\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def mongo(tmp_path: Path) -> Iterator[MongoEndpoint]:
+    with mongo_endpoint(tmp_path / "mongo") as endpoint:
+        yield endpoint
+
+
+async def until_refused(subscriptions: list[Subscription]) -> tuple[int, int]:
+    """Wait until the relays together delivered 3 and one of them had a claim refused;
+    returns (deliveries seen, index of a relay that was refused)."""
+    delivered = 0
+    refused: list[int] = []
+
+    async def read(index: int, subscription: Subscription) -> None:
+        nonlocal delivered
+        async for event in subscription.receive:
+            delivered += event.to_state == "delivered"
+            if event.to_state == "queued" and event.response == SHARED_RATE_USED:
+                refused.append(index)
+            if delivered >= 3 and refused:
+                nursery.cancel_scope.cancel()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for index, subscription in enumerate(subscriptions):
+                nursery.start_soon(read, index, subscription)
+    return delivered, refused[0]
+
+
+async def test_two_relays_share_one_rate(tmp_path: Path, mongo: MongoEndpoint) -> None:
+    with TestMx() as mx, mongo.fresh_database() as database:
+        configs = [
+            relay_config(
+                tmp_path / name,
+                queue={
+                    "backend": "mongodb",
+                    "mongodb_uri": mongo.uri,
+                    "database": database,
+                    "instance_id": name,
+                },
+                zones={"default": {"host": "127.0.0.1", "port": mx.port}},
+                domains={"x.test": {"rate": "3/day"}},
+            )
+            for name in ("a", "b")
+        ]
+        async with AsyncExitStack() as stack:
+            relays = [await stack.enter_async_context(running_relay(c)) for c in configs]
+            subscriptions = [relay.bus.subscribe() for relay, _ in relays]
+            ids = []
+            for n in range(10):
+                _, info = relays[n % 2]
+                ids.append(
+                    await submit_async(
+                        info.smtp_ports["feeder"], "s@o.test", [f"r{n}@x.test"], MESSAGE
+                    )
+                )
+            # The 4th claim of the day's window is refused, whichever relay makes it.
+            delivered, index = await until_refused(subscriptions)
+            relay, info = relays[index]
+            waiting = [i for i in ids if await relay.store.deliveries_of(i)]
+            async with httpx.AsyncClient(base_url=api_url(info)) as client:
+                why = (await client.get(f"/message/{waiting[-1]}/why")).json()
+        # Both relays have stopped: nothing more can be sent.
+    assert delivered == 3 and len(mx.received()) == 3 and len(waiting) == 7
+    (reasons,) = [r["reasons"] for r in why["recipients"]]
+    rate = [r for r in reasons if r["code"] == "rate"]
+    assert rate and rate[0]["rate"] == "3/day"
+    # The next window: the next 00:00 UTC (to within the clocks' conversion).
+    token = datetime.fromisoformat(rate[0]["next_token"].replace("Z", "+00:00")).timestamp()
+    assert abs(token - (time.time() // 86400 + 1) * 86400) < 1.0
