@@ -134,7 +134,8 @@ def _limits(
             reasons.append(
                 Reason(
                     "domain_connections",
-                    f"{destination} has {use} of {limit} deliveries at once in zone {zone.name}",
+                    f"{destination} takes {limit} deliveries at once in zone {zone.name}, and"
+                    f" {use} are leased for it (sending or waiting for their turn)",
                     {"site": destination, "in_use": use, "limit": limit},
                 )
             )

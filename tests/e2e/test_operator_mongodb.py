@@ -1,6 +1,7 @@
-"""A domain's ``rate`` across two relays sharing one MongoDB (SecantusDB on loopback): all
-instances together send at most ``count`` deliveries per window of the rate's period; the
-rest wait, given back without an attempt, and ``why`` says so."""
+"""Two relays sharing one MongoDB (SecantusDB on loopback): a domain's ``rate`` holds for
+all instances together (at most ``count`` deliveries per window of the rate's period; the
+rest wait, given back without an attempt, and ``why`` says so), and a suspension made on one
+relay holds on the other."""
 
 from __future__ import annotations
 
@@ -92,3 +93,47 @@ async def test_two_relays_share_one_rate(tmp_path: Path, mongo: MongoEndpoint) -
     # The next window: the next 00:00 UTC (to within the clocks' conversion).
     token = datetime.fromisoformat(rate[0]["next_token"].replace("Z", "+00:00")).timestamp()
     assert abs(token - (time.time() // 86400 + 1) * 86400) < 1.0
+
+
+async def test_a_suspension_made_on_one_relay_holds_on_the_other(
+    tmp_path: Path, mongo: MongoEndpoint
+) -> None:
+    with TestMx() as mx, mongo.fresh_database() as database:
+        configs = [
+            relay_config(
+                tmp_path / name,
+                queue={
+                    "backend": "mongodb",
+                    "mongodb_uri": mongo.uri,
+                    "database": database,
+                    "instance_id": name,
+                },
+                zones={"default": {"host": "127.0.0.1", "port": mx.port}},
+            )
+            for name in ("a", "b")
+        ]
+        async with AsyncExitStack() as stack:
+            (_relay_a, info_a), (relay_b, info_b) = [
+                await stack.enter_async_context(running_relay(c)) for c in configs
+            ]
+            async with httpx.AsyncClient(base_url=api_url(info_a)) as client:
+                made = await client.post("/suspend", json={"domain": "x.test", "who": "ops"})
+                entry_id = made.json()["suspension"]["id"]
+            await relay_b.engine.suspensions.reload()  # what its 10 s refresh does
+            events = relay_b.bus.subscribe()
+            message_id = await submit_async(
+                info_b.smtp_ports["feeder"], "s@o.test", ["r@x.test"], MESSAGE
+            )
+            async with httpx.AsyncClient(base_url=api_url(info_b)) as client:
+                listed = (await client.get("/suspend")).json()["suspensions"]
+                why = (await client.get(f"/message/{message_id}/why")).json()
+                (reasons,) = [r["reasons"] for r in why["recipients"]]
+                assert [r["code"] for r in reasons] == ["suspended"]
+                assert [e["id"] for e in listed] == [entry_id]
+                # Resumed on b, which delivers at once (a still holds it until its refresh).
+                assert (await client.delete(f"/suspend/{entry_id}")).status_code == 200
+            with trio.fail_after(30):
+                async for event in events.receive:
+                    if event.to_state == "delivered":
+                        break
+    assert [m.recipients for m in mx.received()] == [("r@x.test",)]
