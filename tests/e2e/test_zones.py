@@ -232,7 +232,8 @@ async def test_a_busy_domain_does_not_delay_other_domains(tmp_path: Path) -> Non
     hold = {"on": True}
 
     def data_delay(rcpt: str) -> float:
-        return 2.0 if rcpt.endswith("@busy.test") and hold["on"] else 0.0
+        # Long enough that calm.test's deliveries end first on a loaded machine too.
+        return 5.0 if rcpt.endswith("@busy.test") and hold["on"] else 0.0
 
     with TestMx(data_delay=data_delay) as mx:
         async with run_dns_server(ZONE_FILE) as dns:
@@ -248,17 +249,16 @@ async def test_a_busy_domain_does_not_delay_other_domains(tmp_path: Path) -> Non
                 busy = await submit_async(
                     port, "s@o.test", [f"b{n}@busy.test" for n in range(8)], message("busy")
                 )
-                start = trio.current_time()
                 calm = await submit_async(
                     port, "s@o.test", [f"c{n}@calm.test" for n in range(4)], message("calm")
                 )
                 await collect_until(events, lambda ev: delivered(ev, calm) == 4)
-                calm_done = trio.current_time() - start
                 busy_now = len([m for m in mx.received() if m.recipients[0].endswith("busy.test")])
                 hold["on"] = False
                 release.set()
                 await collect_until(events, lambda ev: delivered(ev, busy) == 8, seconds=30)
-    assert calm_done < 1.5  # while busy.test's two connections are held for 2 s each
-    assert busy_now <= 2
+    # calm.test was delivered while busy.test's first two deliveries were still held in DATA:
+    # the busy domain did not delay it (an order of events, not a stopwatch).
+    assert busy_now == 0
     busy_peers_at_once = mx.max_active
     assert busy_peers_at_once <= 2 + 4
