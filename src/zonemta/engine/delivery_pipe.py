@@ -103,17 +103,24 @@ class FramedPipe:
             self._wake = trio.Event()
             if self._queue:
                 data, self._queue = b"".join(self._queue), []
-                await self.stream.send_all(data)
+                try:
+                    await self.stream.send_all(data)
+                except trio.BrokenResourceError:
+                    return  # the other end died; the reader sees the end of the frames
             if self._closing and not self._queue:
                 if isinstance(self.stream, trio.SocketStream):
                     await self.stream.send_eof()
                 return
 
     async def frames(self) -> AsyncIterator[Frame]:
-        """Async iterator of frames; ends at EOF. Raises PipeError on garbage."""
+        """Async iterator of frames; ends at EOF, or when the other process is gone (a
+        reset). Raises PipeError on garbage."""
         decoder = FrameDecoder()
         while True:
-            data = await self.stream.receive_some(READ_SIZE)
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except trio.BrokenResourceError:
+                return  # the other end died: for the reader, the end of the frames
             if not data:
                 return
             for frame in decoder.feed(data):
