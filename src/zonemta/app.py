@@ -58,6 +58,7 @@ def make_store(config: Config) -> Store:
         queue.path,
         durability=queue.durability.value,
         chunk_size=queue.body_chunk_size,
+        max_size=queue.max_size,
     )
 
 

@@ -13,11 +13,9 @@ import httpx
 import pytest
 import trio
 
-import zonemta.app
 from tests.reliability.mail import check_intact, token_message, try_submit
 from tests.support.faulty_mx import FaultyMx
 from tests.support.relay import api_url, relay_config, running_relay
-from zonemta.conf import Config
 from zonemta.store import StoreFull
 from zonemta.store.sqlite import GroupCommitWriter, SqliteStore
 from zonemta.store.sqlite.schema import DB_FILENAME
@@ -25,17 +23,6 @@ from zonemta.store.sqlite.writer import WriteOp
 
 LIMIT = 1024 * 1024  # the queue's whole database
 BODY = 40 * 1024  # bigger than the 16 KB chunks: the store is written to during DATA
-
-
-def small_store(config: Config) -> SqliteStore:
-    """The relay's sqlite store with a size limit (what ``make_store`` builds, plus the limit)."""
-    queue = config.queue
-    return SqliteStore(
-        queue.path,
-        durability=queue.durability.value,
-        chunk_size=int(queue.body_chunk_size),
-        max_size=LIMIT,
-    )
 
 
 def stored_ids(queue: Path) -> tuple[set[str], set[str], set[str]]:
@@ -118,16 +105,20 @@ async def test_a_full_disk_fails_only_the_write_that_needed_space(tmp_path: Path
 
 
 async def test_full_store_refuses_keeps_nothing_half_stored_delivers_and_recovers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(zonemta.app, "make_store", small_store)
     queue = tmp_path / "q"
     with FaultyMx() as mx:
         mx.hold.clear()  # deliveries wait for the greeting: the queue only grows
         target = {"host": "127.0.0.1", "port": mx.port}
         config = relay_config(
             queue,
-            queue={"path": str(queue), "body_chunk_size": "16KB", "retry_schedule": ["1s"]},
+            queue={
+                "path": str(queue),
+                "body_chunk_size": "16KB",
+                "max_size": LIMIT,
+                "retry_schedule": ["1s"],
+            },
             zones={"default": target, "bounces": {**target, "connections": 1}},
         )
         async with running_relay(config) as (relay, info):
@@ -176,16 +167,15 @@ async def test_full_store_refuses_keeps_nothing_half_stored_delivers_and_recover
 
 
 async def test_a_full_store_answers_452_insufficient_storage(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(zonemta.app, "make_store", small_store)
     queue = tmp_path / "q"
     with FaultyMx() as mx:
         mx.hold.clear()
         target = {"host": "127.0.0.1", "port": mx.port}
         config = relay_config(
             queue,
-            queue={"path": str(queue), "body_chunk_size": "16KB"},
+            queue={"path": str(queue), "body_chunk_size": "16KB", "max_size": LIMIT},
             zones={"default": target, "bounces": {**target, "connections": 1}},
         )
         async with running_relay(config) as (_relay, info):

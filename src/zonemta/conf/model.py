@@ -270,6 +270,8 @@ class QueueConfig:
         converter=_to_bytesize,
         validator=[v.ge(ByteSize(4 * KB)), v.le(ByteSize(16 * MB))],
     )
+    # The sqlite queue's size limit (0: none); past it submissions get 452 4.3.1.
+    max_size: ByteSize = attrs.field(default=ByteSize(0), converter=_to_bytesize)
     mongodb_uri: str = attrs.field(
         default="",
         validator=_matches(
@@ -283,6 +285,10 @@ class QueueConfig:
     def __attrs_post_init__(self) -> None:
         if self.backend is QueueBackend.MONGODB and not self.mongodb_uri:
             raise ValueError("'mongodb_uri' is required when 'backend' is 'mongodb'")
+        if self.max_size and self.max_size < 1 * MB:
+            raise ValueError(f"'max_size' must be 0 (no limit) or at least 1MB: {self.max_size}")
+        if self.max_size and self.backend is QueueBackend.MONGODB:
+            raise ValueError("'max_size' applies to the sqlite queue only (size MongoDB itself)")
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
