@@ -59,3 +59,44 @@ async def test_without_site_tables_nothing_is_looked_up() -> None:
     policy = DomainPolicy(config_from_dict({}), MxResolver(nameservers=[("127.0.0.1", 1)]))
     assert not policy.needs_site("a.test")
     assert await policy.learn_site("a.test") == "a.test"
+
+
+ROLLUP_ZONE = """
+$ORIGIN test.
+$TTL 300
+@          IN SOA ns.test. admin.test. 1 7200 3600 1209600 300
+one        IN MX 10 mx1.shared.test.
+one        IN MX 20 mx2.shared.test.
+two        IN MX 10 mx2.shared.test.
+two        IN MX 10 mx1.shared.test.
+three      IN MX 10 mx1.shared.test.
+own        IN MX 10 mx1.shared.test.
+own        IN MX 20 mx2.shared.test.
+mx1.shared IN A 127.0.0.1
+mx2.shared IN A 127.0.0.1
+"""
+
+
+async def test_mx_rollup_groups_domains_by_their_mx_host_set() -> None:
+    async with run_dns_server(ROLLUP_ZONE) as dns:
+        config = config_from_dict(
+            {
+                "domains": {
+                    "default": {"mx_rollup": True, "max_connections": 2},
+                    "own.test": {"max_connections": 7},
+                }
+            }
+        )
+        policy = DomainPolicy(config, MxResolver(nameservers=[("127.0.0.1", dns.port)]))
+        group = "mx:mx1.shared.test,mx2.shared.test"
+        assert await policy.learn_site("one.test") == group
+        assert await policy.learn_site("two.test") == group  # same set, other preferences
+        assert await policy.learn_site("three.test") == "mx:mx1.shared.test"  # another set
+        assert await policy.learn_site("own.test") == "own.test"  # its own table wins
+        assert policy.members(group) == {group, "one.test", "two.test"}
+        assert policy.settings(group).max_connections == 2
+
+
+def test_mx_rollup_belongs_in_the_default_table() -> None:
+    with pytest.raises(ConfigError, match=r"'mx_rollup' goes in \[domains\.default\]"):
+        config_from_dict({"domains": {"x.test": {"mx_rollup": True}}})

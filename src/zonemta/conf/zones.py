@@ -150,6 +150,8 @@ class DomainConfig:
         default=None, validator=v.optional(_ip_literals)
     )
     rate: str | None = attrs.field(default=None, validator=v.optional(rate_or_empty))
+    # Only in [domains.default]: domains with the same MX host set share their limits.
+    mx_rollup: bool | None = None
 
 
 @attrs.frozen
@@ -192,12 +194,14 @@ def site_matches(pattern: str, host: str) -> bool:
 def domain_table_keys(
     _inst: object, attribute: attrs.Attribute[Any], value: Mapping[str, Any]
 ) -> None:
-    for name in value:
+    for name, table in value.items():
         bare = name[2:] if is_site_pattern(name) else name
         if name != "default" and _DOMAIN_RE.fullmatch(bare) is None:
             raise ValueError(
                 f"'{attribute.name}': not a domain name or '*.<domain>' site: {name!r}"
             )
+        if name != "default" and getattr(table, "mx_rollup", None) is not None:
+            raise ValueError(f"'{attribute.name}.{name}': 'mx_rollup' goes in [domains.default]")
 
 
 @attrs.frozen

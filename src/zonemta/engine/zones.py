@@ -3,9 +3,11 @@
 **Sites (MX rollup).** A ``[domains."*.provider.example"]`` table is a *site*: every
 recipient domain whose MX hosts end in ``.provider.example`` shares that table's
 ``max_connections`` and ``rate`` (one limit, one bucket, keyed by the site), as KumoMTA's
-site names do. The relay learns a domain's site from an MX lookup (the resolver's cache
-makes it cheap) the first time it delivers to the domain, and keeps it for
-:data:`SITE_TTL` seconds; until then the domain counts as its own site.
+site names do. With ``[domains.default] mx_rollup = true``, domains that match no site and
+have no table of their own are grouped by their MX host set (site ``mx:<hosts, sorted>``).
+The relay learns a domain's site from an MX lookup (the resolver's cache makes it cheap)
+the first time it delivers to the domain, and keeps it for :data:`SITE_TTL` seconds; until
+then the domain counts as its own site.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from collections.abc import Collection
 import trio
 
 from zonemta.conf import Config
-from zonemta.conf.zones import DomainSettings, is_site_pattern, resolve_domain, site_matches
+from zonemta.conf.zones import (
+    DomainSettings,
+    TableKey,
+    is_site_pattern,
+    resolve_domain,
+    site_matches,
+)
 from zonemta.engine.pools import AddressPool, PoolAddress
 from zonemta.engine.ratelimit import TokenBucket
 from zonemta.transport.dns import DnsFailure, MxResolver
@@ -33,6 +41,8 @@ class DomainPolicy:
         self._settings: dict[str, DomainSettings] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self.site_patterns = tuple(str(k) for k in config.domains if is_site_pattern(str(k)))
+        default = config.domains.get(TableKey("default"))
+        self.mx_rollup = bool(default is not None and default.mx_rollup)
         self._resolver = resolver
         self._sites: dict[str, tuple[str, float]] = {}  # domain -> (site, learned until)
         self._members: dict[str, set[str]] = {}  # site -> domains known to belong to it
@@ -45,7 +55,7 @@ class DomainPolicy:
 
     def needs_site(self, domain: str) -> bool:
         """Whether :meth:`learn_site` would look ``domain``'s MX hosts up."""
-        if not self.site_patterns or self._resolver is None:
+        if not (self.site_patterns or self.mx_rollup) or self._resolver is None:
             return False
         known = self._sites.get(domain)
         return known is None or known[1] <= trio.current_time()
@@ -66,6 +76,9 @@ class DomainPolicy:
             if found is not None:
                 site = found
                 break
+        else:
+            if self.mx_rollup and TableKey(domain) not in self._config and destination.hosts:
+                site = "mx:" + ",".join(sorted({h.name.lower() for h in destination.hosts}))
         self._sites[domain] = (site, trio.current_time() + SITE_TTL)
         if site != domain:
             self._members.setdefault(site, set()).add(domain)
