@@ -70,3 +70,12 @@ class SuspensionContract:
         assert await store.get_counters(["w:a", "w:b", "w:c"]) == {"w:a": 5, "w:b": 1}
         assert await store.purge_counters(150.0) == 1  # w:a kept its later expiry, 100
         assert await store.get_counters(["w:a", "w:b"]) == {"w:b": 1}
+
+    async def test_a_slowing_entry_round_trips_and_credits_nothing(self, store: Store) -> None:
+        await _put(store, "m1", _rcpts(("a@x.example", ZONE)))
+        slow = Suspension("s", 100.0, zone=ZONE, domain="x.example", max_connections=2)
+        await store.add_suspension(slow)
+        assert await store.list_suspensions(0.0) == [slow]
+        assert not slow.holds(ZONE, "x.example", "m1")
+        assert await store.remove_suspension("s", now=500.0) == slow
+        assert [d.created for d in await store.deliveries_of("m1")] == [50.0]

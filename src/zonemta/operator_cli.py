@@ -29,6 +29,9 @@ def add_suspend_arguments(parser: Any) -> None:
     parser.add_argument("--source", help="take a local (source) address out of every pool")
     parser.add_argument("--message", help="hold one message (queue id)")
     parser.add_argument("--for", dest="duration", help='expire after a duration ("2h", "30m")')
+    parser.add_argument(
+        "--max-connections", type=int, help="slow the --domain to this many at once, not hold it"
+    )
     parser.add_argument("--until", help="expire at an ISO 8601 time (e.g. 2026-12-05T08:00Z)")
     parser.add_argument("--reason", default="", help="why (shown by GET /suspend and why)")
     parser.add_argument("--who", default=None, help="who suspends (default: the login name)")
@@ -88,7 +91,7 @@ def format_suspension(entry: dict[str, Any]) -> str:
     )
     extras = " ".join(
         f"{key}={entry[key]!r}"
-        for key in ("until", "who", "reason", "rule", "response")
+        for key in ("max_connections", "until", "who", "reason", "rule", "response")
         if key in entry
     )
     return " ".join(part for part in (entry["id"], scope, extras) if part)
@@ -114,6 +117,7 @@ def cmd_suspend(
             ("for", args.duration),
             ("until", args.until),
             ("reason", args.reason),
+            ("max_connections", args.max_connections),
         )
         if value
     }

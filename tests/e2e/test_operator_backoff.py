@@ -4,11 +4,13 @@ domains go on; and ``why`` says what holds the next message."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.dnsserver import run_dns_server
 from tests.support.mx import TestMx
 from tests.support.relay import api_url, collect_until, relay_config, running_relay, submit_async
 from zonemta.engine.bus import Event
@@ -70,3 +72,53 @@ async def test_a_rate_limited_reply_suspends_the_domain_in_the_zone(tmp_path: Pa
     assert samples[("zonemta_suspensions", ())] == 1
     assert [m.recipients for m in mx.received()] == [("c@free.test",)]
     assert [address for address, _ in mx.rcpt_peers].count("b@limited.test") == 0
+
+
+BUSY = "421 4.7.0 Too many concurrent connections from your host"
+ZONE_FILE = """
+$ORIGIN test.
+$TTL 300
+@          IN SOA ns.test. admin.test. 1 7200 3600 1209600 300
+busy       IN MX 10 mx.test.
+mx         IN A 127.0.0.1
+"""
+
+
+def reached(recipient: str, state: str) -> Callable[[list[Event]], bool]:
+    return lambda seen: any(e.recipient == recipient and e.to_state == state for e in seen)
+
+
+async def test_a_too_many_connections_reply_slows_the_domain_to_one_at_a_time(
+    tmp_path: Path,
+) -> None:
+    with TestMx(rcpt_reply=lambda a: BUSY if a == "first@busy.test" else None) as mx:
+        async with run_dns_server(ZONE_FILE) as dns:
+            config = relay_config(
+                tmp_path / "q",
+                queue={"retry_schedule": ["1h"]},
+                dns={"nameservers": [f"127.0.0.1:{dns.port}"]},
+                zones={"default": {"port": mx.port, "connections": 4}},
+            )
+            async with running_relay(config) as (relay, info):
+                events = relay.bus.subscribe()
+                port = info.smtp_ports["feeder"]
+                await submit_async(port, "s@o.test", ["first@busy.test"], MESSAGE)
+                seen = await collect_until(
+                    events, lambda evs: any(e.type == "suspension.added" for e in evs)
+                )
+                mx.stall_data.set()
+                await submit_async(port, "s@o.test", ["a@busy.test"], MESSAGE)
+                await collect_until(events, reached("a@busy.test", "sending"))
+                second = await submit_async(port, "s@o.test", ["b@busy.test"], MESSAGE)
+                async with httpx.AsyncClient(base_url=api_url(info)) as client:
+                    (entry,) = (await client.get("/suspend")).json()["suspensions"]
+                    why = (await client.get(f"/message/{second}/why")).json()
+                mx.stall_data.clear()
+                await collect_until(events, reached("b@busy.test", "delivered"))
+    (added,) = [e for e in seen if e.type == "suspension.added"]
+    assert added.details is not None and added.details["max_connections"] == 1
+    assert entry["rule"] == "too-many-connections" and entry["response"] == BUSY
+    assert entry["max_connections"] == 1 and entry["domain"] == "busy.test"
+    (reasons,) = [r["reasons"] for r in why["recipients"]]
+    assert [r["code"] for r in reasons] == ["domain_connections"]  # slowed, not suspended
+    assert reasons[0]["limit"] == 1 and reasons[0]["slowed_by"] == entry["id"]

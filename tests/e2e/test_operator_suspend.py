@@ -125,6 +125,9 @@ async def test_bad_suspension_requests_get_clear_errors(tmp_path: Path, mx: Test
         ({"domain": "x.test", "for": "soon"}, "'for'"),
         ({"domain": "x.test", "for": "1h", "until": 4102444800}, "at most one"),
         ({"domain": 5}, "must be a string"),
+        ({"zone": "default", "max_connections": 2}, "slows a 'domain'"),
+        ({"domain": "x.test", "max_connections": 0}, "integer from 1 to 10000"),
+        ({"domain": "x.test", "max_connections": "2"}, "integer from 1 to 10000"),
     ]
     async with (
         running_relay(config) as (_relay, info),
@@ -178,3 +181,7 @@ async def test_the_cli_suspends_explains_and_resumes(tmp_path: Path, mx: TestMx)
         assert code == 1 and "HTTP 404" in err and entry_id in err
         code, _, err = await zonemta("suspend", "--url", url, "--zone", "nowhere")
         assert code == 1 and "no such zone" in err
+        code, out, err = await zonemta(
+            "suspend", "--url", url, "--domain", "slow.test", "--max-connections", "2"
+        )
+        assert code == 0 and "domain=slow.test max_connections=2" in out, err

@@ -29,8 +29,8 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ("suspend 10m /x/", "expected 'suspend DURATION /PATTERN/ NAME'"),
-        ("slow 10m /x/ name", "unknown action 'slow'"),
+        ("suspend 10m /x/", "expected 'suspend|slow DURATION /PATTERN/ NAME'"),
+        ("hold 10m /x/ name", "unknown action 'hold'"),
         ("suspend soon /x/ name", "rules.txt:1"),
         ("suspend 0s /x/ name", "longer than 0 s"),
         ("suspend 10m /(/ name", "bad pattern"),
@@ -94,3 +94,14 @@ async def test_one_backoff_per_zone_and_domain(tmp_path: Path, store: SqliteStor
     other = await backoff.consider("other", "x.test", "421 4.7.0 rate limit exceeded")
     assert other is not None and other.rule == "rate-limited"
     assert [e.id for e in await store.list_suspensions(0.0)] == [first.id, other.id]
+
+
+async def test_a_slow_rule_slows_the_domain_to_one_at_a_time(store: SqliteStore) -> None:
+    suspensions = Suspensions(store, bus=EventBus(), clock=trio.current_time)
+    backoff = Backoff(parse_backoff_rules("slow 5m /busy/ busy\n", "f"), suspensions)
+    entry = await backoff.consider("default", "x.test", "421 4.7.0 busy, too many connections")
+    assert entry is not None and entry.max_connections == 1 and entry.rule == "busy"
+    assert suspensions.held_domains("default") == {}  # slowed, not held
+    assert suspensions.slowed("default", "x.test") == entry
+    assert suspensions.slowed("other", "x.test") is None
+    assert await backoff.consider("default", "x.test", "421 busy") is None  # one at a time

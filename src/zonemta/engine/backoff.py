@@ -2,10 +2,11 @@
 (zone, recipient domain) for a while.
 
 The rules are data (``zonemta/data/backoff-rules.txt``, plus an operator file tried
-first): one rule per line, ``suspend DURATION /PATTERN/ NAME``. A temporary failure whose
-reply (normalised as the bounce rules see it) matches a rule adds a suspension of the
-delivery's domain in its zone for ``DURATION``, naming the rule and the reply, unless one
-made by a rule already holds that (zone, domain). The decision is taken in the relay, where
+first): one rule per line, ``suspend|slow DURATION /PATTERN/ NAME``. A temporary failure
+whose reply (normalised as the bounce rules see it) matches a rule adds a suspension of the
+delivery's domain in its zone for ``DURATION`` (``slow``: an entry that lets one delivery
+to the domain go at a time instead of none), naming the rule and the reply, unless one of
+the same kind made by a rule is already there. The decision is taken in the relay, where
 the outcome arrives (also with delivery processes), and the suspension is shared through
 the store like an operator's.
 """
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 _BUILTIN = "backoff-rules.txt"
 _RULE = re.compile(r"(\S+)\s+(\S+)\s+/((?:\\.|[^\\/])*)/\s+(\S+)\s*$")
-ACTIONS = ("suspend",)
+ACTIONS = ("suspend", "slow")
 
 
 class BackoffRulesError(Exception):
@@ -41,6 +42,7 @@ class BackoffRule:
     pattern: re.Pattern[str]
     seconds: float
     source: str  # "file:line"
+    action: str = "suspend"  # or "slow": one delivery at a time
 
 
 def parse_backoff_rules(text: str, source: str) -> list[BackoffRule]:
@@ -54,10 +56,12 @@ def parse_backoff_rules(text: str, source: str) -> list[BackoffRule]:
         where = f"{source}:{number}"
         match = _RULE.fullmatch(line)
         if match is None:
-            raise BackoffRulesError(f"{where}: expected 'suspend DURATION /PATTERN/ NAME'")
+            raise BackoffRulesError(f"{where}: expected 'suspend|slow DURATION /PATTERN/ NAME'")
         action, duration, pattern, name = match.groups()
         if action not in ACTIONS:
-            raise BackoffRulesError(f"{where}: unknown action {action!r} (expected suspend)")
+            raise BackoffRulesError(
+                f"{where}: unknown action {action!r} (expected suspend or slow)"
+            )
         try:
             seconds = parse_duration(duration).total_seconds()
         except ValueError as exc:
@@ -68,7 +72,7 @@ def parse_backoff_rules(text: str, source: str) -> list[BackoffRule]:
             compiled = re.compile(pattern.replace("\\/", "/"), re.IGNORECASE)
         except re.error as exc:
             raise BackoffRulesError(f"{where}: bad pattern: {exc}") from None
-        rules.append(BackoffRule(name, compiled, seconds, where))
+        rules.append(BackoffRule(name, compiled, seconds, where, action))
     return rules
 
 
@@ -101,16 +105,19 @@ class Backoff:
                 return rule
         return None
 
-    def _active(self, zone: str, domain: str) -> Suspension | None:
-        held = self.suspensions.held_domains(zone).get(domain)
-        return held if held is not None and held.rule is not None else None
+    def _active(self, zone: str, domain: str, rule: BackoffRule) -> Suspension | None:
+        if rule.action == "slow":
+            found = self.suspensions.slowed(zone, domain)
+        else:
+            found = self.suspensions.held_domains(zone).get(domain)
+        return found if found is not None and found.rule is not None else None
 
     async def consider(self, zone: str, domain: str, response: str) -> Suspension | None:
         """After a temporary failure with a remote ``response``: suspend (zone, domain) when
         a rule matches and no backoff holds it yet. Returns the new suspension, if any.
         A store failure is logged (the delivery's own retry goes on)."""
         rule = self.match(response)
-        if rule is None or self._active(zone, domain) is not None:
+        if rule is None or self._active(zone, domain, rule) is not None:
             return None
         try:
             return await self.suspensions.add(
@@ -121,6 +128,7 @@ class Backoff:
                 who="backoff",
                 rule=rule.name,
                 response=response,
+                max_connections=1 if rule.action == "slow" else None,
             )
         except StoreError as exc:
             log.error("storing the backoff of %s in zone %s failed: %s", domain, zone, exc)

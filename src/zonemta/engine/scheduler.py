@@ -116,8 +116,13 @@ class ZoneScheduler:
         return self._limit(self.destination_of(row))
 
     def _limit(self, domain: str) -> int:
-        """Deliveries to ``domain`` at once in this zone."""
-        return min(self.domains.settings(domain).max_connections, self.connections)
+        """Deliveries to ``domain`` (or site) at once in this zone: its setting, or less
+        while a slowing entry (operator's or backoff's) says so."""
+        limit = min(self.domains.settings(domain).max_connections, self.connections)
+        slow = self.suspensions.slowed(self.zone, domain) if self.suspensions else None
+        if slow is not None and slow.max_connections is not None:
+            limit = min(limit, slow.max_connections)
+        return limit
 
     def zone_held(self) -> str | None:
         """Why the whole zone leases nothing now (a suspension), or None."""
@@ -293,6 +298,8 @@ class ZoneScheduler:
         if limiter is None:
             limiter = trio.CapacityLimiter(self._limit(destination))
             self._destination_limits[destination] = limiter
+        else:
+            limiter.total_tokens = self._limit(destination)  # a slowing entry may have come
         return limiter
 
     async def _renew_leases(self) -> None:

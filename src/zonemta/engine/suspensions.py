@@ -39,6 +39,7 @@ def suspension_details(entry: Suspension) -> dict[str, object]:
         "who": entry.who,
         "rule": entry.rule,
         "response": entry.response,
+        "max_connections": entry.max_connections,
     }
     return {name: value for name, value in fields.items() if value not in (None, "")}
 
@@ -90,8 +91,21 @@ class Suspensions:
         return {
             e.domain: e
             for e in self._active()
-            if e.domain is not None and (e.zone is None or e.zone == zone)
+            if e.domain is not None
+            and e.max_connections is None
+            and (e.zone is None or e.zone == zone)
         }
+
+    def slowed(self, zone: str, domain: str) -> Suspension | None:
+        """The entry that slows ``domain`` in ``zone`` the most, if any."""
+        found = [
+            e
+            for e in self._active()
+            if e.max_connections is not None
+            and e.domain == domain
+            and (e.zone is None or e.zone == zone)
+        ]
+        return min(found, key=lambda e: e.max_connections or 0) if found else None
 
     def held_messages(self) -> dict[str, Suspension]:
         return {e.message_id: e for e in self._active() if e.message_id is not None}
@@ -124,6 +138,7 @@ class Suspensions:
         who: str = "",
         rule: str | None = None,
         response: str | None = None,
+        max_connections: int | None = None,
     ) -> Suspension:
         """Store a new entry and obey it at once. Raises ValueError for a bad scope,
         StoreError when it cannot be stored (then nothing changed)."""
@@ -139,6 +154,7 @@ class Suspensions:
             who=who,
             rule=rule,
             response=response,
+            max_connections=max_connections,
         )
         await self.store.add_suspension(entry)
         self._entries[entry.id] = entry
@@ -202,6 +218,8 @@ def describe(entry: Suspension) -> str:
     else:
         scope = f"zone {entry.zone}"
     parts = [scope]
+    if entry.max_connections is not None:
+        parts[0] += f" slowed to {entry.max_connections} at once"
     if entry.rule is not None:
         parts.append(f"backoff rule {entry.rule!r} on {entry.response!r}")
     elif entry.who:

@@ -120,6 +120,12 @@ def _suspended(entry_id: str, text: str, rule: str | None, response: str | None)
     return Reason("suspended", f"held by suspension {entry_id}: {text}", details)
 
 
+def _slowed(engine: DeliveryEngine, row: Delivery) -> dict[str, Any]:
+    """``{"slowed_by": id}`` when a slowing entry lowers the domain's limit."""
+    entry = engine.suspensions.slowed(row.zone, row.domain)
+    return {} if entry is None else {"slowed_by": entry.id}
+
+
 def _limits(
     engine: DeliveryEngine, row: Delivery, to_epoch: Callable[[float], float]
 ) -> list[Reason]:
@@ -136,7 +142,7 @@ def _limits(
                     "domain_connections",
                     f"{destination} takes {limit} deliveries at once in zone {zone.name}, and"
                     f" {use} are leased for it (sending or waiting for their turn)",
-                    {"site": destination, "in_use": use, "limit": limit},
+                    {"site": destination, "in_use": use, "limit": limit, **_slowed(engine, row)},
                 )
             )
     rate_key = engine.domains.site_of(row.domain)

@@ -93,6 +93,13 @@ OPERATOR_SCHEMAS: dict[str, Any] = {
             "for": {"description": 'Expiry as a duration from now: "90s", "2h", "3d" or seconds'},
             "reason": _TEXT,
             "who": {**_TEXT, "description": 'Who suspends (default "api")'},
+            "max_connections": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 10000,
+                "description": "Slow the domain to this many deliveries at once instead of "
+                "holding it",
+            },
         },
     },
     "Suspension": {
@@ -110,6 +117,7 @@ OPERATOR_SCHEMAS: dict[str, Any] = {
             "who": _TEXT,
             "rule": {**_TEXT, "description": "The backoff rule that made it"},
             "response": {**_TEXT, "description": "The remote reply that matched the rule"},
+            "max_connections": {"type": "integer", "description": "Set: slowed, not held"},
         },
     },
     "Why": {

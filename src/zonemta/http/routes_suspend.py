@@ -114,6 +114,13 @@ class SuspendRoutes:
             )
         if (source or message) and sum(1 for v in (zone, domain, source, message) if v) > 1:
             raise ApiError(400, "'source' and 'message' each take no other scope")
+        slow = params.get("max_connections")
+        if slow is not None and (
+            isinstance(slow, bool) or not isinstance(slow, int) or not 1 <= slow <= 10_000
+        ):
+            raise ApiError(400, "'max_connections' must be an integer from 1 to 10000")
+        if slow is not None and domain is None:
+            raise ApiError(400, "'max_connections' slows a 'domain' (optionally with 'zone')")
         until = _until(params, self.ctx.clock())
         entry = await self.ctx.engine.suspensions.add(
             zone=zone,
@@ -123,6 +130,7 @@ class SuspendRoutes:
             until=until,
             reason=_text(params, "reason") or "",
             who=_text(params, "who") or "api",
+            max_connections=slow,
         )
         return {"suspension": suspension_json(entry)}, 201
 

@@ -161,7 +161,8 @@ class Suspension:
     The scope is one of: ``zone``; ``domain`` (a recipient domain, lower-case), optionally
     within one ``zone``; ``source`` (a local address, in every zone); ``message_id``. A
     backoff rule that created the entry is named in ``rule``, with the ``response`` that
-    matched it."""
+    matched it. With ``max_connections`` the entry holds nothing: it *slows* the domain (in
+    the zone) to that many deliveries at once."""
 
     id: str
     created: float
@@ -174,11 +175,14 @@ class Suspension:
     who: str = ""
     rule: str | None = None
     response: str | None = None
+    max_connections: int | None = None  # set: the domain is slowed to this many, not held
 
     def __attrs_post_init__(self) -> None:
         scope = (self.zone, self.domain, self.source, self.message_id)
         if not any(scope):
             raise ValueError("a suspension needs a zone, domain, source or message_id")
+        if self.max_connections is not None and (self.domain is None or self.max_connections < 1):
+            raise ValueError("a slowing entry needs a domain and max_connections >= 1")
         if (self.source or self.message_id) and sum(1 for part in scope if part) > 1:
             raise ValueError("a source or message_id suspension takes no other scope")
         if self.domain is not None and self.domain != self.domain.lower():
@@ -187,7 +191,7 @@ class Suspension:
     def holds(self, zone: str, domain: str, message_id: str) -> bool:
         """Whether a delivery of ``message_id`` to ``domain`` in ``zone`` is held by this
         entry (source suspensions hold no delivery: they take an address out of pools)."""
-        if self.source is not None:
+        if self.source is not None or self.max_connections is not None:
             return False
         if self.message_id is not None:
             return self.message_id == message_id

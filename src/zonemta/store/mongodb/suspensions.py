@@ -26,6 +26,7 @@ _FIELDS: Final = (
     "who",
     "rule",
     "response",
+    "max_connections",
 )
 
 
@@ -53,7 +54,7 @@ def list_suspensions(now: float, db: Db) -> list[Suspension]:
 def _credit(entry: Suspension, now: float, db: Db) -> None:
     """Move ``created`` of the deliveries ``entry`` held forward by the time it held them."""
     seconds = entry.held_seconds(now)
-    if entry.source is not None or seconds <= 0:
+    if entry.source is not None or entry.max_connections is not None or seconds <= 0:
         return
     if entry.message_id is not None:
         query: dict[str, Any] = {"message_id": entry.message_id}

@@ -97,7 +97,8 @@ CREATE TABLE IF NOT EXISTS suspensions (
     reason TEXT NOT NULL,
     who TEXT NOT NULL,
     rule TEXT,
-    response TEXT
+    response TEXT,
+    max_connections INTEGER
 );
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
@@ -153,7 +154,10 @@ def connect_writer(db_path: Path, durability: Durability) -> sqlite3.Connection:
 
 # Columns added after the first release: (table, column, definition). A queue written by an
 # older zonemta gets them at open.
-_ADDED_COLUMNS: Final = (("deliveries", "delay_notified", "INTEGER NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS: Final = (
+    ("deliveries", "delay_notified", "INTEGER NOT NULL DEFAULT 0"),
+    ("suspensions", "max_connections", "INTEGER"),
+)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:

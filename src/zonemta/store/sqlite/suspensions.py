@@ -14,12 +14,26 @@ from typing import Any, Final
 from zonemta.store.base import Suspension
 
 _COLUMNS: Final = (
-    "id, created, zone, domain, source, message_id, until, reason, who, rule, response"
+    "id, created, zone, domain, source, message_id, until, reason, who, rule, response,"
+    " max_connections"
 )
 
 
 def _entry(row: tuple[Any, ...]) -> Suspension:
-    entry_id, created, zone, domain, source, message_id, until, reason, who, rule, response = row
+    (
+        entry_id,
+        created,
+        zone,
+        domain,
+        source,
+        message_id,
+        until,
+        reason,
+        who,
+        rule,
+        response,
+        max_connections,
+    ) = row
     return Suspension(
         id=entry_id,
         created=created,
@@ -32,12 +46,13 @@ def _entry(row: tuple[Any, ...]) -> Suspension:
         who=who,
         rule=rule,
         response=response,
+        max_connections=max_connections,
     )
 
 
 def add_suspension(entry: Suspension, conn: sqlite3.Connection) -> None:
     conn.execute(
-        f"INSERT INTO suspensions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO suspensions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             entry.id,
             entry.created,
@@ -50,6 +65,7 @@ def add_suspension(entry: Suspension, conn: sqlite3.Connection) -> None:
             entry.who,
             entry.rule,
             entry.response,
+            entry.max_connections,
         ),
     )
 
@@ -65,7 +81,7 @@ def list_suspensions(now: float, conn: sqlite3.Connection) -> list[Suspension]:
 def _credit(entry: Suspension, now: float, conn: sqlite3.Connection) -> None:
     """Move ``created`` of the deliveries ``entry`` held forward by the time it held them."""
     seconds = entry.held_seconds(now)
-    if entry.source is not None or seconds <= 0:
+    if entry.source is not None or entry.max_connections is not None or seconds <= 0:
         return
     if entry.message_id is not None:
         where, params = "message_id = ?", [entry.message_id]
