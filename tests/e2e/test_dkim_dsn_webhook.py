@@ -19,12 +19,11 @@ from urllib.parse import parse_qs
 import dkim
 import pytest
 import trio
-from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from tests.support.http import HttpRecorder, http_server
-from tests.support.mx import Received, _Handler
+from tests.support.mx import MxController, Received, _Handler
 from tests.support.mx import TestMx as PlainTestMx
 from tests.support.relay import collect_until, relay_config, running_relay, submit_async
 from zonemta.conf import DkimAlgorithm, DkimKey
@@ -53,7 +52,8 @@ class TestMx(PlainTestMx):
 
     def __init__(self, *, rcpt_reply: Callable[[str], str | None] | None = None) -> None:
         super().__init__(rcpt_reply=rcpt_reply)
-        self._controller = Controller(
+        self._controller = MxController(
+            self,
             _NullSenderHandler(self),
             hostname=self.host,
             port=self.port,

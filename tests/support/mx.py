@@ -13,7 +13,7 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,13 +135,26 @@ class _CountingSMTP(SMTP):
         await super().smtp_STARTTLS(arg)
 
 
-class _Controller(Controller):
+class MxController(Controller):
     def __init__(self, mx: TestMx, *args: Any, **kwargs: Any) -> None:
         self._mx = mx
         super().__init__(*args, **kwargs)
 
     def factory(self) -> SMTP:
         return _CountingSMTP(self._mx, self.handler, **self.SMTP_kwargs)
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        """Bind port 0 (the system picks a free port) the first time, that same port when
+        started again; the MX learns its port from the bound socket, never by probing."""
+
+        async def bind() -> asyncio.AbstractServer:
+            server = await self.loop.create_server(
+                self._factory_invoker, host=self.hostname, port=self.port, ssl=self.ssl_context
+            )
+            self.port = self._mx.port = server.sockets[0].getsockname()[1]
+            return server
+
+        return bind()
 
 
 class TestMx:
@@ -162,7 +175,7 @@ class TestMx:
         starttls_reply: str = "",
     ) -> None:
         self.host = host
-        self.port = free_port(host)
+        self.port = 0  # known once started (bound by the controller)
         self.rcpt_reply = rcpt_reply
         self.rcpt_reply_from = rcpt_reply_from  # (recipient, client address) -> reply or None
         self.data_delay = data_delay  # first recipient -> seconds to hold DATA
@@ -176,7 +189,7 @@ class TestMx:
         # While set, DATA is held open and then refused: deliveries stay in flight.
         self.stall_data = threading.Event()
         self.stalled = 0
-        self._controller = _Controller(
+        self._controller = MxController(
             self,
             _Handler(self),
             hostname=host,
