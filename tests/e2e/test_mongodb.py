@@ -5,6 +5,7 @@ database outage that submitters see as temporary failures and that loses nothing
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import sys
@@ -18,8 +19,9 @@ import trio
 from pymongo import MongoClient
 
 from tests.support.mongo import ENV_URI, MongoEndpoint, mongo_endpoint, secantus_server
-from tests.support.mx import TestMx, free_port
+from tests.support.mx import TestMx
 from tests.support.relay import submit
+from tests.support.relay_process import READY_RE
 
 RELAY = [sys.executable, "-m", "zonemta"]
 LEASE_SECONDS = 10.0
@@ -81,20 +83,24 @@ def tail(path: Path) -> str:
     return path.read_text(errors="replace")[-3000:]
 
 
-async def start_relay(config: Path, port: int, log: Path) -> trio.Process:
-    """Start ``zonemta run`` (output in ``log``) and wait until it answers on ``port``."""
+def ready_line(log: Path) -> re.Match[str] | None:
+    return READY_RE.search(log.read_text(errors="replace"))
+
+
+async def start_relay(config: Path, log: Path) -> tuple[trio.Process, int]:
+    """Start ``zonemta run`` (output in ``log``, SMTP on port 0) and wait for its ready line;
+    returns the process and the SMTP port it bound."""
     with log_file(log) as out:
         process = await trio.lowlevel.open_process(
             [*RELAY, "run", "-c", str(config)], stdout=out, stderr=out
         )
     with trio.fail_after(30):
-        while True:
+        while (ready := ready_line(log)) is None:
             assert process.returncode is None, f"relay exited early: {tail(log)}"
-            try:
-                await trio.to_thread.run_sync(submit_probe, port)
-                return process
-            except OSError:
-                await trio.sleep(0.05)
+            await trio.sleep(0.05)
+    port = int(ready["smtp"].partition("=")[2])
+    await trio.to_thread.run_sync(submit_probe, port)
+    return process, port
 
 
 def submit_probe(port: int) -> None:
@@ -157,22 +163,21 @@ async def test_two_relays_share_the_queue_and_survive_a_sigkill(
 ) -> None:
     total = 200
     with TestMx() as mx, mongo.fresh_database() as database:
-        ports = {"a": free_port(), "b": free_port()}
         configs = {
             name: write_config(
                 tmp_path / f"{name}.toml",
-                smtp_port=port,
+                smtp_port=0,
                 mx_port=mx.port,
                 uri=mongo.uri,
                 database=database,
                 instance=name,
             )
-            for name, port in ports.items()
+            for name in "ab"
         }
-        relays = {
-            name: await start_relay(configs[name], ports[name], tmp_path / f"{name}.log")
-            for name in ports
-        }
+        relays: dict[str, trio.Process] = {}
+        ports: dict[str, int] = {}
+        for name, config in configs.items():
+            relays[name], ports[name] = await start_relay(config, tmp_path / f"{name}.log")
         try:
             # Half the messages while both run: both relays deliver.
             await submit_all([(ports["ab"[n % 2]], n) for n in range(total // 2)])
@@ -224,17 +229,16 @@ async def test_database_outage_gives_temporary_failures_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
     with TestMx() as mx, secantus_server(tmp_path / "db") as server:
-        port = free_port()
         uri = with_options(server.uri, "timeoutMS=1500&serverSelectionTimeoutMS=1500")
         config = write_config(
             tmp_path / "a.toml",
-            smtp_port=port,
+            smtp_port=0,
             mx_port=mx.port,
             uri=uri,
             database="queue",
             instance="a",
         )
-        relay = await start_relay(config, port, tmp_path / "a.log")
+        relay, port = await start_relay(config, tmp_path / "a.log")
         try:
             for n in range(10):
                 assert await trio.to_thread.run_sync(try_submit, port, n) == 250

@@ -1,5 +1,6 @@
 """A MongoDB-wire server for tests: SecantusDB (a test-only dependency) in a child process
-on a free loopback port, or the real MongoDB that ``ZONEMTA_TEST_MONGODB_URI`` points at.
+on a loopback port it binds itself (port 0; the port is read from its log), or the real
+MongoDB that ``ZONEMTA_TEST_MONGODB_URI`` points at.
 
 Test modules wrap these in their own fixtures, e.g.::
 
@@ -16,10 +17,12 @@ queries cost time in proportion to the documents they match).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,9 +31,9 @@ from typing import Any
 import attrs
 from pymongo import MongoClient
 
-from tests.support.mx import free_port
-
 ENV_URI = "ZONEMTA_TEST_MONGODB_URI"
+
+LISTENING_RE = re.compile(r"secantus listening on 127\.0\.0\.1:(?P<port>\d+)")
 
 #: How long a starting server may take to answer.
 START_SECONDS = 30.0
@@ -42,7 +45,7 @@ class SecantusServer:
 
     def __init__(self, storage: Path, port: int | None = None) -> None:
         self.storage = storage
-        self.port = port if port is not None else free_port()
+        self.port = port if port is not None else 0  # 0: known once it has started
         self.log_path = storage.parent / f"{storage.name}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -59,6 +62,7 @@ class SecantusServer:
         if self.running:
             return
         self.storage.mkdir(parents=True, exist_ok=True)
+        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self._process = subprocess.Popen(
                 [
@@ -69,21 +73,38 @@ class SecantusServer:
                     "--host",
                     "127.0.0.1",
                     "--port",
-                    str(self.port),
+                    str(self.port),  # 0 the first time: the system picks a free port
                     "--storage-path",
                     str(self.storage),
                     "--log-level",
-                    "WARNING",
+                    "INFO",  # for the "listening on" line
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
         try:
+            if not self.port:
+                self.port = self._listening_port(logged)
             wait_until_answering(self.uri, START_SECONDS)
         except Exception as exc:
             self.kill()
             log_text = self.log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"secantus did not start on port {self.port}: {log_text}") from exc
+
+    def _listening_port(self, offset: int) -> int:
+        """The port from this start's "secantus listening on HOST:PORT" log line (the log
+        is appended to across restarts: only what follows ``offset`` counts)."""
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                found = LISTENING_RE.search(log.read().decode(errors="replace"))
+            if found is not None:
+                return int(found["port"])
+            if self._process is None or self._process.poll() is not None:
+                raise RuntimeError("secantus exited before it listened")
+            time.sleep(0.05)  # a thread of the test's; the server cannot wake us
+        raise RuntimeError(f"secantus did not say where it listens in {START_SECONDS} s")
 
     def kill(self) -> None:
         """SIGKILL: the database disappears at once (an outage or a crash)."""

@@ -8,7 +8,6 @@ records for each message whether it came over TLS; without it (the default) it o
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import tempfile
 import threading
@@ -61,13 +60,6 @@ def broken_tls_context(certificate: trustme.LeafCert) -> ssl.SSLContext:
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers("PSK")
     return context
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Handler:

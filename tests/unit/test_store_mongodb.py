@@ -5,6 +5,7 @@ outages, configuration)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -221,12 +222,13 @@ async def test_gc_finishes_a_commit_that_stopped_after_its_commit_point(
 
 
 async def test_unreachable_database_is_a_store_error() -> None:
-    from tests.support.mx import free_port
-
-    store = MongoStore(f"mongodb://127.0.0.1:{free_port()}/", "x", options=FAST)
-    with trio.fail_after(30), pytest.raises(StoreError):
-        await store.open()
-    await store.aclose()
+    with socket.socket() as bound:  # a port held, with nothing listening: refused
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        store = MongoStore(f"mongodb://127.0.0.1:{port}/", "x", options=FAST)
+        with trio.fail_after(30), pytest.raises(StoreError):
+            await store.open()
+        await store.aclose()
 
 
 async def test_database_outage_fails_calls_and_they_work_again_after(tmp_path: Path) -> None:
