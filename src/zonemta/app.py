@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -26,7 +27,7 @@ from zonemta.plugins import PluginHost
 from zonemta.store import Store
 from zonemta.store.mongodb import MongoStore
 from zonemta.store.sqlite import SqliteStore
-from zonemta.transport.listener import SmtpInterfaceService, open_interface_listeners
+from zonemta.transport.listener import SmtpInterfaceService, open_reuseport_sockets
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Relay:
             context = ApiContext(config, self.store, self.bus, self.engine, self.intake, clock)
             self.api = ApiServer(context)
         self._stop = trio.Event()
-        self._listeners: list[trio.SocketListener] = []  # held for the intake processes
+        self._sockets: list[socket.socket] = []  # listening, held for the intake processes
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -164,8 +165,8 @@ class Relay:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                for listener in self._listeners:
-                    await listener.aclose()
+                for sock in self._sockets:
+                    sock.close()
                 await store.aclose()
         log.info("stopped")
 
@@ -178,18 +179,21 @@ class Relay:
             for service in self.interfaces:
                 ports[service.settings.name] = await nursery.start(service.run)
             return ports
-        sockets: dict[str, list[int]] = {}
-        for service in self.interfaces:
-            listeners = await open_interface_listeners(service.settings)
-            self._listeners.extend(listeners)
-            ports[service.settings.name] = listeners[0].socket.getsockname()[1]
-            sockets[service.settings.name] = [lst.socket.fileno() for lst in listeners]
+        sets = {
+            service.settings.name: open_reuseport_sockets(service.settings, count)
+            for service in self.interfaces
+        }
+        for name, groups in sets.items():
+            self._sockets.extend(sock for group in groups for sock in group)
+            ports[name] = groups[0][0].getsockname()[1]
         counts = {service.settings.name: service.counts for service in self.interfaces}
         for index in range(count):
             process = IntakeProcess(
                 index,
                 self.config,
-                sockets=sockets,
+                sockets={
+                    name: [s.fileno() for s in groups[index]] for name, groups in sets.items()
+                },
                 counts=counts,
                 intake=self.intake,
                 store=self.store,

@@ -15,6 +15,7 @@ is accepted only from an authenticated user or a client in ``relay_networks`` (e
 from __future__ import annotations
 
 import logging
+import socket
 from functools import partial
 
 import trio
@@ -48,10 +49,13 @@ __all__ = [
     "SmtpSession",
     "in_networks",
     "open_interface_listeners",
+    "open_reuseport_sockets",
     "read_proxy_header",
 ]
 
 log = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 4096  # per listening socket (the kernel caps it at net.core.somaxconn)
 
 
 class PrefixedStream(trio.abc.Stream):
@@ -233,6 +237,37 @@ async def open_interface_listeners(settings: InterfaceSettings) -> list[trio.Soc
     port = listeners[0].socket.getsockname()[1]
     log.info("SMTP interface %s listening on %s:%s", settings.name, settings.host, port)
     return listeners
+
+
+def open_reuseport_sockets(settings: InterfaceSettings, count: int) -> list[list[socket.socket]]:
+    """``count`` sets of listening sockets on the interface's address, all on one port with
+    ``SO_REUSEPORT``: each intake process gets a set of its own, and the kernel spreads new
+    connections over the sets (no process is woken for a connection another one takes).
+    Port 0 binds a free port for the first socket and that same port for the others."""
+    infos = socket.getaddrinfo(
+        settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    port = settings.port
+    sets: list[list[socket.socket]] = [[] for _ in range(count)]
+    try:
+        for family, kind, proto, _name, address in infos:
+            for group in sets:
+                sock = socket.socket(family, kind, proto)
+                group.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address[0], port, *address[2:]))
+                port = sock.getsockname()[1]
+                sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        for group in sets:
+            for sock in group:
+                sock.close()
+        raise
+    log.info("SMTP interface %s listening on %s:%s", settings.name, settings.host, port)
+    return sets
 
 
 def _peer(stream: trio.abc.Stream) -> str:
