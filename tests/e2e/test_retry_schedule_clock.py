@@ -41,6 +41,7 @@ async def run_until_bounced(tmp_path: Path, mx: TestMx, queue: dict[str, object]
         bounces={"dsn": {"enabled": False}},
         # A delivery process starts against real time: simulated days run in one process.
         delivery={"processes": 0},
+        intake={"processes": 0},  # child processes cannot start under the autojump clock
         api={"enabled": False},
     )
     relay = Relay(config, clock=trio.current_time, shutdown_grace=2.0)

@@ -46,6 +46,7 @@ def relay_on_mock_clock(tmp_path: Path, mx: TestMx, pool: list[dict[str, Any]]) 
         bounces={"dsn": {"enabled": False}},
         # A delivery process starts against real time: simulated days run in one process.
         delivery={"processes": 0},
+        intake={"processes": 0},  # child processes cannot start under the autojump clock
         api={"port": 0},
     )
     relay = Relay(config, clock=trio.current_time, shutdown_grace=2.0)
