@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +21,7 @@ import trio
 from zonemta.conf import Config
 from zonemta.dkim.signer import load_signer
 from zonemta.engine.bounces import BounceClassifier
+from zonemta.engine.child_entry import child_main, connect_to_relay
 from zonemta.engine.delivery_pipe import Frame, FramedPipe
 from zonemta.engine.engine import (
     delivery_timeouts,
@@ -230,18 +229,7 @@ async def _one(body: bytes) -> AsyncIterator[bytes]:
 
 
 async def run(fd: int) -> None:
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
-    pipe = FramedPipe(stream)
-    frames = pipe.frames()
-    init = await anext(frames, None)
-    if init is None or init[0] != "init":
-        raise SystemExit("zonemta delivery process: no init frame from the relay")
-    _, config, zones, level, index = init
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s %(name)s[delivery-{index}]: %(message)s",
-        stream=sys.stderr,
-    )
+    pipe, frames, config, zones = await connect_to_relay(fd, "delivery")
     blacklist = BlacklistMirror()
     worker = Worker(pipe, build_senders(config, zones, blacklist), blacklist)
     async with trio.open_nursery() as nursery:
@@ -250,21 +238,5 @@ async def run(fd: int) -> None:
         pipe.close_after_sending()
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 2 or not argv[1].isdigit():
-        usage = "usage: python -m zonemta.engine.delivery_worker FD (started by the relay)"
-        print(usage, file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the relay stops us by closing the pipe
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        trio.run(run, int(argv[1]))
-    except (trio.BrokenResourceError, ConnectionError):
-        return 0  # the relay went away
-    finally:
-        logging.shutdown()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(child_main(sys.argv, run, "zonemta.engine.delivery_worker"))

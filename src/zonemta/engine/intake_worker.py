@@ -11,7 +11,6 @@ tells it to stop — and exits at once when the pipe closes (the relay's death i
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import sys
 import time
@@ -24,6 +23,7 @@ import trio
 
 from zonemta.conf import Config
 from zonemta.engine.bus import Event, EventBus
+from zonemta.engine.child_entry import child_main, connect_to_relay
 from zonemta.engine.delivery_pipe import FramedPipe, PipeError
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake import Intake
@@ -189,18 +189,7 @@ def _listeners(fds: list[int]) -> list[trio.SocketListener]:
 
 
 async def run(fd: int) -> None:
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
-    pipe = FramedPipe(stream)
-    frames = pipe.frames()
-    init = await anext(frames, None)
-    if init is None or init[0] != "init":
-        raise SystemExit("zonemta intake process: no init frame from the relay")
-    _, config, sockets, level, index = init
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s %(name)s[intake-{index}]: %(message)s",
-        stream=sys.stderr,
-    )
+    pipe, frames, config, sockets = await connect_to_relay(fd, "intake")
     link = RelayLink(pipe)
     intake = build_intake(config, link)
     services = [
@@ -233,21 +222,5 @@ async def run(fd: int) -> None:
         pipe.close_after_sending()
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) < 2 or not all(arg.isdigit() for arg in argv[1:]):
-        usage = "usage: python -m zonemta.engine.intake_worker FD SOCKET... (started by the relay)"
-        print(usage, file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the relay stops us with a frame
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        trio.run(run, int(argv[1]))
-    except (trio.BrokenResourceError, ConnectionError):
-        return 0  # the relay went away
-    finally:
-        logging.shutdown()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(child_main(sys.argv, run, "zonemta.engine.intake_worker"))

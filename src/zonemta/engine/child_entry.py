@@ -1,0 +1,60 @@
+"""The child's side of a relay child process (delivery or intake): the pipe to the relay,
+the ``init`` frame, logging, and the process's entry point.
+
+A child ignores SIGINT and SIGTERM (the relay decides when it stops) and exits quietly when
+the relay goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import trio
+
+from zonemta.engine.delivery_pipe import Frame, FramedPipe
+
+__all__ = ["RelayPipe", "child_main", "connect_to_relay"]
+
+
+RelayPipe = tuple[FramedPipe, AsyncIterator[Frame], Any, Any]
+
+
+async def connect_to_relay(fd: int, kind: str) -> RelayPipe:
+    """Open the pipe on ``fd``, read the ``("init", config, what, log_level, index)`` frame
+    and set up logging as ``[kind-index]``. Returns the pipe, the frames that follow, the
+    config and what the relay gave this kind of process (its zones, its sockets)."""
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+    pipe = FramedPipe(stream)
+    frames = pipe.frames()
+    init = await anext(frames, None)
+    if init is None or init[0] != "init":
+        raise SystemExit(f"zonemta {kind} process: no init frame from the relay")
+    _, config, given, level, index = init
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s %(levelname)s %(name)s[{kind}-{index}]: %(message)s",
+        stream=sys.stderr,
+    )
+    return pipe, frames, config, given
+
+
+def child_main(argv: list[str], run: Callable[[int], Awaitable[None]], module: str) -> int:
+    """``python -m MODULE FD [FD...]``: run ``run(FD)`` (the pipe; further descriptors are
+    inherited sockets the init frame names). Returns the exit status."""
+    if len(argv) < 2 or not all(arg.isdigit() for arg in argv[1:]):
+        print(f"usage: python -m {module} FD [FD...] (started by the relay)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the relay stops us through the pipe
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        trio.run(run, int(argv[1]))
+    except (trio.BrokenResourceError, ConnectionError):
+        return 0  # the relay went away
+    finally:
+        logging.shutdown()
+    return 0
