@@ -196,6 +196,27 @@ class _Flight:
         self.outcome: _Outcome | None = None  # None after done: the leader was cancelled
 
 
+def new_resolver(
+    nameservers: Sequence[tuple[str, int]], timeout: float
+) -> dns.asyncresolver.Resolver:
+    """A dnspython resolver asking ``nameservers`` (the system's when empty), with
+    ``timeout`` for each query. Raises ValueError when the system's configuration is
+    unusable."""
+    if nameservers:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = [
+            dns.nameserver.Do53Nameserver(address, port) for address, port in nameservers
+        ]
+    else:
+        try:
+            resolver = dns.asyncresolver.Resolver(configure=True)
+        except dns.exception.DNSException as exc:
+            raise ValueError(f"no usable system DNS configuration: {exc}") from exc
+    resolver.timeout = timeout
+    resolver.lifetime = timeout
+    return resolver
+
+
 class MxResolver:
     """Resolves recipient domains and smart hosts to ``Destination``s.
 
@@ -217,18 +238,7 @@ class MxResolver:
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
-        if nameservers:
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(address, port) for address, port in nameservers
-            ]
-        else:
-            try:
-                resolver = dns.asyncresolver.Resolver(configure=True)
-            except dns.exception.DNSException as exc:
-                raise ValueError(f"no usable system DNS configuration: {exc}") from exc
-        resolver.timeout = timeout
-        resolver.lifetime = timeout
+        resolver = new_resolver(nameservers, timeout)
         resolver.use_edns(0, 0, EDNS_PAYLOAD)
         resolver.cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
         self._resolver = resolver

@@ -25,11 +25,9 @@ import dns.resolver
 import trio
 
 from zonemta.transport.dane import TlsaRecord
+from zonemta.transport.dns import EDNS_PAYLOAD, new_resolver
 
 __all__ = ["DnsAnswer", "PolicyDns"]
-
-# EDNS(0) UDP payload (the 2020 DNS flag day value), as in dns.py.
-EDNS_PAYLOAD = 1232
 
 
 @attrs.frozen
@@ -57,18 +55,7 @@ class PolicyDns:
         trust_ad: bool = False,
         cache_size: int = 10000,
     ) -> None:
-        if nameservers:
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [
-                dns.nameserver.Do53Nameserver(address, port) for address, port in nameservers
-            ]
-        else:
-            try:
-                resolver = dns.asyncresolver.Resolver(configure=True)
-            except dns.exception.DNSException as exc:
-                raise ValueError(f"no usable system DNS configuration: {exc}") from exc
-        resolver.timeout = timeout
-        resolver.lifetime = timeout
+        resolver = new_resolver(nameservers, timeout)
         # DO asks a validating resolver for the DNSSEC state; AD in the query (RFC 6840 5.7)
         # asks it to report that state.
         resolver.use_edns(0, dns.flags.DO, EDNS_PAYLOAD)
