@@ -56,6 +56,20 @@ async def test_bucket_available_at_does_not_consume(
     assert bucket.try_take()
 
 
+async def test_a_token_given_back_is_available_again_but_never_beyond_the_burst(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    bucket = TokenBucket(parse_rate("2/minute"))
+    await bucket.take()
+    await bucket.take()
+    assert bucket.available_at() == pytest.approx(trio.current_time() + 30)
+    bucket.give_back()
+    assert bucket.available_at() == trio.current_time()
+    bucket.give_back()
+    bucket.give_back()  # already full: the burst stays 2
+    assert bucket.try_take() and bucket.try_take() and not bucket.try_take()
+
+
 async def test_throttle_spaces_messages(autojump_clock: trio.testing.MockClock) -> None:
     throttle = Throttle(parse_rate("10 messages/minute"))
     start = trio.current_time()

@@ -44,6 +44,11 @@ class TokenBucket:
             return True
         return False
 
+    def give_back(self) -> None:
+        """Return one taken token (the event it was taken for did not happen)."""
+        self._refill(trio.current_time())
+        self._tokens = min(self.capacity, self._tokens + 1)
+
     async def take(self) -> None:
         """Reserve the next event and wait for its turn. Concurrent takers queue in order;
         a taker cancelled while waiting leaves its reservation used."""

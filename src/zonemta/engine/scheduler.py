@@ -268,7 +268,8 @@ class ZoneScheduler:
                 await bucket.take()  # the lease is renewed meanwhile; no connection is held
                 if self.shared_rates is not None and not await self.shared_rates.claim(
                     rate_key, bucket.rate
-                ):  # used up across instances: wait, nothing counted
+                ):  # used up across instances: wait; no attempt, no token used
+                    bucket.give_back()
                     await self.deliverer.release(machine, SHARED_RATE_USED)
                     return
             limiter = (
