@@ -17,17 +17,17 @@ from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.engine import DeliveryEngine, make_resolver
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.ids import QueueIdGenerator
-from zonemta.engine.intake import Intake
-from zonemta.engine.intake_process import IntakeProcess, intake_processes
-from zonemta.engine.routing import Router
-from zonemta.engine.smtp_interfaces import enabled_interfaces
+from zonemta.engine.intake.reception import Intake
+from zonemta.engine.intake.routing import Router
+from zonemta.engine.processes.intake_process import IntakeProcess, intake_processes
 from zonemta.headers import HeaderPolicy
 from zonemta.http import ApiContext, ApiServer
+from zonemta.inbound.interfaces import enabled_interfaces
+from zonemta.inbound.listener import SmtpInterfaceService, open_reuseport_sockets
 from zonemta.plugins import PluginHost
 from zonemta.store import Store
 from zonemta.store.mongodb import MongoStore
 from zonemta.store.sqlite import SqliteStore
-from zonemta.transport.listener import SmtpInterfaceService, open_reuseport_sockets
 
 log = logging.getLogger(__name__)
 

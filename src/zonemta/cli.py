@@ -40,7 +40,7 @@ def _setup_logging(config: Config) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from zonemta.app import Relay
-    from zonemta.engine.delivery_process import StartError
+    from zonemta.engine.processes.delivery_process import StartError
 
     config = _load(args.config)
     _setup_logging(config)
@@ -91,7 +91,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     (asked twice) or from the first line of standard input."""
     import getpass
 
-    from zonemta.engine.auth import hash_password
+    from zonemta.engine.intake.auth import hash_password
 
     user: str = args.user
     if not user or ":" in user or any(c.isspace() for c in user):
@@ -121,7 +121,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_check_bounce(args: argparse.Namespace) -> int:
     """Classify the SMTP reply on standard input with the bounce rules (the built-in ones,
     after ``--rules FILE`` or the configured ``[bounces] rules_file``)."""
-    from zonemta.engine.bounces import BounceClassifier, RulesError
+    from zonemta.engine.bounces.classifier import BounceClassifier, RulesError
 
     rules = args.rules or _load(args.config).bounces.rules_file or None
     try:

@@ -24,7 +24,7 @@ from tests.support.relay import (
 from zonemta.app import Relay
 from zonemta.cli import main as cli_main
 from zonemta.conf import ConfigError
-from zonemta.engine.delivery_process import StartError
+from zonemta.engine.processes.delivery_process import StartError
 
 ONE_PROCESS = {"processes": 1}
 

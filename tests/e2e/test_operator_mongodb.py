@@ -19,7 +19,7 @@ from tests.support.mongo import MongoEndpoint, mongo_endpoint
 from tests.support.mx import TestMx
 from tests.support.relay import api_url, relay_config, running_relay, submit_async
 from zonemta.engine.bus import Subscription
-from zonemta.engine.scheduler import SHARED_RATE_USED
+from zonemta.engine.delivery.scheduler import SHARED_RATE_USED
 from zonemta.engine.why import trio_to_epoch
 
 MESSAGE = b"From: s@origin.test\r\nSubject: shared rate\r\n\r\nbody\r\n"

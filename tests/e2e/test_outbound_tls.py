@@ -106,7 +106,7 @@ def connected(events: list[Event]) -> dict[str, Any]:
 async def test_opportunistic_tls_is_used_and_recorded(
     tmp_path: Path, ca: trustme.CA, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="zonemta.engine.attempt")
+    caplog.set_level(logging.INFO, logger="zonemta.engine.delivery.attempt")
     with TestMx(tls=tls_context(ca.issue_cert("unrelated.example"))) as mx:
         async with run_dns_server(zone_text(mx.port)) as dns:
             events = await first_outcome(tmp_path, dns, mx)
@@ -124,7 +124,7 @@ async def test_opportunistic_tls_is_used_and_recorded(
 async def test_failed_handshake_falls_back_to_plaintext(
     tmp_path: Path, ca: trustme.CA, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="zonemta.engine.attempt")
+    caplog.set_level(logging.INFO, logger="zonemta.engine.delivery.attempt")
     with TestMx(tls=broken_tls_context(ca.issue_cert(MX_NAME))) as mx:
         async with run_dns_server(zone_text(mx.port)) as dns:
             events = await first_outcome(tmp_path, dns, mx)

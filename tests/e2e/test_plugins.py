@@ -30,7 +30,7 @@ from tests.support.relay import (
 from zonemta.app import Relay
 from zonemta.conf import DkimKey
 from zonemta.dkim import dns_record, load_key
-from zonemta.engine.auth import FailureThrottle
+from zonemta.engine.intake.auth import FailureThrottle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: examples/
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from tests.support.mx import TestMx
 from tests.support.relay import collect_until, relay_config, running_relay, terminal
 from zonemta.app import Relay
-from zonemta.engine.auth import hash_password
+from zonemta.engine.intake.auth import hash_password
 
 FAST = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 MESSAGE = b"From: a@origin.test\r\nSubject: hello\r\n\r\nbody\r\n"

@@ -13,7 +13,7 @@ import trio.testing
 
 from zonemta.cli import main
 from zonemta.conf import ConfigError
-from zonemta.engine.auth import (
+from zonemta.engine.intake.auth import (
     FORGET_AFTER,
     MAX_FAILURE_DELAY,
     FailureThrottle,

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from zonemta.engine.backoff import (
+from zonemta.engine.bus import EventBus
+from zonemta.engine.delivery.backoff import (
     Backoff,
     BackoffRulesError,
     load_backoff_rules,
     parse_backoff_rules,
 )
-from zonemta.engine.bus import EventBus
-from zonemta.engine.suspensions import Suspensions
+from zonemta.engine.delivery.suspensions import Suspensions
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from zonemta.cli import main
-from zonemta.engine.bounces import (
+from zonemta.engine.bounces.classifier import (
     BounceAction,
     BounceCategory,
     BounceClassifier,

@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from zonemta.conf.rates import parse_rate
-from zonemta.engine.connections import ZoneConnections
+from zonemta.engine.delivery.connections import ZoneConnections
 from zonemta.transport.outbound import OutboundConnection, Timeouts
 from zonemta.transport.smtp.client import SMTPClientConnection
 

@@ -10,10 +10,10 @@ import pytest
 import trio
 
 from zonemta.conf import ConfigError
-from zonemta.engine.delivery_pipe import MAX_FRAME, FrameDecoder, FramedPipe, PipeError, encode
-from zonemta.engine.delivery_process import check_hooks
-from zonemta.engine.delivery_worker import BlacklistMirror
 from zonemta.engine.hooks import Hooks
+from zonemta.engine.processes.delivery_process import check_hooks
+from zonemta.engine.processes.delivery_worker import BlacklistMirror
+from zonemta.engine.processes.pipe import MAX_FRAME, FrameDecoder, FramedPipe, PipeError, encode
 from zonemta.statemachine import DeliveryState
 
 FRAMES = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from zonemta.conf import ConfigError, WebhookConfig, config_from_dict
-from zonemta.engine.dsn import (
+from zonemta.engine.bounces.dsn import (
     Notice,
     NoticeKind,
     build_dsn,
@@ -20,10 +20,10 @@ from zonemta.engine.dsn import (
     diagnostic_status,
     why_no_dsn,
 )
-from zonemta.engine.messages import MessageCache
-from zonemta.engine.notices import BounceHandling
-from zonemta.engine.retry import RetryPolicy
-from zonemta.engine.webhook import BounceWebhook, bounce_payload
+from zonemta.engine.bounces.notices import BounceHandling
+from zonemta.engine.bounces.webhook import BounceWebhook, bounce_payload
+from zonemta.engine.delivery.messages import MessageCache
+from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.store import Delivery, MessageRecord
 from zonemta.store.base import RowState
 from zonemta.store.sqlite import SqliteStore

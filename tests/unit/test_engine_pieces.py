@@ -9,10 +9,10 @@ import trio
 
 from zonemta.conf import config_from_dict
 from zonemta.engine.bus import Event, EventBus
+from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.ids import QueueIdGenerator
-from zonemta.engine.intake import is_header_block, split_header_block
-from zonemta.engine.retry import RetryPolicy
-from zonemta.engine.routing import Router
+from zonemta.engine.intake.reception import is_header_block, split_header_block
+from zonemta.engine.intake.routing import Router
 from zonemta.statemachine import Trigger
 
 REFERENCE_MINUTES = [5, 7, 8, 25, 75, 120] + [240] * 11

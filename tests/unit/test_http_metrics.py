@@ -7,7 +7,7 @@ import itertools
 from prometheus_client.parser import text_string_to_metric_families
 
 from zonemta.engine.bus import Event, EventBus
-from zonemta.engine.connections import ZoneConnections
+from zonemta.engine.delivery.connections import ZoneConnections
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.http.metrics import Metrics, queued_at
 from zonemta.store import ZoneCounts

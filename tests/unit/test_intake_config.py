@@ -9,7 +9,7 @@ import pytest
 
 from zonemta.conf import ConfigError, config_from_dict, dump_config
 from zonemta.engine.hooks import Hooks
-from zonemta.engine.intake_process import AUTO_MAX, intake_processes
+from zonemta.engine.processes.intake_process import AUTO_MAX, intake_processes
 
 
 def intake(value: Any) -> Any:

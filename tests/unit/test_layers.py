@@ -41,17 +41,18 @@ def test_pure_layer_does_no_io(path: Path) -> None:
     assert not used & forbidden, f"{path.name} imports {used & forbidden}"
 
 
+ADAPTERS = ("zonemta.inbound", "zonemta.http", "zonemta.app", "zonemta.cli", "zonemta.plugins")
+
+
 @pytest.mark.parametrize("path", BELOW_ENGINE, ids=lambda p: str(p.relative_to(SRC)))
 def test_lower_layers_do_not_import_the_engine_or_adapters(path: Path) -> None:
-    bad = {
-        name
-        for name in imports_of(path)
-        if name.startswith(("zonemta.engine", "zonemta.app", "zonemta.cli", "zonemta.http"))
-    }
-    # The SMTP listener driver hands receptions to the intake and runs the plugins' session
-    # hooks: the allowed edges from the drivers up to the engine.
-    if path.name in ("listener.py", "session.py"):
-        bad -= {"zonemta.engine.intake", "zonemta.engine.hooks"}
+    bad = {name for name in imports_of(path) if name.startswith(("zonemta.engine", *ADAPTERS))}
+    assert not bad, f"{path.relative_to(SRC)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", modules("engine"), ids=lambda p: str(p.relative_to(SRC)))
+def test_the_engine_imports_no_adapter(path: Path) -> None:
+    bad = {name for name in imports_of(path) if name.startswith(ADAPTERS)}
     assert not bad, f"{path.relative_to(SRC)} imports {bad}"
 
 

@@ -19,16 +19,16 @@ import trio.testing
 import trustme
 
 from zonemta.conf import ConfigError, config_from_dict
-from zonemta.engine.auth import FailureThrottle, hash_password
 from zonemta.engine.bus import EventBus
 from zonemta.engine.hooks import SessionInfo
 from zonemta.engine.ids import QueueIdGenerator
-from zonemta.engine.intake import Intake
-from zonemta.engine.routing import Router
-from zonemta.engine.smtp_interfaces import interface_settings
+from zonemta.engine.intake.auth import FailureThrottle, hash_password
+from zonemta.engine.intake.reception import Intake
+from zonemta.engine.intake.routing import Router
+from zonemta.inbound.interfaces import interface_settings
+from zonemta.inbound.listener import Authenticator, InterfaceSettings, SmtpInterfaceService
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store
-from zonemta.transport.listener import Authenticator, InterfaceSettings, SmtpInterfaceService
 from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.smtp.server import ServerSettings
 
@@ -284,7 +284,7 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
 
 class Users:
     """An authenticator with one user, alice:wonderland, and the same throttling as the
-    real one (engine/auth.py) without argon2."""
+    real one (engine/intake/auth.py) without argon2."""
 
     def __init__(self) -> None:
         self.throttle = FailureThrottle(1.0)

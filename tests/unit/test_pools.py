@@ -4,7 +4,7 @@ import collections
 
 import pytest
 
-from zonemta.engine.pools import AddressPool, PoolAddress, PoolError, weights
+from zonemta.engine.delivery.pools import AddressPool, PoolAddress, PoolError, weights
 
 FOUR = [PoolAddress(f"127.0.0.{n}", f"mta{n}.test") for n in range(2, 6)]
 

@@ -5,7 +5,7 @@ import trio
 import trio.testing
 
 from zonemta.conf.rates import Rate, parse_rate
-from zonemta.engine.ratelimit import Throttle, TokenBucket
+from zonemta.engine.delivery.ratelimit import Throttle, TokenBucket
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import socket
 import pytest
 
 from zonemta.conf import config_from_dict
-from zonemta.engine.smtp_interfaces import interface_settings
+from zonemta.inbound.interfaces import interface_settings
+from zonemta.inbound.listener import open_reuseport_sockets
 from zonemta.transport.interface import InterfaceSettings
-from zonemta.transport.listener import open_reuseport_sockets
 
 
 def interface(port: int) -> InterfaceSettings:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from zonemta.conf import config_from_dict
-from zonemta.engine.routing import Router, strip_routing_fields
+from zonemta.engine.intake.routing import Router, strip_routing_fields
 from zonemta.headers import unfolded_fields
 
 

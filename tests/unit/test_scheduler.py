@@ -16,10 +16,10 @@ import trio.testing
 
 from zonemta.conf import config_from_dict
 from zonemta.engine.bus import EventBus
-from zonemta.engine.machine import DeliveryMachine
-from zonemta.engine.scheduler import ZoneScheduler
-from zonemta.engine.transmit import ZoneRoute
-from zonemta.engine.zones import DomainPolicy
+from zonemta.engine.delivery.machine import DeliveryMachine
+from zonemta.engine.delivery.scheduler import ZoneScheduler
+from zonemta.engine.delivery.transmit import ZoneRoute
+from zonemta.engine.delivery.zones import DomainPolicy
 from zonemta.store import Delivery, MessageRecord, NewDelivery
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store
 from zonemta.transport.outbound import TlsPolicy

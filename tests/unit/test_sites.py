@@ -7,7 +7,7 @@ import pytest
 
 from tests.support.dnsserver import run_dns_server
 from zonemta.conf import ConfigError, config_from_dict
-from zonemta.engine.zones import DomainPolicy
+from zonemta.engine.delivery.zones import DomainPolicy
 from zonemta.transport.dns import MxResolver
 
 ZONE_FILE = """

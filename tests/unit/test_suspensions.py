@@ -15,9 +15,9 @@ import trio.testing
 from tests.unit.test_scheduler import OWNER, RecordingDeliverer, jump_when_idle, queue
 from zonemta.conf import config_from_dict
 from zonemta.engine.bus import EventBus
-from zonemta.engine.scheduler import ZoneScheduler
-from zonemta.engine.suspensions import Suspensions, describe
-from zonemta.engine.zones import DomainPolicy
+from zonemta.engine.delivery.scheduler import ZoneScheduler
+from zonemta.engine.delivery.suspensions import Suspensions, describe
+from zonemta.engine.delivery.zones import DomainPolicy
 from zonemta.store import Suspension
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store
 

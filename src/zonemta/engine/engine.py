@@ -10,23 +10,23 @@ import trio
 
 from zonemta.conf import Config, ConfigError, QueueBackend, TlsMode
 from zonemta.conf.rates import parse_rate
-from zonemta.engine.attempt import Deliverer
-from zonemta.engine.backoff import Backoff, BackoffRulesError, load_backoff_rules
-from zonemta.engine.blacklist import Blacklist
+from zonemta.engine.bounces.notices import BounceHandling
+from zonemta.engine.bounces.suppression import SuppressionList
 from zonemta.engine.bus import EventBus
-from zonemta.engine.connections import ZoneConnections
-from zonemta.engine.delivery_process import DeliveryProcess, PoolFigures, check_hooks
+from zonemta.engine.delivery.attempt import Deliverer
+from zonemta.engine.delivery.backoff import Backoff, BackoffRulesError, load_backoff_rules
+from zonemta.engine.delivery.blacklist import Blacklist
+from zonemta.engine.delivery.connections import ZoneConnections
+from zonemta.engine.delivery.messages import MessageCache
+from zonemta.engine.delivery.retry import RetryPolicy
+from zonemta.engine.delivery.scheduler import ZoneScheduler
+from zonemta.engine.delivery.shared_rate import SharedRates
+from zonemta.engine.delivery.suspensions import Suspensions
+from zonemta.engine.delivery.transmit import Sender, ZoneRoute
+from zonemta.engine.delivery.warmup import WarmupCaps
+from zonemta.engine.delivery.zones import DomainPolicy, SourceAddresses
 from zonemta.engine.hooks import Hooks
-from zonemta.engine.messages import MessageCache
-from zonemta.engine.notices import BounceHandling
-from zonemta.engine.retry import RetryPolicy
-from zonemta.engine.scheduler import ZoneScheduler
-from zonemta.engine.shared_rate import SharedRates
-from zonemta.engine.suppression import SuppressionList
-from zonemta.engine.suspensions import Suspensions
-from zonemta.engine.transmit import Sender, ZoneRoute
-from zonemta.engine.warmup import WarmupCaps
-from zonemta.engine.zones import DomainPolicy, SourceAddresses
+from zonemta.engine.processes.delivery_process import DeliveryProcess, PoolFigures, check_hooks
 from zonemta.store import Store
 from zonemta.transport.dns import MxResolver
 from zonemta.transport.outbound import Timeouts, TlsPolicy

@@ -136,7 +136,7 @@ class MessageHeaders:
     in place and replace ``envelope`` (an ``attrs.evolve`` of it)."""
 
     id: str
-    envelope: Any  # zonemta.engine.intake.Envelope (import cycle)
+    envelope: Any  # zonemta.engine.intake.reception.Envelope (import cycle)
     headers: HeaderBlock
 
 
@@ -145,7 +145,7 @@ class QueueingMessage:
     """``queue`` hook: the message about to be stored."""
 
     id: str
-    envelope: Any  # zonemta.engine.intake.Envelope
+    envelope: Any  # zonemta.engine.intake.reception.Envelope
     headers: bytes
     body_size: int
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from zonemta.engine.suspensions import describe
+from zonemta.engine.delivery.suspensions import describe
 from zonemta.store import Delivery, RowState
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import attrs
 from zonemta.conf import Config
 from zonemta.engine.bus import EventBus
 from zonemta.engine.engine import DeliveryEngine
-from zonemta.engine.intake import Intake
+from zonemta.engine.intake.reception import Intake
 from zonemta.store import Store
 
 

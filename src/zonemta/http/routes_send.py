@@ -13,7 +13,7 @@ from quart import request
 from werkzeug.exceptions import BadRequest
 
 from zonemta.engine.hooks import HookFailed, run_checks
-from zonemta.engine.intake import (
+from zonemta.engine.intake.reception import (
     Envelope,
     IntakeRejected,
     Reception,

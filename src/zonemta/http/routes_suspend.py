@@ -1,6 +1,6 @@
 """Suspensions over HTTP: ``POST /suspend``, ``GET /suspend``, ``DELETE /suspend/<id>``.
 
-Changes go through the engine's :class:`~zonemta.engine.suspensions.Suspensions`, so this
+Changes go through the engine's :class:`~zonemta.engine.delivery.suspensions.Suspensions`, so this
 instance obeys them at once and the others on the same store within their refresh interval.
 """
 
@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from zonemta.conf.units import parse_duration
-from zonemta.engine.suspensions import suspension_details
+from zonemta.engine.delivery.suspensions import suspension_details
 from zonemta.http.context import ApiContext
 from zonemta.http.convert import iso
 from zonemta.http.errors import ApiError

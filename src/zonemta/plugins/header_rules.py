@@ -11,7 +11,7 @@ from __future__ import annotations
 import attrs
 
 from zonemta.engine.hooks import OutgoingHeaders
-from zonemta.engine.routing import recipient_domain
+from zonemta.engine.intake.routing import recipient_domain
 from zonemta.plugins.host import PluginApp
 
 

@@ -19,7 +19,7 @@ LOOPBACK_NETWORKS: tuple[Network, ...] = (
 
 
 class Authenticator(Protocol):
-    """Checks AUTH credentials (implemented by :mod:`zonemta.engine.auth`)."""
+    """Checks AUTH credentials (implemented by :mod:`zonemta.engine.intake.auth`)."""
 
     async def authenticate(self, client_address: str, username: str, password: str) -> bool:
         """True for valid credentials; a failure may take a while (throttling)."""
@@ -28,7 +28,7 @@ class Authenticator(Protocol):
 
 class FailureDelays(Protocol):
     """Failed AUTH attempts per client address and the delay each one earns (implemented by
-    :class:`zonemta.engine.auth.FailureThrottle`)."""
+    :class:`zonemta.engine.intake.auth.FailureThrottle`)."""
 
     def failure(self, address: str, now: float) -> float:
         """Record a failure; the seconds to wait before answering it."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from zonemta.engine.delivery_pipe import Frame, FramedPipe, PipeError
+from zonemta.engine.processes.pipe import Frame, FramedPipe, PipeError
 
 log = logging.getLogger(__name__)
 

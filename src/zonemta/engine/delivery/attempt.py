@@ -1,6 +1,6 @@
 """One delivery attempt: from a leased row to delivered, deferred or bounced.
 
-The attempt reads the message, lets its zone's :class:`~zonemta.engine.transmit.Sender`
+The attempt reads the message, lets its zone's :class:`~zonemta.engine.delivery.transmit.Sender`
 (in this process or in a delivery process) turn the attempt into an outcome, fires the
 outcome's trigger on the delivery's state machine and carries out what the transition
 persists.
@@ -14,19 +14,19 @@ from functools import partial
 
 import trio
 
-from zonemta.engine.backoff import Backoff
-from zonemta.engine.blacklist import Blacklist
+from zonemta.engine.bounces.notices import BounceNotices
+from zonemta.engine.bounces.suppression import SuppressionList
 from zonemta.engine.bus import EventBus
-from zonemta.engine.delivery_process import DeliveryProcess
+from zonemta.engine.delivery.backoff import Backoff
+from zonemta.engine.delivery.blacklist import Blacklist
+from zonemta.engine.delivery.machine import DeliveryMachine
+from zonemta.engine.delivery.messages import MessageCache
+from zonemta.engine.delivery.retry import RetryPolicy
+from zonemta.engine.delivery.suspensions import Suspensions, describe
+from zonemta.engine.delivery.transmit import Outcome, Sender
+from zonemta.engine.delivery.warmup import WarmupCaps
 from zonemta.engine.hooks import DeliveryReport, Hooks, run_notices
-from zonemta.engine.machine import DeliveryMachine
-from zonemta.engine.messages import MessageCache
-from zonemta.engine.notices import BounceNotices
-from zonemta.engine.retry import RetryPolicy
-from zonemta.engine.suppression import SuppressionList
-from zonemta.engine.suspensions import Suspensions, describe
-from zonemta.engine.transmit import Outcome, Sender
-from zonemta.engine.warmup import WarmupCaps
+from zonemta.engine.processes.delivery_process import DeliveryProcess
 from zonemta.statemachine import DeliveryState, Persist, Transition, Trigger
 from zonemta.store import Delivery, LeaseLost, MessageRecord, Store, StoreError
 
@@ -58,7 +58,7 @@ class Deliverer:
         backoff: Backoff | None = None,
         warmup: WarmupCaps | None = None,
     ) -> None:
-        self.sender = sender  # DNS, connection and SMTP transaction (engine/transmit.py)
+        self.sender = sender  # DNS, connection and SMTP transaction (engine/delivery/transmit.py)
         self.zone = sender.zone
         self.store = store
         self.messages = messages

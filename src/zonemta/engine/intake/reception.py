@@ -27,7 +27,7 @@ from zonemta.engine.hooks import (
     run_checks,
 )
 from zonemta.engine.ids import QueueIdGenerator
-from zonemta.engine.routing import Route, Router, strip_routing_fields
+from zonemta.engine.intake.routing import Route, Router, strip_routing_fields
 from zonemta.headers import HeaderPolicy, HopLimitExceeded
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
 from zonemta.transport.smtp.reply import Reply

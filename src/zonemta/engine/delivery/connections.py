@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from zonemta.conf.rates import Rate
-from zonemta.engine.ratelimit import Throttle
+from zonemta.engine.delivery.ratelimit import Throttle
 from zonemta.transport.outbound import OutboundConnection
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
-"""A delivery process: ``python -m zonemta.engine.delivery_worker FD``, started by the relay.
+"""A delivery process: ``python -m zonemta.engine.processes.delivery_worker FD``, started by
+the relay.
 
 It owns the connection pools of the zones it was given and runs one
-:class:`~zonemta.engine.transmit.Sender` attempt per ``attempt`` frame, forwarding every
-transition of the attempt and then its outcome (``engine/delivery_pipe.py`` lists the
+:class:`~zonemta.engine.delivery.transmit.Sender` attempt per ``attempt`` frame, forwarding every
+transition of the attempt and then its outcome (``engine/processes/pipe.py`` lists the
 frames). It touches no store. It ignores SIGINT and SIGTERM — the relay decides when it
 stops, by closing the pipe — and it exits when the pipe closes, the relay's death included.
 """
@@ -20,19 +21,19 @@ import trio
 
 from zonemta.conf import Config
 from zonemta.dkim.signer import load_signer
-from zonemta.engine.bounces import BounceClassifier
-from zonemta.engine.child_entry import child_main, connect_to_relay
-from zonemta.engine.delivery_pipe import Frame, FramedPipe
+from zonemta.engine.bounces.classifier import BounceClassifier
+from zonemta.engine.delivery.machine import MachineBase
+from zonemta.engine.delivery.retry import RetryPolicy
+from zonemta.engine.delivery.transmit import Sender
+from zonemta.engine.delivery.zones import DomainPolicy, SourceAddresses
 from zonemta.engine.engine import (
     delivery_timeouts,
     make_resolver,
     zone_connections,
     zone_route,
 )
-from zonemta.engine.machine import MachineBase
-from zonemta.engine.retry import RetryPolicy
-from zonemta.engine.transmit import Sender
-from zonemta.engine.zones import DomainPolicy, SourceAddresses
+from zonemta.engine.processes.child_entry import child_main, connect_to_relay
+from zonemta.engine.processes.pipe import Frame, FramedPipe
 from zonemta.statemachine import DeliveryState, Transition
 from zonemta.transport.tls_policy import OutboundTls
 
@@ -239,4 +240,4 @@ async def run(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(child_main(sys.argv, run, "zonemta.engine.delivery_worker"))
+    sys.exit(child_main(sys.argv, run, "zonemta.engine.processes.delivery_worker"))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from zonemta.engine.hooks import HookFailed, SessionInfo, run_checks
-from zonemta.engine.intake import Envelope, IntakeRejected, Reception
+from zonemta.engine.intake.reception import Envelope, IntakeRejected, Reception
 from zonemta.store import StoreError, StoreFull
 from zonemta.transport.interface import in_networks
 from zonemta.transport.smtp import server as smtp
@@ -24,7 +24,7 @@ from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.tls import TlsHandshakeFailed, start_server_tls
 
 if TYPE_CHECKING:
-    from zonemta.transport.listener import SmtpInterfaceService
+    from zonemta.inbound.listener import SmtpInterfaceService
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
-"""An intake process: ``python -m zonemta.engine.intake_worker FD SOCKET...``, started by
-the relay (``engine/intake_process.py`` describes the frames).
+"""An intake process: ``python -m zonemta.inbound.intake_worker FD SOCKET...``, started by
+the relay (``engine/processes/intake_process.py`` describes the frames).
 
 It accepts SMTP clients on the listening sockets it inherited and runs their sessions and
-the :class:`~zonemta.engine.intake.Intake` as the relay would, except that it stores through
+the :class:`~zonemta.engine.intake.reception.Intake` as the relay would, except that it stores
+through
 the relay: :class:`RelayStore` sends the body and the commit over the pipe, and a session
 answers 250 only after the relay has committed. It ignores SIGINT and SIGTERM — the relay
 tells it to stop — and exits at once when the pipe closes (the relay's death included).
@@ -23,15 +24,15 @@ import trio
 
 from zonemta.conf import Config
 from zonemta.engine.bus import Event, EventBus
-from zonemta.engine.child_entry import child_main, connect_to_relay
-from zonemta.engine.delivery_pipe import FramedPipe, PipeError
 from zonemta.engine.ids import QueueIdGenerator
-from zonemta.engine.intake import Intake
-from zonemta.engine.routing import Router
-from zonemta.engine.smtp_interfaces import enabled_interfaces
+from zonemta.engine.intake.reception import Intake
+from zonemta.engine.intake.routing import Router
+from zonemta.engine.processes.child_entry import child_main, connect_to_relay
+from zonemta.engine.processes.pipe import FramedPipe, PipeError
 from zonemta.headers import HeaderPolicy
+from zonemta.inbound.interfaces import enabled_interfaces
+from zonemta.inbound.listener import SmtpInterfaceService
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
-from zonemta.transport.listener import SmtpInterfaceService
 from zonemta.transport.smtp.reply import Reply
 
 log = logging.getLogger(__name__)
@@ -223,4 +224,4 @@ async def run(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(child_main(sys.argv, run, "zonemta.engine.intake_worker"))
+    sys.exit(child_main(sys.argv, run, "zonemta.inbound.intake_worker"))

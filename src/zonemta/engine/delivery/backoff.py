@@ -21,8 +21,8 @@ from pathlib import Path
 import attrs
 
 from zonemta.conf.units import parse_duration
-from zonemta.engine.bounces import normalize_response
-from zonemta.engine.suspensions import Suspensions
+from zonemta.engine.bounces.classifier import normalize_response
+from zonemta.engine.delivery.suspensions import Suspensions
 from zonemta.store import StoreError, Suspension
 
 log = logging.getLogger(__name__)

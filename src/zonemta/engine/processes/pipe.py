@@ -1,7 +1,7 @@
 """The pipe between the relay and its child processes: length-prefixed pickled frames.
 
 The frames below are those of the delivery processes; the intake processes' frames are
-listed in ``engine/intake_process.py``.
+listed in ``engine/processes/intake_process.py``.
 
 Both ends are zonemta processes started from the same installation (the relay starts its
 delivery processes itself and hands each one end of a socket pair), so frames are pickles

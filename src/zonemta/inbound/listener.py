@@ -1,7 +1,7 @@
 """The trio driver of the SMTP server protocol object: one task per client connection.
 
 It owns sockets, TLS, timeouts and policy; the protocol object owns the SMTP grammar. Message
-content goes from the socket to :class:`zonemta.engine.intake.Reception` chunk by chunk.
+content goes from the socket to :class:`zonemta.engine.intake.reception.Reception` chunk by chunk.
 
 Per connection, in order: the PROXY header when the interface sits behind a load balancer
 (so everything after sees the real client address); admission (``max_clients`` and the
@@ -21,7 +21,12 @@ from functools import partial
 import trio
 
 from zonemta.engine.hooks import HookFailed, SessionInfo, run_checks
-from zonemta.engine.intake import Intake
+from zonemta.engine.intake.reception import Intake
+from zonemta.inbound.session import (
+    RECEIVE_SIZE,
+    REFUSAL_TIMEOUT,
+    SmtpSession,
+)
 from zonemta.transport.admission import Admission, ClientCounts
 from zonemta.transport.interface import (
     LOOPBACK_NETWORKS,
@@ -31,11 +36,6 @@ from zonemta.transport.interface import (
     in_networks,
 )
 from zonemta.transport.proxy import NEED_DATA, ProxyHeaderParser, ProxyProtocolError
-from zonemta.transport.session import (
-    RECEIVE_SIZE,
-    REFUSAL_TIMEOUT,
-    SmtpSession,
-)
 from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.tls import TlsHandshakeFailed, start_server_tls
 

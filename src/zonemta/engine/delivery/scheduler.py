@@ -6,7 +6,7 @@ domain never holds up the zone's other domains. New mail wakes the scheduler at 
 otherwise it sleeps until the next delivery is due (or a poll interval, for work that
 another instance released).
 
-Suspensions (:mod:`zonemta.engine.suspensions`) are obeyed here: a held zone (or one whose
+Suspensions (:mod:`zonemta.engine.delivery.suspensions`) are obeyed here: a held zone (or one whose
 every source address is suspended) leases nothing, held domains and messages are left out of
 the lease query, and the scheduler wakes when a suspension is added, removed or expires.
 """
@@ -19,13 +19,13 @@ from collections.abc import Callable
 
 import trio
 
-from zonemta.engine.attempt import Deliverer
 from zonemta.engine.bus import EventBus
-from zonemta.engine.machine import DeliveryMachine
-from zonemta.engine.shared_rate import SharedRates
-from zonemta.engine.suspensions import Suspensions
-from zonemta.engine.warmup import WarmupCaps
-from zonemta.engine.zones import DomainPolicy
+from zonemta.engine.delivery.attempt import Deliverer
+from zonemta.engine.delivery.machine import DeliveryMachine
+from zonemta.engine.delivery.shared_rate import SharedRates
+from zonemta.engine.delivery.suspensions import Suspensions
+from zonemta.engine.delivery.warmup import WarmupCaps
+from zonemta.engine.delivery.zones import DomainPolicy
 from zonemta.statemachine import Trigger
 from zonemta.store import Delivery, DeliveryKey, Store, StoreError
 

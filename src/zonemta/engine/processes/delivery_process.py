@@ -1,7 +1,7 @@
 """Delivery processes, the relay's side: start, supervise, and send attempts to them.
 
 With ``[delivery] processes = N`` the relay keeps the intake, the store, the schedulers and
-every outcome, and N child processes (``zonemta.engine.delivery_worker``) do the sending:
+every outcome, and N child processes (``zonemta.engine.processes.delivery_worker``) do the sending:
 DNS, the zone's connection pool, the SMTP transaction, DKIM signing and the classification
 of replies. Each zone belongs to one process, so a zone's connection limit holds exactly.
 
@@ -23,13 +23,13 @@ import attrs
 import trio
 
 from zonemta.conf import Config, ConfigError
-from zonemta.engine.blacklist import Blacklist
-from zonemta.engine.child_process import ChildProcess, StartError
-from zonemta.engine.delivery_pipe import Frame, PipeError
+from zonemta.engine.delivery.blacklist import Blacklist
+from zonemta.engine.delivery.machine import DeliveryMachine
+from zonemta.engine.delivery.messages import MessageCache
+from zonemta.engine.delivery.transmit import Outcome
 from zonemta.engine.hooks import Hooks
-from zonemta.engine.machine import DeliveryMachine
-from zonemta.engine.messages import MessageCache
-from zonemta.engine.transmit import Outcome
+from zonemta.engine.processes.child_process import ChildProcess, StartError
+from zonemta.engine.processes.pipe import Frame, PipeError
 from zonemta.statemachine import Trigger
 from zonemta.store import MessageRecord
 
@@ -74,7 +74,7 @@ class DeliveryProcess(ChildProcess):
     """One child process and the attempts in flight on it."""
 
     kind = "delivery"
-    module = "zonemta.engine.delivery_worker"
+    module = "zonemta.engine.processes.delivery_worker"
 
     def __init__(
         self,
@@ -135,7 +135,7 @@ class DeliveryProcess(ChildProcess):
                 await chunks.aclose()
         return pending.outcome
 
-    # -- the process (engine/child_process.py) -----------------------------------------
+    # -- the process (engine/processes/child_process.py) -----------------------------------------
 
     def init_frame(self) -> Frame:
         level = logging.getLogger("zonemta").getEffectiveLevel()

@@ -18,12 +18,12 @@ import trio
 from zonemta.conf import Config, ConfigError
 from zonemta.conf.bounces import DsnConfig
 from zonemta.dkim.signer import DkimKeyError, DkimSigner, load_signer
-from zonemta.engine.bounces import BounceClassifier, RulesError
-from zonemta.engine.dsn import Notice, NoticeKind, build_dsn, delay_notice_due, why_no_dsn
-from zonemta.engine.intake import Envelope, Intake, IntakeRejected
-from zonemta.engine.messages import MessageCache
-from zonemta.engine.retry import RetryPolicy
-from zonemta.engine.webhook import BounceWebhook, bounce_payload
+from zonemta.engine.bounces.classifier import BounceClassifier, RulesError
+from zonemta.engine.bounces.dsn import Notice, NoticeKind, build_dsn, delay_notice_due, why_no_dsn
+from zonemta.engine.bounces.webhook import BounceWebhook, bounce_payload
+from zonemta.engine.delivery.messages import MessageCache
+from zonemta.engine.delivery.retry import RetryPolicy
+from zonemta.engine.intake.reception import Envelope, Intake, IntakeRejected
 from zonemta.statemachine import DeliveryState, Trigger
 from zonemta.store import Delivery, StoreError
 

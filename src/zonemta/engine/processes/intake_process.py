@@ -1,8 +1,9 @@
 """Intake processes, the relay's side: SMTP intake in child processes, the store here.
 
 With ``[intake] processes = N`` the relay binds the SMTP listening sockets and N children
-(``zonemta.engine.intake_worker``) inherit them and accept from them: each runs the sessions
-and the :class:`~zonemta.engine.intake.Intake` (header policy, routing, DKIM body hash). The
+(``zonemta.inbound.intake_worker``) inherit them and accept from them: each runs the sessions
+and the :class:`~zonemta.engine.intake.reception.Intake` (header policy, routing, DKIM body
+hash). The
 relay stays the one owner of the store: a child's message body and commit cross the pipe,
 the relay's group-commit writer stores them with everyone else's, and the child answers 250
 only once the relay said the commit is durable. The client limits of each interface are
@@ -45,10 +46,10 @@ import trio
 
 from zonemta.conf import Config, ConfigError
 from zonemta.conf.units import AUTO_PROCESSES
-from zonemta.engine.child_process import ChildProcess
-from zonemta.engine.delivery_pipe import Frame, PipeError
 from zonemta.engine.hooks import Hooks
-from zonemta.engine.intake import SMALL_BODY, Intake
+from zonemta.engine.intake.reception import SMALL_BODY, Intake
+from zonemta.engine.processes.child_process import ChildProcess
+from zonemta.engine.processes.pipe import Frame, PipeError
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, Store, StoreError
 from zonemta.transport.admission import ClientCounts
 
@@ -116,7 +117,7 @@ class IntakeProcess(ChildProcess):
     """One intake child and what it has in progress here."""
 
     kind = "intake"
-    module = "zonemta.engine.intake_worker"
+    module = "zonemta.inbound.intake_worker"
 
     def __init__(
         self,

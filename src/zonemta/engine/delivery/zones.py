@@ -24,8 +24,8 @@ from zonemta.conf.zones import (
     resolve_domain,
     site_matches,
 )
-from zonemta.engine.pools import AddressPool, PoolAddress
-from zonemta.engine.ratelimit import TokenBucket
+from zonemta.engine.delivery.pools import AddressPool, PoolAddress
+from zonemta.engine.delivery.ratelimit import TokenBucket
 from zonemta.transport.dns import DnsFailure, MxResolver
 
 #: Seconds a domain's learned site is kept before its MX hosts are looked up again.

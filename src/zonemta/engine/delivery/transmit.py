@@ -17,8 +17,12 @@ from typing import Protocol
 import attrs
 
 from zonemta.dkim.signer import DkimSigner
-from zonemta.engine.bounces import BounceClassifier
-from zonemta.engine.connections import Slot, ZoneConnections
+from zonemta.engine.bounces.classifier import BounceClassifier
+from zonemta.engine.delivery.connections import Slot, ZoneConnections
+from zonemta.engine.delivery.machine import MachineBase
+from zonemta.engine.delivery.pools import PoolAddress
+from zonemta.engine.delivery.retry import RetryPolicy
+from zonemta.engine.delivery.zones import DomainPolicy, SourceAddresses
 from zonemta.engine.hooks import (
     ConnectTarget,
     DeliveryReport,
@@ -29,10 +33,6 @@ from zonemta.engine.hooks import (
     OutgoingHeaders,
     run_notices,
 )
-from zonemta.engine.machine import MachineBase
-from zonemta.engine.pools import PoolAddress
-from zonemta.engine.retry import RetryPolicy
-from zonemta.engine.zones import DomainPolicy, SourceAddresses
 from zonemta.statemachine import Trigger
 from zonemta.store import Delivery, MessageRecord
 from zonemta.transport.dns import Destination, DnsFailure, MxHost, MxResolver

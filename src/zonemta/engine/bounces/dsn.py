@@ -2,7 +2,7 @@
 a delivery failed, or has been delayed for a while.
 
 This module is pure: it decides whether a message may be answered with a DSN at all and
-builds the notification as bytes; ``engine/notices.py`` queues it through the intake.
+builds the notification as bytes; ``engine/bounces/notices.py`` queues it through the intake.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Recipient-domain (or site) rates held across instances that share a MongoDB store.
 
-Each instance keeps its own token bucket (:class:`~zonemta.engine.ratelimit.TokenBucket`),
+Each instance keeps its own token bucket (:class:`~zonemta.engine.delivery.ratelimit.TokenBucket`),
 which paces its own deliveries; with several instances on one store, a delivery must also
 claim a place in a counter the instances share: ``rate:<domain or site>:<window>``, where
 the windows are the rate's period laid end to end on the wall clock (``[k * per, (k + 1) *

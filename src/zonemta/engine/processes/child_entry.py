@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from zonemta.engine.delivery_pipe import Frame, FramedPipe
+from zonemta.engine.processes.pipe import Frame, FramedPipe
 
 __all__ = ["RelayPipe", "child_main", "connect_to_relay"]
 

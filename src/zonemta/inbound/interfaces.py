@@ -7,8 +7,8 @@ from pathlib import Path
 
 from zonemta.conf import Config
 from zonemta.conf.security import parse_network
-from zonemta.engine.auth import FailureThrottle, PasswordAuthenticator, UserDatabase
-from zonemta.transport.listener import InterfaceSettings
+from zonemta.engine.intake.auth import FailureThrottle, PasswordAuthenticator, UserDatabase
+from zonemta.inbound.listener import InterfaceSettings
 from zonemta.transport.smtp.server import ServerSettings
 from zonemta.transport.tls import server_context
 
