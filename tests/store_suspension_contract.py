@@ -63,6 +63,24 @@ class SuspensionContract:
         assert {e.id for e in await store.expire_suspensions(500.0)} == {"s", "t"}
         assert [d.created for d in await store.deliveries_of("m1")] == [70.0, 70.0]  # +20 s
 
+    async def test_held_time_is_credited_to_a_sites_domains(self, store: Store) -> None:
+        await _put(store, "m1", _rcpts(("a@x.example", ZONE), ("b@y.example", ZONE)))
+        await _put(store, "m2", _rcpts(("c@x.example", "other"), ("d@z.example", ZONE)))
+        await store.credit_held_time(zone=ZONE, domains=["x.example", "z.example"], seconds=30)
+        created = {
+            (d.message_id, d.domain): d.created
+            for m in ("m1", "m2")
+            for d in await store.deliveries_of(m)
+        }
+        assert created == {
+            ("m1", "x.example"): 80.0,
+            ("m1", "y.example"): 50.0,  # not one of the domains
+            ("m2", "x.example"): 50.0,  # another zone
+            ("m2", "z.example"): 80.0,
+        }
+        await store.credit_held_time(zone=None, domains=["x.example"], seconds=5)
+        assert [d.created for d in await store.deliveries_of("m2")] == [55.0, 80.0]
+
     async def test_counters_add_up_and_expire(self, store: Store) -> None:
         assert await store.add_to_counter("w:a", 2, expires=100.0) == 2
         assert await store.add_to_counter("w:a", 3, expires=50.0) == 5

@@ -122,3 +122,51 @@ async def test_a_too_many_connections_reply_slows_the_domain_to_one_at_a_time(
     (reasons,) = [r["reasons"] for r in why["recipients"]]
     assert [r["code"] for r in reasons] == ["domain_connections"]  # slowed, not suspended
     assert reasons[0]["limit"] == 1 and reasons[0]["slowed_by"] == entry["id"]
+
+
+PROVIDER_ZONE = """
+$ORIGIN test.
+$TTL 300
+@            IN SOA ns.test. admin.test. 1 7200 3600 1209600 300
+a            IN MX 10 mx1.provider.test.
+b            IN MX 10 mx2.provider.test.
+d            IN MX 10 mx.other.test.
+mx1.provider IN A 127.0.0.1
+mx2.provider IN A 127.0.0.1
+mx.other     IN A 127.0.0.1
+"""
+
+
+async def test_a_backoff_holds_the_whole_site_in_the_zone(tmp_path: Path) -> None:
+    """a.test and b.test are hosted at provider.test (one site): a "rate limited" reply for
+    a.test holds b.test too; d.test, hosted elsewhere, goes on."""
+    with TestMx(rcpt_reply=lambda a: LIMITED if a == "first@a.test" else None) as mx:
+        async with run_dns_server(PROVIDER_ZONE) as dns:
+            config = relay_config(
+                tmp_path / "q",
+                queue={"retry_schedule": ["1h"]},
+                dns={"nameservers": [f"127.0.0.1:{dns.port}"]},
+                zones={"default": {"port": mx.port}},
+                domains={"*.provider.test": {"max_connections": 5}},
+            )
+            async with running_relay(config) as (relay, info):
+                events = relay.bus.subscribe()
+                port = info.smtp_ports["feeder"]
+                await submit_async(port, "s@o.test", ["first@a.test"], MESSAGE)
+                seen = await collect_until(
+                    events, lambda evs: any(e.type == "suspension.added" for e in evs)
+                )
+                held = await submit_async(port, "s@o.test", ["x@b.test"], MESSAGE)
+                await submit_async(port, "s@o.test", ["x@d.test"], MESSAGE)
+                seen += await collect_until(events, reached("x@d.test", "delivered"))
+                async with httpx.AsyncClient(base_url=api_url(info)) as client:
+                    (entry,) = (await client.get("/suspend")).json()["suspensions"]
+                    why = (await client.get(f"/message/{held}/why")).json()
+    (added,) = [e for e in seen if e.type == "suspension.added"]
+    assert added.details is not None and added.details["domain"] == "*.provider.test"
+    assert entry["domain"] == "*.provider.test" and entry["zone"] == "default"
+    assert entry["rule"] == "rate-limited" and entry["response"] == LIMITED
+    (reasons,) = [r["reasons"] for r in why["recipients"]]
+    assert reasons[0]["code"] == "suspended" and reasons[0]["suspension"] == entry["id"]
+    assert [m.recipients for m in mx.received()] == [("x@d.test",)]
+    assert "x@b.test" not in [address for address, _ in mx.rcpt_peers]

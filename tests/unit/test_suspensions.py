@@ -70,6 +70,30 @@ async def test_an_expiring_suspension_goes_with_an_event_and_credits_its_time(
     assert created == {"held.test": 100.0, "free.test": 0.0}  # held for 100 s
 
 
+async def test_a_site_entry_holds_and_credits_the_sites_domains(
+    store: SqliteStore, mock_clock: trio.testing.MockClock
+) -> None:
+    jump_when_idle(mock_clock)
+    await queue(store, ["a@a.test", "b@b.test", "c@c.test"])
+    sites = {"a.test": "*.p.test", "b.test": "*.p.test"}
+    suspensions = Suspensions(
+        store,
+        bus=EventBus(),
+        clock=trio.current_time,
+        site_of=lambda domain: sites.get(domain, domain),
+        members=lambda key: {key, *(d for d, site in sites.items() if site == key)},
+    )
+    entry = await suspensions.add(zone="default", domain="*.p.test", who="backoff")
+    rows = {d.domain: d for d in await store.deliveries_of("m1")}
+    assert suspensions.holding(rows["a.test"]) == entry
+    assert suspensions.holding(rows["b.test"]) == entry
+    assert suspensions.holding(rows["c.test"]) is None
+    await trio.sleep(40)
+    await suspensions.remove(entry.id)
+    created = {d.domain: d.created for d in await store.deliveries_of("m1")}
+    assert created == {"a.test": 40.0, "b.test": 40.0, "c.test": 0.0}
+
+
 class SourcelessDeliverer(RecordingDeliverer):
     """The recording deliverer with the pool the scheduler asks about (one OS address)."""
 

@@ -109,7 +109,13 @@ class DeliveryEngine:
         self.messages = MessageCache(store)
         self.suppressions = SuppressionList(store)
         self.domains = DomainPolicy(config, resolver)
-        self.suspensions = Suspensions(store, bus=bus, clock=clock)
+        self.suspensions = Suspensions(
+            store,
+            bus=bus,
+            clock=clock,
+            site_of=self.domains.site_of,
+            members=self.domains.members,
+        )
         self.suspensions.on_change(lambda: self.wake(self.schedulers))
         self.backoff = make_backoff(config, self.suspensions)
         self.warmup = WarmupCaps.from_config(config, store, clock)

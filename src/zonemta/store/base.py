@@ -429,6 +429,15 @@ class Store(abc.ABC):
         caller only. Returns the removed entries."""
 
     @abc.abstractmethod
+    async def credit_held_time(
+        self, *, zone: str | None, domains: Collection[str], seconds: float
+    ) -> None:
+        """Move ``created`` of the deliveries to ``domains`` (in ``zone``, or in every zone
+        when None) forward by ``seconds``: the credit of a suspension of a site, whose member
+        domains only the engine knows (:meth:`remove_suspension` credits the entry's own
+        scope)."""
+
+    @abc.abstractmethod
     async def add_to_counter(self, name: str, amount: int, *, expires: float) -> int:
         """Add ``amount`` to the shared counter ``name`` (created at 0, kept until
         ``expires``) and return its new value: one atomic step, so instances sharing the

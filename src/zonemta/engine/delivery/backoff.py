@@ -1,11 +1,12 @@
 """Automatic backoff: a remote reply that says "you are sending too fast" suspends the
-(zone, recipient domain) for a while.
+(zone, site) for a while: the recipient domain's site (``[domains."*.provider"]`` or MX
+rollup) once the relay has learned it, else the domain itself.
 
 The rules are data (``zonemta/data/backoff-rules.txt``, plus an operator file tried
 first): one rule per line, ``suspend|slow DURATION /PATTERN/ NAME``. A temporary failure
 whose reply (normalised as the bounce rules see it) matches a rule adds a suspension of the
-delivery's domain in its zone for ``DURATION`` (``slow``: an entry that lets one delivery
-to the domain go at a time instead of none), naming the rule and the reply, unless one of
+delivery's site in its zone for ``DURATION`` (``slow``: an entry that lets one delivery
+to the site go at a time instead of none), naming the rule and the reply, unless one of
 the same kind made by a rule is already there. The decision is taken in the relay, where
 the outcome arrives (also with delivery processes), and the suspension is shared through
 the store like an operator's.
@@ -113,16 +114,17 @@ class Backoff:
         return found if found is not None and found.rule is not None else None
 
     async def consider(self, zone: str, domain: str, response: str) -> Suspension | None:
-        """After a temporary failure with a remote ``response``: suspend (zone, domain) when
-        a rule matches and no backoff holds it yet. Returns the new suspension, if any.
-        A store failure is logged (the delivery's own retry goes on)."""
+        """After a temporary failure with a remote ``response``: suspend (zone, the domain's
+        site) when a rule matches and no backoff holds it yet. Returns the new suspension, if
+        any. A store failure is logged (the delivery's own retry goes on)."""
         rule = self.match(response)
-        if rule is None or self._active(zone, domain, rule) is not None:
+        site = self.suspensions.site_of(domain)
+        if rule is None or self._active(zone, site, rule) is not None:
             return None
         try:
             return await self.suspensions.add(
                 zone=zone,
-                domain=domain,
+                domain=site,
                 until=self.suspensions.clock() + rule.seconds,
                 reason=f"backoff for {rule.seconds:g} s",
                 who="backoff",
@@ -131,5 +133,5 @@ class Backoff:
                 max_connections=1 if rule.action == "slow" else None,
             )
         except StoreError as exc:
-            log.error("storing the backoff of %s in zone %s failed: %s", domain, zone, exc)
+            log.error("storing the backoff of %s in zone %s failed: %s", site, zone, exc)
             return None

@@ -147,7 +147,8 @@ class ZoneScheduler:
     def _skip_domains(self) -> list[str]:
         """Recipient domains not to lease now: held, at their connection limit (MX zones)
         or waiting for their rate."""
-        skip = list(self.suspensions.held_domains(self.zone)) if self.suspensions else []
+        held = self.suspensions.held_domains(self.zone) if self.suspensions else {}
+        skip = [domain for key in held for domain in self.domains.members(key)]
         if not self.deliverer.zone.smart_host:
             for key, count in self._destinations.items():
                 if count >= self._limit(key):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import trio
 
@@ -52,8 +52,14 @@ class Suspensions:
         bus: EventBus,
         clock: Callable[[], float],
         refresh_interval: float = REFRESH_INTERVAL,
+        site_of: Callable[[str], str] = str,
+        members: Callable[[str], Collection[str]] = lambda key: (key,),
     ) -> None:
         self.store = store
+        # A recipient domain's site once learned (``DomainPolicy.site_of``): an entry on a
+        # site (``*.provider.example`` or ``mx:<hosts>``) holds every domain at it.
+        self.site_of = site_of
+        self.members = members  # a site's known domains (``DomainPolicy.members``)
         self.bus = bus
         self.clock = clock
         self.refresh_interval = refresh_interval
@@ -87,7 +93,7 @@ class Suspensions:
         return None
 
     def held_domains(self, zone: str) -> dict[str, Suspension]:
-        """Recipient domains held in ``zone`` (in it alone, or in every zone)."""
+        """Recipient domains and sites held in ``zone`` (in it alone, or in every zone)."""
         return {
             e.domain: e
             for e in self._active()
@@ -97,12 +103,13 @@ class Suspensions:
         }
 
     def slowed(self, zone: str, domain: str) -> Suspension | None:
-        """The entry that slows ``domain`` in ``zone`` the most, if any."""
+        """The entry that slows ``domain`` (or its site) in ``zone`` the most, if any."""
+        keys = {domain, self.site_of(domain)}
         found = [
             e
             for e in self._active()
             if e.max_connections is not None
-            and e.domain == domain
+            and e.domain in keys
             and (e.zone is None or e.zone == zone)
         ]
         return min(found, key=lambda e: e.max_connections or 0) if found else None
@@ -115,9 +122,13 @@ class Suspensions:
         return {e.source: e for e in self._active() if e.source is not None}
 
     def holding(self, row: Delivery) -> Suspension | None:
-        """The entry that holds delivery ``row``, if one does."""
+        """The entry that holds delivery ``row`` (its domain, its domain's site, its zone or
+        its message), if one does."""
+        site = self.site_of(row.domain)
         for entry in self._active():
-            if entry.holds(row.zone, row.domain, row.message_id):
+            if entry.holds(row.zone, row.domain, row.message_id) or (
+                site != row.domain and entry.holds(row.zone, site, row.message_id)
+            ):
                 return entry
         return None
 
@@ -165,13 +176,26 @@ class Suspensions:
 
     async def remove(self, entry_id: str) -> Suspension | None:
         """Remove an entry (resume what it held); None when there is no such entry."""
-        entry = await self.store.remove_suspension(entry_id, now=self.clock())
+        now = self.clock()
+        entry = await self.store.remove_suspension(entry_id, now=now)
         self._entries.pop(entry_id, None)
         if entry is not None:
+            await self._credit_site(entry, now)
             log.warning("suspension %s removed: %s", entry.id, describe(entry))
             self._publish("suspension.removed", entry)
             self._changed()
         return entry
+
+    async def _credit_site(self, entry: Suspension, now: float) -> None:
+        """The store credited the entry's own scope; a site's member domains (as far as
+        this instance has learned them) get the same credit. Raises StoreError."""
+        if entry.domain is None or entry.max_connections is not None:
+            return
+        others = set(self.members(entry.domain)) - {entry.domain}
+        if others:
+            await self.store.credit_held_time(
+                zone=entry.zone, domains=sorted(others), seconds=entry.held_seconds(now)
+            )
 
     def _publish(self, kind: str, entry: Suspension) -> None:
         self.bus.publish(
@@ -181,7 +205,9 @@ class Suspensions:
     async def reload(self) -> None:
         """Remove expired entries, then replace the memory copy with the store's entries.
         Raises StoreError."""
-        for entry in await self.store.expire_suspensions(self.clock()):
+        now = self.clock()
+        for entry in await self.store.expire_suspensions(now):
+            await self._credit_site(entry, now)
             log.info("suspension %s expired: %s", entry.id, describe(entry))
             self._publish("suspension.removed", entry)
         entries = await self.store.list_suspensions(self.clock())

@@ -368,6 +368,11 @@ class MongoStore(Store):
     async def expire_suspensions(self, now: float) -> list[Suspension]:
         return await self._runner.run(partial(suspensions.expire_suspensions, now))
 
+    async def credit_held_time(
+        self, *, zone: str | None, domains: Collection[str], seconds: float
+    ) -> None:
+        await self._runner.run(partial(suspensions.credit_held_time, zone, tuple(domains), seconds))
+
     async def add_to_counter(self, name: str, amount: int, *, expires: float) -> int:
         return await self._runner.run(partial(suspensions.add_to_counter, name, amount, expires))
 

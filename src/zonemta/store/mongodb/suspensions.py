@@ -89,6 +89,15 @@ def expire_suspensions(now: float, db: Db) -> list[Suspension]:
     return removed
 
 
+def credit_held_time(zone: str | None, domains: tuple[str, ...], seconds: float, db: Db) -> None:
+    if not domains or seconds <= 0:
+        return
+    query: dict[str, Any] = {"domain": {"$in": list(domains)}}
+    if zone is not None:
+        query["zone"] = zone
+    db[DELIVERIES].update_many(query, {"$inc": {"created": seconds}})
+
+
 def add_to_counter(name: str, amount: int, expires: float, db: Db) -> int:
     doc = db[COUNTERS].find_one_and_update(
         {"_id": name},

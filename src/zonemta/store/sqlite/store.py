@@ -371,6 +371,13 @@ class SqliteStore(Store):
     async def expire_suspensions(self, now: float) -> list[Suspension]:
         return await self._writer.submit(partial(suspensions.expire_suspensions, now))
 
+    async def credit_held_time(
+        self, *, zone: str | None, domains: Collection[str], seconds: float
+    ) -> None:
+        await self._writer.submit(
+            partial(suspensions.credit_held_time, zone, tuple(domains), seconds)
+        )
+
     async def add_to_counter(self, name: str, amount: int, *, expires: float) -> int:
         return await self._writer.submit(partial(suspensions.add_to_counter, name, amount, expires))
 

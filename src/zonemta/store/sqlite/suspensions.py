@@ -117,6 +117,19 @@ def expire_suspensions(now: float, conn: sqlite3.Connection) -> list[Suspension]
     return entries
 
 
+def credit_held_time(
+    zone: str | None, domains: tuple[str, ...], seconds: float, conn: sqlite3.Connection
+) -> None:
+    if not domains or seconds <= 0:
+        return
+    where = f"domain IN ({', '.join('?' * len(domains))})"
+    params: list[object] = [seconds, *domains]
+    if zone is not None:
+        where += " AND zone = ?"
+        params.append(zone)
+    conn.execute(f"UPDATE deliveries SET created = created + ? WHERE {where}", params)
+
+
 def add_to_counter(name: str, amount: int, expires: float, conn: sqlite3.Connection) -> int:
     row = conn.execute(
         "INSERT INTO counters (name, value, expires) VALUES (?, ?, ?)"
