@@ -20,6 +20,12 @@ A driver loop looks like::
 The object owns the SMTP grammar, sequencing, limits and every automatic reply; the driver
 owns I/O, TLS, timeouts and policy. Nothing here blocks, sleeps or reads a clock.
 
+This module owns the session: its state, the input buffer and command-line reading, the
+reply queue and error cap, the policy answers (``respond``), and the DATA and AUTH reading
+loops. What each command verb does is in ``server_commands`` (inherited), the settings in
+``server_settings``, the events in ``server_events``; this module re-exports the names a
+driver needs.
+
 EOF in the middle of DATA yields ``ConnectionClosed`` without a ``DataAbort``: the driver knows
 a body was in progress (it saw ``DataStart`` and no ``DataEnd``/``DataAbort``) and discards it.
 """
@@ -27,14 +33,12 @@ a body was in progress (it saw ``DataStart`` and no ``DataEnd``/``DataAbort``) a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-
-import attrs
 
 from zonemta.transport.smtp import server_replies as replies
 from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
-from zonemta.transport.smtp.server_auth import MECHANISMS, Challenge, Credentials, SaslExchange
+from zonemta.transport.smtp.server_auth import SaslExchange
+from zonemta.transport.smtp.server_commands import HANDLERS, CommandHandlers
 from zonemta.transport.smtp.server_data import DataDecoder
 from zonemta.transport.smtp.server_events import (
     NEED_DATA,
@@ -53,7 +57,8 @@ from zonemta.transport.smtp.server_events import (
     Rset,
     StartTLS,
 )
-from zonemta.transport.smtp.server_parse import Refusal, parse_mail_from, parse_rcpt_to
+from zonemta.transport.smtp.server_parse import Refusal
+from zonemta.transport.smtp.server_settings import ServerSettings
 from zonemta.transport.smtp.server_states import (
     NOT_IMPLEMENTED_VERBS,
     SessionState,
@@ -84,53 +89,11 @@ __all__ = [
     "StartTLS",
 ]
 
-# RFC 5321 4.5.3.1.4: a server must accept command lines of at least 512 octets incl. CRLF.
-MIN_LINE_LENGTH = 512
-# RFC 5321 4.5.3.1.8: at least 100 recipients per transaction must be accepted.
-MIN_RECIPIENTS = 100
-
-
-def _positive(minimum: int) -> Callable[[object, attrs.Attribute[int], int], None]:
-    def check(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
-        if value < minimum:
-            raise ValueError(f"{attribute.name} must be at least {minimum}, got {value}")
-
-    return check
-
-
-def _hostname(_instance: object, _attribute: object, value: str) -> None:
-    if not value or any(c in value for c in " \r\n"):
-        raise ValueError(f"hostname must be one non-empty word: {value!r}")
-
-
-@attrs.frozen
-class ServerSettings:
-    """What one SMTP server session advertises and enforces. 0 disables a size limit.
-
-    ``implicit_tls``: the session runs inside TLS from the start (port 465 style).
-    ``auth_available``: AUTH PLAIN and LOGIN are offered, once TLS is active unless
-    ``allow_insecure_auth``. ``max_errors``: after this many error replies (4xx/5xx, not
-    counting 452 for too many recipients) without an accepted message the session gets
-    421 and is closed; 0 disables the cap.
-    """
-
-    hostname: str = attrs.field(validator=_hostname)
-    max_size: int = attrs.field(validator=_positive(0))
-    max_recipients: int = attrs.field(default=1000, validator=_positive(1))
-    max_line_length: int = attrs.field(default=2048, validator=_positive(MIN_LINE_LENGTH))
-    max_header_size: int = attrs.field(default=1024 * 1024, validator=_positive(0))
-    starttls_available: bool = False
-    banner: str = "ESMTP zonemta"
-    implicit_tls: bool = False
-    auth_available: bool = False
-    allow_insecure_auth: bool = False
-    max_errors: int = attrs.field(default=0, validator=_positive(0))
-
 
 _TOO_LONG = object()  # marker from _read_line: an over-long line was discarded
 
 
-class SMTPServerConnection:
+class SMTPServerConnection(CommandHandlers):
     """One SMTP server session. See the module docstring for the driver's side."""
 
     def __init__(self, settings: ServerSettings) -> None:
@@ -359,137 +322,13 @@ class SMTPServerConnection:
         if refused is not None:
             self._reply(refused)
             return None
-        return _HANDLERS[verb](self, arg.strip(" "), crlf)
+        return HANDLERS[verb](self, arg.strip(" "), crlf)
 
     def _reply(self, reply: Reply) -> None:
         """Queue ``reply``, counting it towards the error cap when it is an error."""
         self._out.append(reply.to_bytes())
         if reply.code >= 400 and reply not in _NOT_ERRORS:
             self._errors += 1
-
-    def _on_helo(self, arg: str, _crlf: bool) -> Event | None:
-        if not arg:
-            self._reply(replies.HELO_SYNTAX)
-            return None
-        self._end_transaction()
-        self._move(Trigger.HELLO)
-        self._reply(Reply(250, (self._settings.hostname,)))
-        return Helo(arg, extended=False)
-
-    def _on_ehlo(self, arg: str, _crlf: bool) -> Event | None:
-        if not arg:
-            self._reply(replies.EHLO_SYNTAX)
-            return None
-        self._end_transaction()
-        self._move(Trigger.HELLO)
-        settings = self._settings
-        lines = [settings.hostname, "PIPELINING"]
-        lines.append(f"SIZE {settings.max_size}" if settings.max_size else "SIZE")
-        lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
-        if settings.starttls_available and not self._tls_active:
-            lines.append("STARTTLS")
-        if self._auth_offered:
-            lines.append(" ".join(("AUTH", *MECHANISMS)))
-        lines.append("HELP")
-        self._reply(Reply(250, tuple(lines)))
-        return Helo(arg, extended=True)
-
-    def _on_mail(self, arg: str, _crlf: bool) -> Event | None:
-        try:
-            address, params = parse_mail_from(arg, max_size=self._settings.max_size)
-        except Refusal as refusal:
-            self._reply(refusal.reply)
-            return None
-        self._pending_utf8 = "SMTPUTF8" in params
-        self._pending = event = MailFrom(address, params)
-        return event
-
-    def _on_rcpt(self, arg: str, _crlf: bool) -> Event | None:
-        try:
-            address, params = parse_rcpt_to(arg, utf8=self._smtputf8)
-        except Refusal as refusal:
-            self._reply(refusal.reply)
-            return None
-        if self._recipients >= self._settings.max_recipients:
-            self._reply(replies.TOO_MANY_RECIPIENTS)
-            return None
-        self._pending = event = RcptTo(address, params)
-        return event
-
-    def _on_data(self, arg: str, crlf: bool) -> Event | None:
-        if arg:
-            self._reply(replies.NO_PARAMETERS)
-            return None
-        settings = self._settings
-        self._decoder = DataDecoder(settings.max_size, settings.max_header_size, after_crlf=crlf)
-        self._move(Trigger.DATA)
-        self._reply(replies.START_DATA)
-        return DataStart()
-
-    def _on_rset(self, arg: str, _crlf: bool) -> Event | None:
-        if arg:
-            self._reply(replies.NO_PARAMETERS)
-            return None
-        self._end_transaction()
-        self._move(Trigger.RSET)
-        self._reply(replies.OK)
-        return Rset()
-
-    def _on_noop(self, _arg: str, _crlf: bool) -> Event | None:
-        self._reply(replies.OK)
-        return Noop()
-
-    def _on_quit(self, _arg: str, _crlf: bool) -> Event | None:
-        self._reply(replies.BYE)
-        self._close()
-        return Quit()
-
-    def _on_vrfy(self, arg: str, _crlf: bool) -> Event | None:
-        self._reply(replies.VRFY_CANNOT if arg else replies.VRFY_SYNTAX)
-        return None
-
-    def _on_help(self, _arg: str, _crlf: bool) -> Event | None:
-        self._reply(replies.HELP)
-        return None
-
-    def _on_starttls(self, arg: str, _crlf: bool) -> Event | None:
-        if arg:
-            self._reply(replies.NO_PARAMETERS)
-            return None
-        if not self._settings.starttls_available:
-            self._reply(replies.TLS_NOT_AVAILABLE)
-            return None
-        if self._tls_active:
-            self._reply(replies.TLS_ALREADY_ACTIVE)
-            return None
-        if self._inbox or self._line_buf:
-            # RFC 3207 5 / CVE-2011-0411: plaintext pipelined after STARTTLS is an injection.
-            self._close()
-            raise RemoteProtocolError("command pipelined after STARTTLS", replies.TLS_INJECTION)
-        self._move(Trigger.STARTTLS)
-        self._reply(replies.READY_FOR_TLS)
-        return StartTLS()
-
-    @property
-    def _auth_offered(self) -> bool:
-        settings = self._settings
-        return settings.auth_available and (self._tls_active or settings.allow_insecure_auth)
-
-    def _on_auth(self, arg: str, _crlf: bool) -> Event | None:
-        if not self._settings.auth_available:
-            refusal = replies.AUTH_NOT_AVAILABLE
-        elif self._authenticated:
-            refusal = replies.AUTH_ALREADY
-        elif not self._auth_offered:
-            refusal = replies.AUTH_NEEDS_TLS
-        else:
-            exchange = SaslExchange()
-            try:
-                return self._sasl_result(exchange, exchange.start(arg))
-            except Refusal as refused:
-                refusal = refused.reply
-        self._reply(refusal)
-        return None
 
     def _auth_event(self) -> Event | type[NEED_DATA] | None:
         exchange = self._sasl
@@ -507,17 +346,6 @@ class SMTPServerConnection:
             self._reply(refused.reply)
             self._move(Trigger.AUTH_DONE)
             return None
-
-    def _sasl_result(self, exchange: SaslExchange, result: Challenge | Credentials) -> Event | None:
-        """Queue the next challenge, or hand out the credentials as the Auth policy event."""
-        if isinstance(result, Challenge):
-            self._sasl = exchange
-            self._move(Trigger.AUTH)
-            self._out.append(result.to_bytes())
-            return None
-        self._sasl = None
-        self._pending = event = Auth(result.mechanism.value, result.username, result.password)
-        return event
 
     def _data_event(self) -> Event | type[NEED_DATA] | None:
         decoder = self._decoder
@@ -549,22 +377,6 @@ class SMTPServerConnection:
             if result.finished:
                 return None
 
-
-_Handler = Callable[[SMTPServerConnection, str, bool], Event | None]
-_HANDLERS: dict[Verb, _Handler] = {
-    Verb.HELO: SMTPServerConnection._on_helo,
-    Verb.EHLO: SMTPServerConnection._on_ehlo,
-    Verb.MAIL: SMTPServerConnection._on_mail,
-    Verb.RCPT: SMTPServerConnection._on_rcpt,
-    Verb.DATA: SMTPServerConnection._on_data,
-    Verb.RSET: SMTPServerConnection._on_rset,
-    Verb.NOOP: SMTPServerConnection._on_noop,
-    Verb.QUIT: SMTPServerConnection._on_quit,
-    Verb.VRFY: SMTPServerConnection._on_vrfy,
-    Verb.HELP: SMTPServerConnection._on_help,
-    Verb.STARTTLS: SMTPServerConnection._on_starttls,
-    Verb.AUTH: SMTPServerConnection._on_auth,
-}
 
 # Replies that are not the client's errors: a full transaction (RFC 5321 4.5.3.1.10 tells
 # clients to send the rest in a new one) and the server closing by itself.
