@@ -345,10 +345,10 @@ class StoreContract(SuspensionContract):
     async def test_release(self, store: Store) -> None:
         await put(store, "m", rcpts(("a@x.example", ZONE, 1.0), ("b@x.example", ZONE, 2.0)))
         a, b = await store.lease(ZONE, owner=OWNER, now=10.0, lease_until=100.0, limit=5)
-        await store.release(a.key, owner=OWNER, next_attempt=50.0)
+        await store.release(a.key, owner=OWNER, next_attempt=50.0, state=RowState.QUEUED)
         await store.defer(b.key, owner=OWNER, now=10.0, next_attempt=20.0, response="421")
         [b] = await store.lease(ZONE, owner=OWNER, now=30.0, lease_until=100.0, limit=5)
-        await store.release(b.key, owner=OWNER, next_attempt=60.0)
+        await store.release(b.key, owner=OWNER, next_attempt=60.0, state=RowState.DEFERRED)
         ra, rb = await store.deliveries_of("m")
         assert (ra.state, ra.attempts, ra.next_attempt) == (RowState.QUEUED, 0, 50.0)
         assert (rb.state, rb.attempts, rb.next_attempt) == (RowState.DEFERRED, 1, 60.0)
@@ -357,16 +357,27 @@ class StoreContract(SuspensionContract):
         leased = await store.lease(ZONE, owner=OTHER, now=60.0, lease_until=100.0, limit=5)
         assert [d.seq for d in leased] == [0, 1]
         # Releasing a lease one does not hold changes nothing.
-        await store.release(a.key, owner=OWNER, next_attempt=999.0)
+        await store.release(a.key, owner=OWNER, next_attempt=999.0, state=RowState.QUEUED)
         assert [(d.lease_owner, d.next_attempt) for d in await store.deliveries_of("m")] == [
             (OTHER, 50.0),
             (OTHER, 60.0),
         ]
 
+    async def test_release_writes_the_state_it_is_told(self, store: Store) -> None:
+        # The delivery state machine's table decides a released row's state, not the store.
+        await put(store, "m", rcpts(("a@x.example", ZONE, 1.0), ("b@x.example", ZONE, 2.0)))
+        a, b = await store.lease(ZONE, owner=OWNER, now=10.0, lease_until=100.0, limit=5)
+        await store.release(a.key, owner=OWNER, next_attempt=50.0, state=RowState.DEFERRED)
+        with pytest.raises(ValueError, match="not locked"):
+            await store.release(b.key, owner=OWNER, next_attempt=50.0, state=RowState.LOCKED)
+        ra, rb = await store.deliveries_of("m")
+        assert (ra.state, ra.attempts, ra.lease_owner) == (RowState.DEFERRED, 0, None)
+        assert (rb.state, rb.lease_owner) == (RowState.LOCKED, OWNER)
+
     async def test_renew(self, store: Store) -> None:
         await put(store, "m", rcpts(("a@x.example", ZONE, 1.0), ("b@x.example", ZONE, 2.0)))
         a, b = await store.lease(ZONE, owner=OWNER, now=10.0, lease_until=100.0, limit=5)
-        await store.release(b.key, owner=OWNER, next_attempt=1.0)
+        await store.release(b.key, owner=OWNER, next_attempt=1.0, state=RowState.QUEUED)
         [b] = await store.lease(ZONE, owner=OTHER, now=10.0, lease_until=100.0, limit=5)
         await store.renew([a.key, b.key, DeliveryKey("gone", 0)], owner=OWNER, lease_until=300.0)
         ra, rb = await store.deliveries_of("m")
@@ -489,7 +500,7 @@ class StoreContract(SuspensionContract):
         assert await store.remove_deliveries("m", None) == 1
         assert [d.seq for d in await store.deliveries_of("m")] == [leased.seq]
         assert await store.get_message("m") is not None
-        await store.release(leased.key, owner=OWNER, next_attempt=100.0)
+        await store.release(leased.key, owner=OWNER, next_attempt=100.0, state=RowState.QUEUED)
         assert await store.remove_deliveries("m", leased.seq) == 1
         assert await store.get_message("m") is None
         assert await store.remove_orphans() == 0

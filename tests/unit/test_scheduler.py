@@ -20,7 +20,7 @@ from zonemta.engine.delivery.machine import DeliveryMachine
 from zonemta.engine.delivery.scheduler import ZoneScheduler
 from zonemta.engine.delivery.transmit import ZoneRoute
 from zonemta.engine.delivery.zones import DomainPolicy
-from zonemta.store import Delivery, MessageRecord, NewDelivery
+from zonemta.store import Delivery, MessageRecord, NewDelivery, RowState
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store
 from zonemta.transport.outbound import TlsPolicy
 
@@ -64,7 +64,9 @@ class RecordingDeliverer:
         await self.store.complete(machine.row.key, owner=OWNER)
 
     async def release(self, machine: DeliveryMachine) -> None:
-        await self.store.release(machine.row.key, owner=OWNER, next_attempt=0.0)
+        await self.store.release(
+            machine.row.key, owner=OWNER, next_attempt=0.0, state=RowState.QUEUED
+        )
 
 
 @pytest.fixture

@@ -275,10 +275,23 @@ class Store(abc.ABC):
     async def renew(self, keys: Sequence[DeliveryKey], *, owner: str, lease_until: float) -> None:
         """Extend leases held by ``owner``; keys no longer held are ignored."""
 
-    @abc.abstractmethod
-    async def release(self, key: DeliveryKey, *, owner: str, next_attempt: float) -> None:
+    async def release(
+        self, key: DeliveryKey, *, owner: str, next_attempt: float, state: RowState
+    ) -> None:
         """Give a leased delivery back without counting an attempt (shutdown, lease not
-        used). It becomes QUEUED (or DEFERRED if it had attempts) at ``next_attempt``."""
+        used): it waits in ``state`` (QUEUED or DEFERRED: the delivery state machine's
+        table decides which; the store writes what it is told) until ``next_attempt``. A
+        delivery ``owner`` no longer holds is left untouched (no error: the lease is gone
+        either way). Raises ValueError for ``state`` LOCKED."""
+        if state is RowState.LOCKED:
+            raise ValueError("a released delivery is queued or deferred, not locked")
+        await self._release(key, owner, next_attempt, state)
+
+    @abc.abstractmethod
+    async def _release(
+        self, key: DeliveryKey, owner: str, next_attempt: float, state: RowState
+    ) -> None:
+        """:meth:`release` with ``state`` checked."""
 
     @abc.abstractmethod
     async def defer(
@@ -319,7 +332,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def recover_leases(self, owner: str) -> int:
         """At start: every lease held by ``owner`` returns to the queue (a previous process
-        with this instance id died). Returns how many."""
+        with this instance id died), QUEUED when it has no attempt counted and DEFERRED
+        when it has (what ``zonemta.statemachine.waiting_state`` says). Returns how many."""
 
     @abc.abstractmethod
     async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:

@@ -28,7 +28,7 @@ from zonemta.engine.delivery.warmup import WarmupCaps
 from zonemta.engine.hooks import DeliveryReport, Hooks, run_notices
 from zonemta.engine.processes.delivery_process import DeliveryProcess
 from zonemta.statemachine import DeliveryState, Persist, Transition, Trigger
-from zonemta.store import Delivery, LeaseLost, MessageRecord, Store, StoreError
+from zonemta.store import Delivery, LeaseLost, MessageRecord, RowState, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,12 @@ class Deliverer:
                         delay_notified=delay_notified,
                     )
                 case Persist.RELEASE:
-                    await self.store.release(row.key, owner=self.owner, next_attempt=now)
+                    await self.store.release(
+                        row.key,
+                        owner=self.owner,
+                        next_attempt=now,
+                        state=RowState.DEFERRED if row.attempts else RowState.QUEUED,
+                    )
                 case _:
                     pass
         except LeaseLost:

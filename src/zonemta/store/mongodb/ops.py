@@ -21,6 +21,7 @@ from zonemta.store.base import (
     LeaseLost,
     MessageRecord,
     NewDelivery,
+    RowState,
     StoreError,
 )
 from zonemta.store.mongodb.client import Db
@@ -288,10 +289,15 @@ def renew(keys: Sequence[DeliveryKey], owner: str, lease_until: float, db: Db) -
     )
 
 
-def release(key: DeliveryKey, owner: str, next_attempt: float, db: Db) -> None:
-    """Unlock a delivery without counting an attempt; one ``owner`` does not hold is left."""
+def release(key: DeliveryKey, owner: str, next_attempt: float, state: RowState, db: Db) -> None:
+    """Unlock a delivery without counting an attempt, in ``state``; one ``owner`` does not
+    hold is left."""
     db[DELIVERIES].update_one(
-        held_by(key, owner), [{"$set": {"next_attempt": next_attempt}}, *UNLOCK_STAGES]
+        held_by(key, owner),
+        {
+            "$set": {"state": state.value, "next_attempt": next_attempt, "due": next_attempt},
+            "$unset": {"lease_owner": "", "lease_until": ""},
+        },
     )
 
 

@@ -35,6 +35,7 @@ from zonemta.store.base import (
     DeliveryKey,
     MessageRecord,
     NewDelivery,
+    RowState,
     Store,
     StoreError,
     SuppressionEntry,
@@ -247,8 +248,10 @@ class MongoStore(Store):
         if keys:
             await self._runner.run(partial(ops.renew, tuple(keys), owner, lease_until))
 
-    async def release(self, key: DeliveryKey, *, owner: str, next_attempt: float) -> None:
-        await self._runner.run(partial(ops.release, key, owner, next_attempt))
+    async def _release(
+        self, key: DeliveryKey, owner: str, next_attempt: float, state: RowState
+    ) -> None:
+        await self._runner.run(partial(ops.release, key, owner, next_attempt, state))
 
     async def defer(
         self,

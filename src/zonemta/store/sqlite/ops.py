@@ -19,6 +19,7 @@ from zonemta.store.base import (
     LeaseLost,
     MessageRecord,
     NewDelivery,
+    RowState,
     StoreError,
     SuppressionEntry,
 )
@@ -138,13 +139,15 @@ def renew(
     )
 
 
-def release(key: DeliveryKey, owner: str, next_attempt: float, conn: sqlite3.Connection) -> None:
-    """Unlock a row without counting an attempt; a row ``owner`` does not hold is left as
-    it is (whoever holds it now decides its fate)."""
+def release(
+    key: DeliveryKey, owner: str, next_attempt: float, state: RowState, conn: sqlite3.Connection
+) -> None:
+    """Unlock a row without counting an attempt, in ``state``; a row ``owner`` does not
+    hold is left as it is (whoever holds it now decides its fate)."""
     conn.execute(
-        f"UPDATE deliveries SET state = {UNLOCKED_STATE_SQL}, lease_owner = NULL,"
+        f"UPDATE deliveries SET state = ?, lease_owner = NULL,"
         f" lease_until = NULL, next_attempt = ?, due = ? WHERE {_HELD}",
-        (next_attempt, next_attempt, key.message_id, key.seq, owner),
+        (state.value, next_attempt, next_attempt, key.message_id, key.seq, owner),
     )
 
 

@@ -38,6 +38,7 @@ from zonemta.store.base import (
     DeliveryKey,
     MessageRecord,
     NewDelivery,
+    RowState,
     Store,
     StoreError,
     SuppressionEntry,
@@ -249,10 +250,10 @@ class SqliteStore(Store):
         if keys:
             await self._writer.submit(partial(ops.renew, tuple(keys), owner, lease_until))
 
-    async def release(self, key: DeliveryKey, *, owner: str, next_attempt: float) -> None:
-        """Unlock without counting an attempt. A delivery ``owner`` no longer holds is left
-        untouched (no error: the lease is gone either way)."""
-        await self._writer.submit(partial(ops.release, key, owner, next_attempt))
+    async def _release(
+        self, key: DeliveryKey, owner: str, next_attempt: float, state: RowState
+    ) -> None:
+        await self._writer.submit(partial(ops.release, key, owner, next_attempt, state))
 
     async def defer(
         self,
