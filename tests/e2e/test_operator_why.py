@@ -14,6 +14,7 @@ from tests.support.dnsserver import run_dns_server
 from tests.support.mx import TestMx
 from tests.support.relay import api_url, collect_until, relay_config, running_relay, submit_async
 from zonemta.engine.bus import Event, Subscription
+from zonemta.store import MessageRecord, NewDelivery
 
 MESSAGE = b"From: a@origin.test\r\nSubject: why\r\n\r\nbody\r\n"
 
@@ -151,3 +152,39 @@ async def test_waiting_deliveries_say_domain_limit_rate_capacity_and_in_flight(
                         <= {e.recipient for e in seen if e.to_state in ("deferred", "delivered")}
                     ),
                 )
+
+
+async def stored(relay: Any, message_id: str, recipient: str, zone: str) -> None:
+    """A message put in the queue as an earlier run (or another instance) left it."""
+    body = relay.store.new_body(message_id)
+    await body.write(MESSAGE)
+    domain = recipient.rpartition("@")[2]
+    await relay.store.commit_message(
+        MessageRecord(message_id, "s@o.test", b"Subject: why\r\n", len(MESSAGE), time.time()),
+        body,
+        [NewDelivery(1, recipient, domain, zone, next_attempt=time.time())],
+    )
+
+
+async def test_a_disabled_zone_and_a_due_delivery_say_so(tmp_path: Path) -> None:
+    with TestMx() as mx:
+        config = relay_config(
+            tmp_path / "q",
+            zones={
+                "default": {"host": "127.0.0.1", "port": mx.port},
+                "off": {"host": "127.0.0.1", "port": mx.port, "disabled": True},
+            },
+        )
+        async with running_relay(config) as (relay, info):
+            # Mail queued for a zone that has since been disabled waits for it.
+            await stored(relay, "0123456789abcdef01", "a@calm.test", "off")
+            # A due delivery the scheduler has not leased yet (it stops leasing first, so
+            # the answer cannot race with the lease): nothing else holds it.
+            await relay.engine.schedulers["default"].stop(grace=0)
+            await stored(relay, "0123456789abcdef02", "b@calm.test", "default")
+            async with httpx.AsyncClient(base_url=api_url(info)) as client:
+                disabled = await why(client, "0123456789abcdef01")
+                due = await why(client, "0123456789abcdef02")
+    assert codes(disabled) == ["zone_disabled"] and "off" in disabled[0]["text"]
+    assert codes(due) == ["due"]
+    assert mx.received() == []
