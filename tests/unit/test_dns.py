@@ -13,12 +13,12 @@ import trio
 import trio.testing
 
 from tests.support.dnsserver import DnsServer, DnsServerThread, run_dns_server
-from zonemta.transport.dns import (
+from zonemta.transport.dns import MxResolver
+from zonemta.transport.dns_results import (
     Destination,
     DnsFailureKind,
     InvalidDomain,
     MxHost,
-    MxResolver,
     NoAddresses,
     NoSuchDomain,
     NullMx,

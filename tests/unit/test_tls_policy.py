@@ -14,7 +14,8 @@ from tests.support.dnsserver import DnsServer, run_dns_server
 from tests.support.policy_server import run_policy_server
 from zonemta.conf import config_from_dict
 from zonemta.transport.dane import TlsaRecord
-from zonemta.transport.dns import Destination, MxHost, MxResolver
+from zonemta.transport.dns import MxResolver
+from zonemta.transport.dns_results import Destination, MxHost
 from zonemta.transport.mta_sts import MtaStsPolicies
 from zonemta.transport.policy_dns import PolicyDns
 from zonemta.transport.tls import CertificateCheck, client_context

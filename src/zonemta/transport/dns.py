@@ -1,226 +1,41 @@
 """MX resolution for delivery: which hosts and addresses to try for one recipient domain.
 
-``MxResolver`` owns all DNS traffic of the delivery path. It runs dnspython's async resolver
-on the trio backend, adds what dnspython lacks (single-flight de-duplication of concurrent
-identical queries, one hard deadline per resolution) and turns every outcome into either a
-``Destination`` or a typed ``DnsFailure``; no dnspython exception reaches a caller.
+``MxResolver`` owns the resolution of the delivery path: MX records, the implicit MX, null
+MX, address literals, smart hosts and ``localhost``, the address families and their order,
+the MX order (preference, ties shuffled) and one hard deadline per resolution. Every outcome
+is a ``Destination`` or a typed ``DnsFailure`` (both in ``dns_results``); the queries
+themselves (the dnspython resolver, its cache, single-flight de-duplication, the translation
+of dnspython's exceptions) are ``dns_query.Lookups``.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import random
 from collections.abc import Sequence
 
-import attrs
-import dns.asyncbackend
-import dns.asyncresolver
 import dns.exception
 import dns.name
-import dns.nameserver
 import dns.rdatatype
-import dns.resolver
 import trio
 
-from zonemta.transport.smtp.reply import Reply
+from zonemta.transport.dns_query import Failed, Lookups, new_resolver
+from zonemta.transport.dns_results import (
+    Destination,
+    InvalidDomain,
+    MxHost,
+    NoAddresses,
+    NullMx,
+    Timeout,
+)
 
-__all__ = [
-    "Destination",
-    "DnsFailure",
-    "DnsFailureKind",
-    "InvalidDomain",
-    "MxHost",
-    "MxResolver",
-    "NoAddresses",
-    "NoSuchDomain",
-    "NullMx",
-    "ServerFailure",
-    "Timeout",
-]
-
-# EDNS(0) UDP payload we advertise: the 2020 DNS flag day value, avoids IP fragmentation.
-EDNS_PAYLOAD = 1232
-# RFC 5321 5.1: the SMTP port used for MX hosts.
-SMTP_PORT = 25
-
-
-@attrs.frozen
-class MxHost:
-    """One host to try: its name (no trailing dot), MX preference and addresses in order."""
-
-    name: str
-    preference: int
-    addresses: tuple[str, ...]
-    port: int = SMTP_PORT
-
-
-@attrs.frozen
-class Destination:
-    """What delivery to one recipient domain should try, hosts in order.
-
-    ``domain`` is the ASCII (punycode), lower-case form without trailing dot; an address
-    literal keeps its brackets.
-    """
-
-    domain: str
-    hosts: tuple[MxHost, ...]
-
-
-class DnsFailureKind(enum.Enum):
-    NO_SUCH_DOMAIN = "no_such_domain"
-    INVALID_DOMAIN = "invalid_domain"
-    NULL_MX = "null_mx"
-    NO_ADDRESSES = "no_addresses"
-    TIMEOUT = "timeout"
-    SERVER_FAILURE = "server_failure"
-
-
-class DnsFailure(Exception):
-    """A resolution that produced no destination. ``temporary`` True means defer and retry."""
-
-    kind: DnsFailureKind = DnsFailureKind.SERVER_FAILURE
-
-    def __init__(self, message: str, *, temporary: bool) -> None:
-        super().__init__(message)
-        self.message = message
-        self.temporary = temporary
-
-    @property
-    def reply(self) -> Reply:
-        """The SMTP-style reply to record for the affected recipients."""
-        if self.temporary:
-            return Reply.make(451, f"DNS lookup failed: {self.message}", "4.4.3")
-        return Reply.make(550, f"DNS lookup failed: {self.message}", "5.1.2")
-
-
-class NoSuchDomain(DnsFailure):
-    """NXDOMAIN: the domain does not exist. Permanent."""
-
-    kind = DnsFailureKind.NO_SUCH_DOMAIN
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, temporary=False)
-
-
-class InvalidDomain(DnsFailure):
-    """The name cannot be a DNS name (bad label, bad address literal, ...). Permanent."""
-
-    kind = DnsFailureKind.INVALID_DOMAIN
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, temporary=False)
-
-
-class NullMx(DnsFailure):
-    """RFC 7505: the domain publishes ``MX 0 .`` and accepts no mail. Permanent."""
-
-    kind = DnsFailureKind.NULL_MX
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, temporary=False)
-
-    @property
-    def reply(self) -> Reply:
-        return Reply.make(556, f"Domain does not accept mail (null MX): {self.message}", "5.1.10")
-
-
-class NoAddresses(DnsFailure):
-    """No MX host (or the implicit MX) has a usable A/AAAA address. Temporary."""
-
-    kind = DnsFailureKind.NO_ADDRESSES
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, temporary=True)
-
-    @property
-    def reply(self) -> Reply:
-        return Reply.make(451, f"No usable address: {self.message}", "4.4.4")
-
-
-class Timeout(DnsFailure):
-    """The resolution missed its deadline or no server answered in time. Temporary."""
-
-    kind = DnsFailureKind.TIMEOUT
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, temporary=True)
-
-
-class ServerFailure(DnsFailure):
-    """SERVFAIL/REFUSED or no nameserver usable. Temporary."""
-
-    kind = DnsFailureKind.SERVER_FAILURE
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, temporary=True)
-
-
-@attrs.frozen
-class _Failed:
-    """A lookup failure as shared between single-flight waiters (each raises a fresh error)."""
-
-    kind: DnsFailureKind
-    message: str
-
-    def to_exception(self) -> DnsFailure:
-        cls = _FAILURE_CLASSES[self.kind]
-        return cls(self.message)
-
-
-_FAILURE_CLASSES: dict[DnsFailureKind, type[NoSuchDomain | InvalidDomain | Timeout | ServerFailure]]
-_FAILURE_CLASSES = {
-    DnsFailureKind.NO_SUCH_DOMAIN: NoSuchDomain,
-    DnsFailureKind.INVALID_DOMAIN: InvalidDomain,
-    DnsFailureKind.TIMEOUT: Timeout,
-    DnsFailureKind.SERVER_FAILURE: ServerFailure,
-}
-
-
-@attrs.frozen
-class _Records:
-    """The answer of one lookup, already unpacked (both empty for NODATA)."""
-
-    mx: tuple[tuple[int, dns.name.Name], ...] = ()
-    addresses: tuple[str, ...] = ()
-
-
-_Outcome = _Records | _Failed
-
-
-class _Flight:
-    """One in-flight query; followers wait on ``done`` and read ``outcome``."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.outcome: _Outcome | None = None  # None after done: the leader was cancelled
-
-
-def new_resolver(
-    nameservers: Sequence[tuple[str, int]], timeout: float
-) -> dns.asyncresolver.Resolver:
-    """A dnspython resolver asking ``nameservers`` (the system's when empty), with
-    ``timeout`` for each query. Raises ValueError when the system's configuration is
-    unusable."""
-    if nameservers:
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [
-            dns.nameserver.Do53Nameserver(address, port) for address, port in nameservers
-        ]
-    else:
-        try:
-            resolver = dns.asyncresolver.Resolver(configure=True)
-        except dns.exception.DNSException as exc:
-            raise ValueError(f"no usable system DNS configuration: {exc}") from exc
-    resolver.timeout = timeout
-    resolver.lifetime = timeout
-    return resolver
+__all__ = ["MxResolver"]
 
 
 class MxResolver:
     """Resolves recipient domains and smart hosts to ``Destination``s.
 
-    Owns one dnspython async resolver (with an LRU cache) and the single-flight table. Empty
+    Owns one ``Lookups`` (a dnspython async resolver with an LRU cache, single-flight). Empty
     ``nameservers`` means the system configuration (/etc/resolv.conf); otherwise exactly the
     given ``(address, port)`` pairs are asked. ``timeout`` is the hard deadline of one whole
     ``resolve``/``resolve_host`` call. ``rng`` orders MX hosts of equal preference.
@@ -238,14 +53,9 @@ class MxResolver:
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
-        resolver = new_resolver(nameservers, timeout)
-        resolver.use_edns(0, 0, EDNS_PAYLOAD)
-        resolver.cache = dns.resolver.LRUCache(cache_size) if cache_size > 0 else None
-        self._resolver = resolver
+        self._lookups = Lookups(new_resolver(nameservers, timeout), cache_size=cache_size)
         self._timeout = timeout
         self._rng = rng if rng is not None else random.Random()
-        self._backend = dns.asyncbackend.get_backend("trio")
-        self._flights: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], _Flight] = {}
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -313,7 +123,7 @@ class MxResolver:
                 outcome = await self._addresses(name, ipv4, ipv6, prefer_ipv6)
         except trio.TooSlowError:
             raise Timeout(f"resolving {ascii_host} took over {self._timeout}s") from None
-        if isinstance(outcome, _Failed):
+        if isinstance(outcome, Failed):
             raise outcome.to_exception()
         if not outcome:
             raise NoAddresses(f"{ascii_host} has no usable A/AAAA records")
@@ -330,14 +140,14 @@ class MxResolver:
         prefer_ipv6: bool,
         max_hosts: int,
     ) -> Destination:
-        mx = await self._lookup(name, dns.rdatatype.MX)
-        if isinstance(mx, _Failed):
+        mx = await self._lookups.lookup(name, dns.rdatatype.MX)
+        if isinstance(mx, Failed):
             raise mx.to_exception()
         records = mx.mx
         if not records:
             # RFC 5321 5.1: no MX records, the domain itself is the implicit MX.
             outcome = await self._addresses(name, ipv4, ipv6, prefer_ipv6)
-            if isinstance(outcome, _Failed):
+            if isinstance(outcome, Failed):
                 raise outcome.to_exception()
             if not outcome:
                 raise NoAddresses(f"{ascii_domain} has no MX and no usable A/AAAA records")
@@ -347,7 +157,7 @@ class MxResolver:
             raise NullMx(f"{ascii_domain} publishes a null MX (RFC 7505)")
         ordered = self._order_mx(real)[: max(1, max_hosts)]
 
-        results: list[tuple[str, ...] | _Failed] = [() for _ in ordered]
+        results: list[tuple[str, ...] | Failed] = [() for _ in ordered]
 
         async def look_up(index: int, exchange: dns.name.Name) -> None:
             results[index] = await self._addresses(exchange, ipv4, ipv6, prefer_ipv6)
@@ -360,7 +170,7 @@ class MxResolver:
         skipped: list[str] = []
         for (pref, exchange), outcome in zip(ordered, results, strict=True):
             host_name = exchange.to_text(omit_final_dot=True)
-            if isinstance(outcome, _Failed):
+            if isinstance(outcome, Failed):
                 skipped.append(f"{host_name}: {outcome.message}")
             elif not outcome:
                 skipped.append(f"{host_name}: no usable A/AAAA records")
@@ -380,14 +190,14 @@ class MxResolver:
 
     async def _addresses(
         self, name: dns.name.Name, ipv4: bool, ipv6: bool, prefer_ipv6: bool
-    ) -> tuple[str, ...] | _Failed:
+    ) -> tuple[str, ...] | Failed:
         """A and/or AAAA of ``name`` in family preference order, or the failure of both."""
         families = [t for t, on in ((dns.rdatatype.A, ipv4), (dns.rdatatype.AAAA, ipv6)) if on]
-        results: dict[dns.rdatatype.RdataType, tuple[str, ...] | _Failed] = {}
+        results: dict[dns.rdatatype.RdataType, tuple[str, ...] | Failed] = {}
 
         async def look_up(rdtype: dns.rdatatype.RdataType) -> None:
-            outcome = await self._lookup(name, rdtype)
-            results[rdtype] = outcome if isinstance(outcome, _Failed) else outcome.addresses
+            outcome = await self._lookups.lookup(name, rdtype)
+            results[rdtype] = outcome if isinstance(outcome, Failed) else outcome.addresses
 
         async with trio.open_nursery() as nursery:
             for rdtype in families:
@@ -396,63 +206,16 @@ class MxResolver:
         v4 = results.get(dns.rdatatype.A, ())
         v6 = results.get(dns.rdatatype.AAAA, ())
         found = _order(
-            v4 if not isinstance(v4, _Failed) else (),
-            v6 if not isinstance(v6, _Failed) else (),
+            v4 if not isinstance(v4, Failed) else (),
+            v6 if not isinstance(v6, Failed) else (),
             prefer_ipv6,
         )
         if found:
             return found
         for outcome in (v4, v6):
-            if isinstance(outcome, _Failed):
+            if isinstance(outcome, Failed):
                 return outcome
         return ()
-
-    async def _lookup(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> _Outcome:
-        """One query, shared with every concurrent caller asking the same (name, type)."""
-        key = (name, rdtype)
-        while True:
-            flight = self._flights.get(key)
-            if flight is None:
-                break
-            await flight.done.wait()
-            if flight.outcome is not None:
-                return flight.outcome
-            # The leader was cancelled before it had an answer: try again ourselves.
-        flight = _Flight()
-        self._flights[key] = flight
-        try:
-            flight.outcome = await self._query(name, rdtype)
-            return flight.outcome
-        finally:
-            del self._flights[key]
-            flight.done.set()
-
-    async def _query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> _Outcome:
-        """Ask dnspython; translate its exceptions into ``_Failed`` values."""
-        label = f"{name.to_text(omit_final_dot=True)}/{dns.rdatatype.to_text(rdtype)}"
-        try:
-            answer = await self._resolver.resolve(
-                name,
-                rdtype,
-                search=False,
-                raise_on_no_answer=False,
-                backend=self._backend,
-            )
-        except dns.resolver.NXDOMAIN:
-            return _Failed(DnsFailureKind.NO_SUCH_DOMAIN, f"{label}: no such domain (NXDOMAIN)")
-        except dns.resolver.YXDOMAIN:
-            return _Failed(DnsFailureKind.INVALID_DOMAIN, f"{label}: name too long after DNAME")
-        except dns.exception.Timeout:
-            return _Failed(DnsFailureKind.TIMEOUT, f"{label}: DNS timeout")
-        except dns.resolver.NoNameservers as exc:
-            return _Failed(DnsFailureKind.SERVER_FAILURE, f"{label}: no server answered ({exc})")
-        except dns.exception.DNSException as exc:
-            return _Failed(DnsFailureKind.SERVER_FAILURE, f"{label}: {exc}")
-        if answer.rrset is None:
-            return _Records()
-        if rdtype == dns.rdatatype.MX:
-            return _Records(mx=tuple((int(r.preference), r.exchange) for r in answer.rrset))
-        return _Records(addresses=tuple(str(r.address) for r in answer.rrset))
 
     def _filter_literal(self, address: str, *, ipv4: bool, ipv6: bool) -> tuple[str, ...]:
         version = ipaddress.ip_address(address).version

@@ -22,7 +22,8 @@ import attrs
 import httpx
 import trio
 
-from zonemta.transport.dns import DnsFailure, MxResolver
+from zonemta.transport.dns import MxResolver
+from zonemta.transport.dns_results import DnsFailure
 from zonemta.transport.policy_dns import PolicyDns
 
 __all__ = [

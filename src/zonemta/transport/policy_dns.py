@@ -25,7 +25,7 @@ import dns.resolver
 import trio
 
 from zonemta.transport.dane import TlsaRecord
-from zonemta.transport.dns import EDNS_PAYLOAD, new_resolver
+from zonemta.transport.dns_query import EDNS_PAYLOAD, new_resolver
 
 __all__ = ["DnsAnswer", "PolicyDns"]
 

@@ -20,7 +20,8 @@ import trio
 
 from zonemta.conf import Config, ConfigError
 from zonemta.transport.dane import TlsaRecord
-from zonemta.transport.dns import Destination, MxHost, MxResolver
+from zonemta.transport.dns import MxResolver
+from zonemta.transport.dns_results import Destination, MxHost
 from zonemta.transport.mta_sts import MtaStsMode, MtaStsPolicies, Policy
 from zonemta.transport.policy_dns import PolicyDns
 from zonemta.transport.tls import CertificateCheck, client_context

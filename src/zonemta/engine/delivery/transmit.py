@@ -35,7 +35,8 @@ from zonemta.engine.hooks import (
 )
 from zonemta.statemachine import Trigger
 from zonemta.store import Delivery, MessageRecord
-from zonemta.transport.dns import Destination, DnsFailure, MxHost, MxResolver
+from zonemta.transport.dns import MxResolver
+from zonemta.transport.dns_results import Destination, DnsFailure, MxHost
 from zonemta.transport.outbound import (
     DeliveryFailure,
     OutboundConnection,

@@ -26,7 +26,8 @@ from zonemta.conf.zones import (
 )
 from zonemta.engine.delivery.pools import AddressPool, PoolAddress
 from zonemta.engine.delivery.ratelimit import TokenBucket
-from zonemta.transport.dns import DnsFailure, MxResolver
+from zonemta.transport.dns import MxResolver
+from zonemta.transport.dns_results import DnsFailure
 
 #: Seconds a domain's learned site is kept before its MX hosts are looked up again.
 SITE_TTL = 3600.0
