@@ -31,7 +31,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn
 
-from zonemta.conf.model import NAME_RE, Config
+from zonemta.conf.model import Config
 from zonemta.conf.units import (
     ByteSize,
     ProcessCount,
@@ -42,6 +42,7 @@ from zonemta.conf.units import (
     parse_process_count,
     parse_size,
 )
+from zonemta.conf.validators import NAME_RE
 from zonemta.conf.zones import TableKey
 
 __all__ = ["ConfigError", "config_from_dict", "converter", "load_config"]

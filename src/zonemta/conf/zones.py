@@ -1,11 +1,12 @@
-"""Configuration of sending zones' pools, recipient domains, routing and the blacklist.
+"""Configuration of sending zones, their pools, recipient domains, routing and the blacklist.
 
-``[pools]``, ``[domains.<domain>]``, ``[routing]`` and ``[blacklist]`` tables, and the pieces
-of ``[zones.<name>]`` that belong to routing and pacing.
+``[zones.<name>]`` (``ZoneConfig``, with its outbound ``TlsMode`` and ``ConnectionCache``),
+``[pools]``, ``[domains.<domain>]``, ``[routing]`` and ``[blacklist]`` tables.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import math
 import re
@@ -18,6 +19,7 @@ from attrs import validators as v
 
 from zonemta.conf.rates import Rate, parse_rate
 from zonemta.conf.units import format_duration
+from zonemta.conf.validators import hostname_or_empty, ip_literal_or_empty
 
 _DOMAIN_RE = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
 _HEADER_RE = re.compile(r"[!-9;-~]+")
@@ -222,3 +224,55 @@ class BlacklistConfig:
     def __attrs_post_init__(self) -> None:
         if self.ttl <= timedelta(0):
             raise ValueError(f"'ttl' must be > 0s: {format_duration(self.ttl)}")
+
+
+class TlsMode(enum.StrEnum):
+    """STARTTLS policy for outbound delivery (docs/config.md "Outbound TLS")."""
+
+    OPPORTUNISTIC = "opportunistic"  # use STARTTLS when offered, fall back to plain on failure
+    NONE = "none"  # never STARTTLS (and no MTA-STS or DANE)
+    REQUIRED = "required"  # TLS with a certificate from a trusted CA (any name), or defer
+    VERIFY = "verify"  # TLS with a trusted certificate for the MX (smart host) name, or defer
+
+
+@attrs.frozen
+class ZoneConfig:
+    """A sending zone (``[zones.<name>]``)."""
+
+    connections: int = attrs.field(default=10, validator=v.ge(1))
+    host: str = attrs.field(default="", validator=hostname_or_empty)  # smart host; "" = MX
+    port: int = attrs.field(default=25, validator=[v.ge(1), v.le(65535)])
+    ignore_ipv6: bool = True
+    prefer_ipv6: bool = False
+    local_address: str = attrs.field(default="", validator=ip_literal_or_empty)
+    name: str = attrs.field(default="", validator=hostname_or_empty)  # EHLO; "" → Config.hostname
+    tls: TlsMode = TlsMode.OPPORTUNISTIC
+    mta_sts: bool = True  # honour the recipient domain's MTA-STS policy (RFC 8461)
+    dane: bool = True  # honour DNSSEC-signed TLSA records of the MX hosts (RFC 7672)
+    dsn: bool = True  # tell senders about this zone's bounces and delays ([bounces.dsn])
+    pool: str = ""  # a [pools] name; "" = local_address (or the OS's choice)
+    throttling: str = attrs.field(default="", validator=rate_or_empty)  # per connection
+    disabled: bool = False
+    sender_domains: tuple[str, ...] = attrs.field(
+        default=(), converter=lower_tuple, validator=domain_list
+    )
+    recipient_domains: tuple[str, ...] = attrs.field(
+        default=(), converter=lower_tuple, validator=domain_list
+    )
+    routing_headers: dict[TableKey, str] = attrs.field(
+        factory=dict, converter=lower_keys, validator=header_map
+    )
+    connection_cache: ConnectionCache = attrs.field(factory=ConnectionCache)
+
+    def __attrs_post_init__(self) -> None:
+        if self.ignore_ipv6 and self.prefer_ipv6:
+            raise ValueError("'prefer_ipv6' needs 'ignore_ipv6 = false'")
+        if self.ignore_ipv6 and ":" in self.local_address:
+            raise ValueError(
+                f"'local_address' {self.local_address!r} is IPv6 but 'ignore_ipv6' is true"
+            )
+
+    @property
+    def smart_host(self) -> bool:
+        """True when every delivery of this zone goes to ``host`` instead of the MX."""
+        return self.host != ""
