@@ -14,13 +14,14 @@ from werkzeug.exceptions import HTTPException
 from zonemta import __version__
 from zonemta.http.context import ApiContext
 from zonemta.http.errors import ApiError, error_response
-from zonemta.http.events import EventStream
+from zonemta.http.events import EventStream, subprotocol_authorization
 from zonemta.http.metrics import Metrics
 from zonemta.http.openapi import openapi_document
 from zonemta.http.routes_queue import QueueRoutes
 from zonemta.http.routes_send import SendRoutes
 from zonemta.http.routes_suppression import SuppressionRoutes
 from zonemta.http.routes_suspend import SuspendRoutes
+from zonemta.http.routes_ui import UI_PATHS, UiRoutes
 from zonemta.http.routes_why import WhyRoutes
 from zonemta.http.streaming import ApiRequest, FlowControlledConnection
 from zonemta.store import StoreError
@@ -47,7 +48,7 @@ def create_app(ctx: ApiContext, metrics: Metrics, events: EventStream) -> Any:
     app.config["RESPONSE_TIMEOUT"] = None  # /fetch streams large messages
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False
-    public = frozenset(api.public)
+    public = frozenset(api.public) | UI_PATHS  # the dashboard's files hold no data
 
     def check_token(path: str, header: str | None) -> Response | None:
         if not api.token or path in public or _authorized(api.token, header):
@@ -62,7 +63,11 @@ def create_app(ctx: ApiContext, metrics: Metrics, events: EventStream) -> Any:
 
     @app.before_websocket
     async def authenticate_websocket() -> Response | None:
-        return check_token(websocket.path, websocket.headers.get("Authorization"))
+        # A browser cannot set the header: it offers the token as a subprotocol instead.
+        header = websocket.headers.get("Authorization") or subprotocol_authorization(
+            websocket.requested_subprotocols
+        )
+        return check_token(websocket.path, header)
 
     @app.errorhandler(ApiError)
     async def api_error(exc: ApiError) -> Response:
@@ -102,5 +107,6 @@ def create_app(ctx: ApiContext, metrics: Metrics, events: EventStream) -> Any:
     SuspendRoutes(ctx).register(app)
     WhyRoutes(ctx).register(app)
     SendRoutes(ctx).register(app)
+    UiRoutes(ctx).register(app)
     events.register(app)
     return app

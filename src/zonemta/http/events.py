@@ -4,10 +4,17 @@ Each subscriber has a bounded channel on the bus. A subscriber that cannot keep 
 channel overflows, or one message cannot be written within :data:`SEND_TIMEOUT`) is
 disconnected with close code 1013 instead of slowing delivery down. An idle stream gets a
 ``heartbeat`` message every ``[api] heartbeat``. At shutdown every stream is closed with 1001.
+
+A browser cannot set ``Authorization`` on a websocket, so the token may also come as a
+subprotocol: the client offers :data:`EVENTS_SUBPROTOCOL` and
+``zonemta.bearer.<token as unpadded base64url>``; the server answers with
+:data:`EVENTS_SUBPROTOCOL` (never echoing the token).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 from collections.abc import Callable
@@ -28,6 +35,26 @@ CLOSE_GOING_AWAY = 1001  # the server is shutting down
 SEND_TIMEOUT = 30.0
 #: Longest time spent trying to deliver the close frame.
 CLOSE_TIMEOUT = 5.0
+#: The subprotocol a browser offers (with a bearer one) and the server then selects.
+EVENTS_SUBPROTOCOL = "zonemta.events"
+#: Prefix of the subprotocol that carries the token, base64url-encoded without padding.
+BEARER_SUBPROTOCOL = "zonemta.bearer."
+
+
+def subprotocol_authorization(protocols: list[str]) -> str | None:
+    """The token offered as a ``zonemta.bearer.<base64url>`` subprotocol, as an
+    ``Authorization`` header value (``Bearer <token>``); None when none is offered or it
+    does not decode."""
+    for protocol in protocols:
+        if not protocol.startswith(BEARER_SUBPROTOCOL):
+            continue
+        encoded = protocol[len(BEARER_SUBPROTOCOL) :]
+        try:
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            return "Bearer " + raw.decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+    return None
 
 
 @attrs.frozen
@@ -101,7 +128,8 @@ class EventStream:
 
     async def handle(self) -> None:
         wanted = EventFilter.from_args(websocket.args)
-        await websocket.accept()
+        offered = EVENTS_SUBPROTOCOL in websocket.requested_subprotocols
+        await websocket.accept(subprotocol=EVENTS_SUBPROTOCOL if offered else None)
         if self._closing:
             await websocket.close(CLOSE_GOING_AWAY, "server shutting down")
             return

@@ -13,6 +13,7 @@ from zonemta.http.openapi_common import json_body as _json
 from zonemta.http.openapi_common import param as _param
 from zonemta.http.openapi_common import ref as _ref
 from zonemta.http.openapi_operator import OPERATOR_PATHS, OPERATOR_SCHEMAS
+from zonemta.http.openapi_ui import UI_PATHS
 
 MESSAGE_ID = _param("id", "path", "Queue id")
 SEQ = _param("seq", "path", "Delivery number within the message", type="integer")
@@ -144,6 +145,27 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "counters",
             "parameters": [ZONE],
             "responses": {"200": _json(COUNTER, "Counters"), **_errors(401, 404)},
+        }
+    },
+    "/counter/domain/": {
+        "get": {
+            "summary": "Pending deliveries per recipient domain, busiest first",
+            "description": (
+                "Counted from the zones' listings, at most 20000 deliveries per request: "
+                "'scanned' says how many were read and 'complete' whether that was all. "
+                "A snapshot read in pages: approximate while the queue moves."
+            ),
+            "operationId": "countersByDomain",
+            "parameters": [
+                _param("zone", "query", "Only this zone"),
+                _param(
+                    "limit", "query", "Most domains listed", type="integer", minimum=1, maximum=1000
+                ),
+            ],
+            "responses": {
+                "200": _json(_ref("DomainCounters"), "Counters"),
+                **_errors(400, 401, 404),
+            },
         }
     },
     "/queued/{type}/{zone}": {
@@ -373,6 +395,27 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "DomainCounters": {
+        "type": "object",
+        "properties": {
+            "zone": {"type": "string", "description": "The zone asked for, or 'all'"},
+            "domains": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "domain": {"type": "string"},
+                        "active": {"type": "integer"},
+                        "deferred": {"type": "integer"},
+                        "zones": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            },
+            "total": {"type": "integer", "description": "Domains found"},
+            "scanned": {"type": "integer", "description": "Pending deliveries read"},
+            "complete": {"type": "boolean", "description": "Every pending delivery was read"},
+        },
+    },
     "Listing": {
         "type": "object",
         "properties": {
@@ -424,5 +467,5 @@ def openapi_document(version: str) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}, {}],
-        "paths": {**PATHS, **OPERATOR_PATHS},
+        "paths": {**PATHS, **OPERATOR_PATHS, **UI_PATHS},
     }
