@@ -12,9 +12,10 @@ import pytest
 
 from zonemta.cli import main
 from zonemta.engine.bounces.classifier import (
+    REPLY_CATEGORIES,
     BounceAction,
-    BounceCategory,
     BounceClassifier,
+    FailureCategory,
     RulesError,
     builtin_rules,
     normalize_response,
@@ -32,7 +33,7 @@ def classifier() -> BounceClassifier:
 def test_builtin_rules_are_many_and_cover_every_category() -> None:
     rules = builtin_rules()
     assert len(rules) >= 150
-    assert {rule.category for rule in rules} == set(BounceCategory)
+    assert {rule.category for rule in rules} == REPLY_CATEGORIES
     assert {rule.action for rule in rules} == set(BounceAction)
 
 
@@ -67,7 +68,7 @@ def test_unmatched_and_empty_replies(classifier: BounceClassifier) -> None:
     empty = classifier.classify("")
     assert (empty.action, empty.category, empty.message) == (
         BounceAction.REJECT,
-        BounceCategory.OTHER,
+        FailureCategory.OTHER,
         "Empty response",
     )
     odd = BounceClassifier([]).classify("451 whatever")
@@ -79,6 +80,7 @@ def test_rules_file_errors_name_file_and_line() -> None:
         "defer other": "expected 'ACTION CATEGORY /PATTERN/ MESSAGE'",
         "bounce other /x/ msg": "unknown action 'bounce'",
         "defer weather /x/ msg": "unknown category 'weather'",
+        "defer internal /x/ msg": "unknown category 'internal'",  # no reply is ours
         "defer other /x msg": "no closing '/'",
         "defer other /(/ msg": "invalid pattern",
         "defer other /x/": "empty pattern or message",
@@ -101,7 +103,7 @@ def test_operator_rules_come_first(tmp_path: Path) -> None:
     extra.write_text("defer greylist /no such user here/ Our MX greylists this way\n")
     classifier = BounceClassifier.load(extra)
     result = classifier.classify("550 No such user here")
-    assert (result.action, result.category) == (BounceAction.DEFER, BounceCategory.GREYLIST)
+    assert (result.action, result.category) == (BounceAction.DEFER, FailureCategory.GREYLIST)
     assert result.rule == f"{extra}:1"
     assert BounceClassifier.load().classify("550 No such user here").action is BounceAction.REJECT
     with pytest.raises(RulesError, match="cannot read"):

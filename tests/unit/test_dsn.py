@@ -24,6 +24,7 @@ from zonemta.engine.bounces.notices import BounceHandling
 from zonemta.engine.bounces.webhook import BounceWebhook, bounce_payload
 from zonemta.engine.delivery.messages import MessageCache
 from zonemta.engine.delivery.retry import RetryPolicy
+from zonemta.statemachine import FailureCategory
 from zonemta.store import Delivery, MessageRecord
 from zonemta.store.base import RowState
 from zonemta.store.sqlite import SqliteStore
@@ -200,7 +201,12 @@ def test_delay_notice_is_not_repeated_when_the_delivery_is_rescheduled() -> None
 
 def test_webhook_payload_has_the_reference_fields() -> None:
     payload = bounce_payload(
-        row(), record(), response="550 5.1.1 no", category="recipient", mx="mx.one.test", now=12.5
+        row(),
+        record(),
+        response="550 5.1.1 no",
+        category=FailureCategory.RECIPIENT,
+        mx="mx.one.test",
+        now=12.5,
     )
     assert payload == {
         "id": "19abc0000000001",

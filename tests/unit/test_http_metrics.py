@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import attrs
 from prometheus_client.parser import text_string_to_metric_families
 
 from zonemta.engine.bus import Event, EventBus
@@ -92,3 +93,16 @@ def test_exposition_has_the_reference_family_names() -> None:
     (reuses,) = families["zonemta_connection_reuses"].samples
     assert reuses.labels == {"zone": "default"} and reuses.value == 7
     assert not any(name.endswith("_created") for name in families)
+
+
+def test_a_lease_given_back_is_no_outcome_whichever_state_it_returns_to() -> None:
+    metrics = Metrics(zones=["default"], pools={})
+    mid = QueueIdGenerator(lambda: 1000.0).next_id()
+    for seq, (trigger, target) in enumerate(
+        [("release", "queued"), ("release_deferred", "deferred")]
+    ):
+        metrics.on_event(delivery(mid, seq, "deferred", "locked", 1000.0))
+        released = delivery(mid, seq, "locked", target, 1001.0)
+        metrics.on_event(attrs.evolve(released, details={"trigger": trigger}))
+    for result in ("deferred", "delivered", "rejected"):
+        assert sample(metrics, "zonemta_delivery_status_total", result=result, zone="default") == 0

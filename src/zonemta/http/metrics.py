@@ -26,6 +26,9 @@ from zonemta.store import ZoneCounts
 
 #: Delivery states that end an attempt, and the ``result`` label they count as.
 RESULTS = {"delivered": "delivered", "bounced": "rejected", "deferred": "deferred"}
+# A lease given back without an attempt returns to queued, or to deferred when the delivery
+# was tried before: no outcome either way.
+_RELEASES = ("release", "release_deferred")
 QUEUE_TIME_BUCKETS = (
     1,
     5,
@@ -221,9 +224,10 @@ class Metrics:
         if event.from_state == "locked" and state in _ATTEMPT_STARTS:
             self._attempts[key] = event.time
             return
-        result = RESULTS.get(state)
+        trigger = event.details.get("trigger") if event.details else None
+        result = None if trigger in _RELEASES else RESULTS.get(state)
         if result is None:
-            if state == "queued":  # released at shutdown: no outcome
+            if state in ("queued", "deferred"):  # released unattempted: no outcome
                 self._attempts.pop(key, None)
             return
         zone = event.zone or ""

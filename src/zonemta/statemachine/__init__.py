@@ -1,23 +1,56 @@
 """The delivery state machine (pure: no I/O, no trio)."""
 
+from zonemta.statemachine.categories import REPLY_CATEGORIES, FailureCategory
 from zonemta.statemachine.delivery import (
     TERMINAL_STATES,
     TRANSITIONS,
     DeliveryState,
     InvalidTransition,
-    Persist,
     Transition,
     Trigger,
+    release_trigger,
     transition,
+    waiting_state,
+)
+from zonemta.statemachine.effects import (
+    BlacklistSource,
+    BounceWebhook,
+    ConsiderBackoff,
+    DeferRow,
+    DsnKind,
+    Effect,
+    LeaseRow,
+    NotifySender,
+    ReleaseRow,
+    RemoveRow,
+    Report,
+    ReportHook,
+    RowWrite,
 )
 
 __all__ = [
+    "REPLY_CATEGORIES",
     "TERMINAL_STATES",
     "TRANSITIONS",
+    "BlacklistSource",
+    "BounceWebhook",
+    "ConsiderBackoff",
+    "DeferRow",
     "DeliveryState",
+    "DsnKind",
+    "Effect",
+    "FailureCategory",
     "InvalidTransition",
-    "Persist",
+    "LeaseRow",
+    "NotifySender",
+    "ReleaseRow",
+    "RemoveRow",
+    "Report",
+    "ReportHook",
+    "RowWrite",
     "Transition",
     "Trigger",
+    "release_trigger",
     "transition",
+    "waiting_state",
 ]

@@ -4,7 +4,9 @@ The rules are data (``zonemta/data/bounce-rules.txt``, plus an operator file tri
 one rule per line, ``ACTION CATEGORY /PATTERN/ MESSAGE``; the reply is normalised to one
 line (``"550 5.1.1 text ..."``) and the first rule whose pattern matches decides. The
 action says whether the delivery is tried again (``defer``) or bounced now (``reject``);
-the category goes on the delivery event, the DSN and the webhook.
+the category (one of ``REPLY_CATEGORIES`` of the one
+:class:`~zonemta.statemachine.FailureCategory`) goes on the delivery event, the DSN and the
+webhook.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from pathlib import Path
 
 import attrs
 
+from zonemta.statemachine import REPLY_CATEGORIES, FailureCategory
+
 __all__ = [
+    "REPLY_CATEGORIES",
     "BounceAction",
-    "BounceCategory",
     "BounceClassifier",
     "BounceRule",
     "Classification",
+    "FailureCategory",
     "RulesError",
     "builtin_rules",
     "normalize_response",
@@ -40,26 +45,6 @@ class BounceAction(enum.StrEnum):
     REJECT = "reject"  # bounce it now
 
 
-class BounceCategory(enum.StrEnum):
-    BLACKLIST = "blacklist"  # the sending IP is on a blocklist or has a poor reputation
-    GREYLIST = "greylist"
-    RATE = "rate"  # sending too fast
-    RECIPIENT = "recipient"  # the recipient does not exist or cannot take mail
-    ENVELOPE = "envelope"  # the envelope sender or addressing
-    MESSAGE = "message"  # size, format, headers of the message
-    SPAM = "spam"
-    VIRUS = "virus"
-    DMARC = "dmarc"
-    AUTH = "auth"  # SPF, DKIM, SMTP authentication
-    CAPACITY = "capacity"  # mailbox full, server busy or out of resources
-    BLOCK = "block"  # refused by the recipient's filter or organisation
-    POLICY = "policy"
-    NETWORK = "network"
-    PROTOCOL = "protocol"
-    CONFIG = "config"  # a misconfiguration (ours or theirs): reverse DNS, HELO, relaying
-    OTHER = "other"
-
-
 class RulesError(Exception):
     """A rules file cannot be used; the message names file and line."""
 
@@ -68,7 +53,7 @@ class RulesError(Exception):
 class BounceRule:
     pattern: re.Pattern[str]
     action: BounceAction
-    category: BounceCategory
+    category: FailureCategory
     message: str
     source: str  # "file:line"
 
@@ -82,7 +67,7 @@ class Classification:
     data: str
     line: str
     action: BounceAction
-    category: BounceCategory
+    category: FailureCategory
     message: str
     code: int | None
     status: str | None
@@ -130,6 +115,15 @@ def _split_pattern(rest: str) -> tuple[str, str] | None:
     return None
 
 
+def _reply_category(name: str) -> FailureCategory | None:
+    """The category a rule names, if a reply can have it (not dns, tls, internal, ...)."""
+    try:
+        category = FailureCategory(name.lower())
+    except ValueError:
+        return None
+    return category if category in REPLY_CATEGORIES else None
+
+
 def parse_rules(text: str, source: str) -> list[BounceRule]:
     """Parse a rules file. Blank lines and ``#`` comments are skipped. Raises
     :class:`RulesError` naming ``source:line`` for any bad line (unknown action or
@@ -147,10 +141,9 @@ def parse_rules(text: str, source: str) -> list[BounceRule]:
             action = BounceAction(head.group(1).lower())
         except ValueError:
             raise RulesError(f"{where}: unknown action {head.group(1)!r}") from None
-        try:
-            category = BounceCategory(head.group(2).lower())
-        except ValueError:
-            raise RulesError(f"{where}: unknown category {head.group(2)!r}") from None
+        category = _reply_category(head.group(2))
+        if category is None:
+            raise RulesError(f"{where}: unknown category {head.group(2)!r}")
         split = _split_pattern(line[head.end() :])
         if split is None:
             raise RulesError(f"{where}: the pattern has no closing '/'")
@@ -215,7 +208,7 @@ class BounceClassifier:
             data,
             line,
             BounceAction.DEFER if temporary else BounceAction.REJECT,
-            BounceCategory.OTHER,
+            FailureCategory.OTHER,
             "Unrecognised response" if line else "Empty response",
             code,
             status,

@@ -1,10 +1,11 @@
 """What happens after an attempt besides the queue update: telling the sender (DSNs through
 the intake into the bounces zone) and the bounce webhook.
 
-The deliverer calls :meth:`BounceNotices.after_attempt` with the outcome *before* it
-persists it, so the original message is still in the store when a bounce needs its headers,
-and a DSN is queued durably before the bounced delivery disappears (a crash in between
-sends the DSN twice rather than never).
+Which of them an outcome calls for is the transition table's to say (its ``NotifySender``
+and ``BounceWebhook`` effects); the engine's effect applier calls these methods *before* it
+persists the outcome, so the original message is still in the store when a bounce needs its
+headers, and a DSN is queued durably before the bounced delivery disappears (a crash in
+between sends the DSN twice rather than never).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from zonemta.engine.bounces.webhook import BounceWebhook, bounce_payload
 from zonemta.engine.delivery.messages import MessageCache
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.intake.reception import Envelope, Intake, IntakeRejected
-from zonemta.statemachine import DeliveryState, Trigger
-from zonemta.store import Delivery, StoreError
+from zonemta.statemachine import FailureCategory, Trigger
+from zonemta.store import Delivery, MessageRecord, StoreError
 
 __all__ = ["BounceHandling", "BounceNotices"]
 
@@ -33,9 +34,6 @@ log = logging.getLogger(__name__)
 
 # Queuing a DSN is one store commit; never hold a finished attempt longer than this for it.
 _QUEUE_TIMEOUT = 30.0
-_BOUNCE_TRIGGERS = frozenset(
-    {Trigger.PERMANENT_FAILURE, Trigger.RETRIES_EXHAUSTED, Trigger.EXPIRED}
-)
 
 
 class BounceNotices:
@@ -73,68 +71,63 @@ class BounceNotices:
             and (row.zone not in self.zones_without_dsn)
         )
 
-    async def after_attempt(
+    def webhook_nowait(
         self,
         row: Delivery,
-        trigger: Trigger,
-        target: DeliveryState,
-        *,
-        response: str,
-        category: str | None,
-        mx: str | None,
-    ) -> bool:
-        """React to an attempt's outcome. True when this deferral settled the delivery's
-        delay notice (queued, or not to be sent for this message): the deferral is stored
-        with ``delay_notified`` so it is never sent again. Never raises for a failed
-        notification: it is logged (the delivery's own outcome matters more), and a delay
-        notice that could not be queued is tried at the next deferral."""
-        if target is DeliveryState.BOUNCED and trigger in _BOUNCE_TRIGGERS:
-            await self._bounced(row, trigger, response=response, category=category, mx=mx)
-        elif target is DeliveryState.DEFERRED and self._delay_due(row):
-            return await self._delayed(row, response=response, mx=mx)
-        return False
-
-    def _delay_due(self, row: Delivery) -> bool:
-        if not self._dsn_enabled(row):
-            return False
-        after = self.config.delay_after.total_seconds()
-        return delay_notice_due(row, now=self.clock(), after=after)
-
-    async def _bounced(
-        self,
-        row: Delivery,
+        message: MessageRecord,
         trigger: Trigger,
         *,
         response: str,
-        category: str | None,
+        category: FailureCategory | None,
         mx: str | None,
     ) -> None:
-        message = await self.messages.get(row.message_id)
-        if message is None:
-            return
-        now = self.clock()
-        expired = trigger in (Trigger.EXPIRED, Trigger.RETRIES_EXHAUSTED)
-        # An expiry is found before any attempt: the last real answer is on the row.
-        detail = row.last_response if trigger is Trigger.EXPIRED and row.last_response else response
+        """Post the bounce of ``row`` to the webhook, when one is configured (in the
+        background: never waits, never raises)."""
         if self.webhook is not None:
             self.webhook.submit_nowait(
-                bounce_payload(row, message, response=detail, category=category, mx=mx, now=now)
+                bounce_payload(
+                    row,
+                    message,
+                    response=_detail(row, trigger, response),
+                    category=category,
+                    mx=mx,
+                    now=self.clock(),
+                )
             )
+
+    async def failed(
+        self,
+        row: Delivery,
+        message: MessageRecord,
+        trigger: Trigger,
+        *,
+        response: str,
+        mx: str | None,
+    ) -> None:
+        """Queue the failure DSN of a bounced delivery (unless DSNs are off for it). A DSN
+        that cannot be queued is logged."""
         if not self._dsn_enabled(row):
             return
+        now = self.clock()
         notice = Notice(
             NoticeKind.FAILED,
             message,
             row.recipient,
             row.seq,
-            detail,
+            _detail(row, trigger, response),
             remote_mta=mx,
             last_attempt=now,
-            expired=expired,
+            expired=trigger in (Trigger.EXPIRED, Trigger.RETRIES_EXHAUSTED),
         )
         await self._queue(notice, now)
 
-    async def _delayed(self, row: Delivery, *, response: str, mx: str | None) -> bool:
+    async def delayed(self, row: Delivery, *, response: str, mx: str | None) -> bool:
+        """Queue the delay DSN of a deferred delivery when it is due. True when this
+        deferral settled the delivery's delay notice (queued, or not to be sent for this
+        message): the deferral is stored with ``delay_notified`` so it is never sent again.
+        A delay notice that could not be queued is logged and tried at the next deferral."""
+        if not self._delay_due(row):
+            return False
         message = await self.messages.get(row.message_id)
         if message is None:
             return True  # nothing left to tell anyone about
@@ -150,6 +143,12 @@ class BounceNotices:
             retry_until=row.created + self.retry.max_queue_time,
         )
         return await self._queue(notice, now)
+
+    def _delay_due(self, row: Delivery) -> bool:
+        if not self._dsn_enabled(row):
+            return False
+        after = self.config.delay_after.total_seconds()
+        return delay_notice_due(row, now=self.clock(), after=after)
 
     async def _queue(self, notice: Notice, now: float) -> bool:
         """Queue the DSN; True when that is settled (queued, or none is due for this
@@ -193,6 +192,14 @@ class BounceNotices:
             queued,
         )
         return True
+
+
+def _detail(row: Delivery, trigger: Trigger, response: str) -> str:
+    """What a bounce reports: an expiry is found before any attempt, so the last real
+    answer is the one on the row."""
+    if trigger is Trigger.EXPIRED and row.last_response:
+        return row.last_response
+    return response
 
 
 @attrs.frozen

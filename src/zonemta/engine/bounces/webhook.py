@@ -21,6 +21,7 @@ import trio
 
 from zonemta.conf.bounces import WebhookConfig, WebhookFormat
 from zonemta.headers import first_value
+from zonemta.statemachine import FailureCategory
 from zonemta.store import Delivery, MessageRecord
 
 __all__ = ["BounceWebhook", "WebhookStats", "bounce_payload"]
@@ -33,7 +34,7 @@ def bounce_payload(
     message: MessageRecord,
     *,
     response: str,
-    category: str | None,
+    category: FailureCategory | None,
     mx: str | None,
     now: float,
 ) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def bounce_payload(
         "seq": f"{row.seq:03x}",
         "to": row.recipient,
         "returnPath": message.mail_from,
-        "category": category or "other",
+        "category": (category or FailureCategory.OTHER).value,
         "time": int(now * 1000),
         "response": response,
         "zone": row.zone,

@@ -2,8 +2,8 @@
 
 The attempt reads the message, lets its zone's :class:`~zonemta.engine.delivery.transmit.Sender`
 (in this process or in a delivery process) turn the attempt into an outcome, fires the
-outcome's trigger on the delivery's state machine and carries out what the transition
-persists.
+outcome's trigger on the delivery's state machine and has the
+:class:`~zonemta.engine.delivery.effects.EffectApplier` carry out the transition's effects.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ from zonemta.engine.bounces.suppression import SuppressionList
 from zonemta.engine.bus import EventBus
 from zonemta.engine.delivery.backoff import Backoff
 from zonemta.engine.delivery.blacklist import Blacklist
+from zonemta.engine.delivery.effects import EffectApplier
 from zonemta.engine.delivery.machine import DeliveryMachine
 from zonemta.engine.delivery.messages import MessageCache
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.delivery.suspensions import Suspensions, describe
 from zonemta.engine.delivery.transmit import Outcome, Sender
 from zonemta.engine.delivery.warmup import WarmupCaps
-from zonemta.engine.hooks import DeliveryReport, Hooks, run_notices
+from zonemta.engine.hooks import Hooks
 from zonemta.engine.processes.delivery_process import DeliveryProcess
-from zonemta.statemachine import DeliveryState, Persist, Transition, Trigger
-from zonemta.store import Delivery, LeaseLost, MessageRecord, RowState, Store, StoreError
+from zonemta.statemachine import FailureCategory as Category
+from zonemta.statemachine import Transition, Trigger, release_trigger
+from zonemta.store import Delivery, MessageRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,18 @@ class Deliverer:
         self.suspensions = suspensions  # holds: a held delivery is released unattempted
         self.backoff = backoff  # "too fast" replies suspend the (zone, domain) for a while
         self.warmup = warmup  # daily caps of new source addresses
+        # Every consequence of a transition (engine/delivery/effects.py).
+        self.effects = EffectApplier(
+            store=store,
+            owner=owner,
+            messages=messages,
+            retry=retry,
+            clock=clock,
+            notices=notices,
+            blacklist=blacklist,
+            backoff=backoff,
+            hooks=self.hooks,
+        )
 
     def destination_of(self, row: Delivery) -> str:
         return self.sender.destination_of(row)
@@ -81,7 +95,7 @@ class Deliverer:
     async def release(self, machine: DeliveryMachine, reason: str = "released at shutdown") -> None:
         """Give the lease back without an attempt (cancelled before the attempt began, or
         held back by a limit)."""
-        await self._finish(machine, Outcome(Trigger.RELEASE, reason))
+        await self._finish(machine, released(machine.row, reason))
 
     async def deliver(self, machine: DeliveryMachine) -> None:
         """Attempt the leased delivery and persist the outcome. On cancellation (shutdown)
@@ -95,11 +109,11 @@ class Deliverer:
                     self.warmup.done()
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
-                await self._finish(machine, Outcome(Trigger.RELEASE, "released at shutdown"))
+                await self._finish(machine, released(row, "released at shutdown"))
             raise
         except Exception as exc:  # never lose a delivery to a bug: defer it
             log.exception("delivery %s.%03x failed unexpectedly", row.message_id, row.seq)
-            outcome = self.sender.temporary(row, f"internal error: {exc!r}", "internal")
+            outcome = self.sender.temporary(row, f"internal error: {exc!r}", Category.INTERNAL)
         with trio.CancelScope(shield=True):
             await self._finish(machine, outcome)
 
@@ -107,20 +121,22 @@ class Deliverer:
         row = machine.row
         held = self.suspensions.holding(row) if self.suspensions is not None else None
         if held is not None:  # suspended after it was leased: wait, nothing counted
-            return Outcome(Trigger.RELEASE, f"held by suspension {held.id}: {describe(held)}")
+            return released(row, f"held by suspension {held.id}: {describe(held)}")
         message = await self.messages.get(row.message_id)
         if message is None:
-            return Outcome(Trigger.PERMANENT_FAILURE, "message data is missing", "internal")
+            return Outcome(Trigger.PERMANENT_FAILURE, "message data is missing", Category.INTERNAL)
         if self.retry.is_expired(created=row.created, now=self.clock()):
-            return Outcome(Trigger.EXPIRED, "message expired in the queue", "expired")
+            return Outcome(Trigger.EXPIRED, "message expired in the queue", Category.EXPIRED)
         if self.suppressions.is_suppressed(row.recipient):
-            return Outcome(Trigger.SUPPRESSED, "recipient is on the suppression list", "suppressed")
+            return Outcome(
+                Trigger.SUPPRESSED, "recipient is on the suppression list", Category.SUPPRESSED
+            )
         if self.warmup is not None and self.warmup.ramps and not await self._count_warmup(row):
-            return Outcome(Trigger.RELEASE, WARMUP_USED)  # waits for the next day
+            return released(row, WARMUP_USED)  # waits for the next day
         if self.remote is not None:
             outcome = await self.remote.transmit(machine, message, self.messages)
             if outcome is None:  # the process died; the retry goes to its successor
-                return self.sender.temporary(row, PROCESS_LOST, "internal")
+                return self.sender.temporary(row, PROCESS_LOST, Category.INTERNAL)
             return outcome
         return await self.sender.transmit(machine, message, partial(self._body, message))
 
@@ -147,85 +163,20 @@ class Deliverer:
                 yield chunk
 
     async def _finish(self, machine: DeliveryMachine, outcome: Outcome) -> None:
-        """Advance on the outcome's trigger, persist what its transition says, then publish
-        (so a subscriber that sees the event finds the store already updated)."""
-        row = machine.row
-        now = self.clock()
+        """Advance on the outcome's trigger, carry out the transition's effects (the store
+        last), then publish (so a subscriber that sees the event finds the store already
+        updated)."""
         row_transition: Transition = machine.advance(outcome.trigger)
-        if (
-            outcome.category == "blacklist"
-            and self.blacklist is not None
-            and row_transition.source is not DeliveryState.LOCKED  # a remote reply said so
-        ):
-            await self.blacklist.add(row.domain, machine.local_address or "", outcome.response)
-        if (
-            self.backoff is not None
-            and outcome.trigger in (Trigger.TRANSIENT_FAILURE, Trigger.RETRIES_EXHAUSTED)
-            and row_transition.source is not DeliveryState.LOCKED  # a remote reply said so
-        ):
-            await self.backoff.consider(row.zone, row.domain, outcome.response)
-        delay_notified = False
-        if self.notices is not None:  # before the bounced message can leave the store
-            delay_notified = await self.notices.after_attempt(
-                row,
-                outcome.trigger,
-                row_transition.target,
-                response=outcome.response,
-                category=outcome.category,
-                mx=machine.mx,
-            )
-        hooks = self.hooks
-        if hooks.delivered or hooks.bounce or hooks.delayed:
-            await self._report(row_transition.target, row, outcome, machine.mx)
-        try:
-            match row_transition.persist:
-                case Persist.COMPLETE:
-                    await self.store.complete(row.key, owner=self.owner)
-                case Persist.DEFER:
-                    await self.store.defer(
-                        row.key,
-                        owner=self.owner,
-                        now=now,
-                        next_attempt=self.retry.next_attempt(attempts=row.attempts, now=now),
-                        response=outcome.response,
-                        delay_notified=delay_notified,
-                    )
-                case Persist.RELEASE:
-                    await self.store.release(
-                        row.key,
-                        owner=self.owner,
-                        next_attempt=now,
-                        state=RowState.DEFERRED if row.attempts else RowState.QUEUED,
-                    )
-                case _:
-                    pass
-        except LeaseLost:
-            log.warning("lease of %s lost before its outcome was stored", row.key)
-        except StoreError as exc:
-            # The lease expires and the delivery is tried again: at-least-once.
-            log.error("storing the outcome of %s failed: %s", row.key, exc)
-        self.messages.attempted(row.message_id)
+        await self.effects.apply(machine, row_transition, outcome)
+        self.messages.attempted(machine.row.message_id)
         machine.publish(row_transition, response=outcome.response, category=outcome.category)
-        log_outcome(row, machine, outcome)
+        log_outcome(machine.row, machine, outcome)
 
-    async def _report(
-        self, target: DeliveryState, row: Delivery, outcome: Outcome, mx: str | None
-    ) -> None:
-        """The ``delivered``, ``bounce`` and ``delayed`` hooks (before the outcome is
-        persisted, so the message is still in the store). Failures are only logged."""
-        hooks = {
-            DeliveryState.DELIVERED: ("delivered", self.hooks.delivered),
-            DeliveryState.BOUNCED: ("bounce", self.hooks.bounce),
-            DeliveryState.DEFERRED: ("delayed", self.hooks.delayed),
-        }.get(target)
-        if hooks is None or not hooks[1]:
-            return
-        try:
-            message = await self.messages.get(row.message_id)
-        except StoreError:
-            message = None
-        report = DeliveryReport(row, message, outcome.response, outcome.category, mx)
-        await run_notices(hooks[0], hooks[1], report)
+
+def released(row: Delivery, reason: str) -> Outcome:
+    """The outcome of a lease given back without an attempt: the table returns the row to
+    the state it waited in (``release_trigger``)."""
+    return Outcome(release_trigger(row.attempts), reason)
 
 
 def log_outcome(row: Delivery, machine: DeliveryMachine, outcome: Outcome) -> None:

@@ -33,7 +33,7 @@ from zonemta.engine.hooks import (
     OutgoingHeaders,
     run_notices,
 )
-from zonemta.statemachine import Trigger
+from zonemta.statemachine import FailureCategory, Trigger
 from zonemta.store import Delivery, MessageRecord
 from zonemta.transport.dns import MxResolver
 from zonemta.transport.dns_results import Destination, DnsFailure, MxHost
@@ -74,7 +74,19 @@ class ZoneRoute:
 class Outcome:
     trigger: Trigger
     response: str
-    category: str | None = None
+    category: FailureCategory | None = None
+
+
+def failure_category(exc: DeliveryFailure) -> FailureCategory:
+    """The category of a transport failure without a reply (``network`` unless the
+    transport named another, e.g. ``tls``)."""
+    if exc.category is None:
+        return FailureCategory.NETWORK
+    try:
+        return FailureCategory(exc.category)
+    except ValueError:  # a kind the transport names but the categories lack
+        log.warning("unknown failure category %r", exc.category)
+        return FailureCategory.NETWORK
 
 
 class BlacklistView(Protocol):
@@ -137,7 +149,7 @@ class Sender:
             return f"{self.zone.smart_host}:{self.zone.port}"
         return row.domain
 
-    def temporary(self, row: Delivery, response: str, category: str | None) -> Outcome:
+    def temporary(self, row: Delivery, response: str, category: FailureCategory | None) -> Outcome:
         trigger = self.retry.on_temporary_failure(
             attempts=row.attempts, created=row.created, now=self.clock()
         )
@@ -145,16 +157,16 @@ class Sender:
 
     def _failure(self, row: Delivery, exc: DeliveryFailure | DnsFailure) -> Outcome:
         if isinstance(exc, DnsFailure):
-            category: str | None = "dns"
+            category: FailureCategory | None = FailureCategory.DNS
             response = str(exc.reply)
         else:
-            category = (exc.category or "network") if exc.reply is None else None
+            category = failure_category(exc) if exc.reply is None else None
             response = exc.response
             if exc.reply is not None and self.classifier is not None:
                 verdict = self.classifier.classify(response)
                 if verdict.temporary:
-                    return self.temporary(row, response, verdict.category.value)
-                return Outcome(Trigger.PERMANENT_FAILURE, response, verdict.category.value)
+                    return self.temporary(row, response, verdict.category)
+                return Outcome(Trigger.PERMANENT_FAILURE, response, verdict.category)
         if exc.temporary:
             return self.temporary(row, response, category)
         return Outcome(Trigger.PERMANENT_FAILURE, response, category)
@@ -179,7 +191,7 @@ class Sender:
             return Outcome(
                 Trigger.PERMANENT_FAILURE,
                 f"every local address of zone {self.zone.name} is blacklisted by {row.domain}",
-                "blacklist",
+                FailureCategory.BLACKLIST,
             )
         if self.hooks.before_connect:
             target = ConnectTarget(row, message, fixed_mx, source.address or None)
@@ -212,10 +224,10 @@ class Sender:
                 await hook(fetched)
         except HookReject as exc:
             if exc.reply.code >= 500:
-                return Outcome(Trigger.PERMANENT_FAILURE, str(exc.reply), "plugin")
-            return self.temporary(row, str(exc.reply), "plugin")
+                return Outcome(Trigger.PERMANENT_FAILURE, str(exc.reply), FailureCategory.PLUGIN)
+            return self.temporary(row, str(exc.reply), FailureCategory.PLUGIN)
         if fetched.suppress:
-            return Outcome(Trigger.SUPPRESSED, "suppressed by a plugin", "suppressed")
+            return Outcome(Trigger.SUPPRESSED, "suppressed by a plugin", FailureCategory.SUPPRESSED)
         if fetched.divert is not None:
             machine.fire(Trigger.RESOLVE)
             machine.mx = fetched.http_url or "divert"
@@ -226,10 +238,10 @@ class Sender:
             if result.status == "delivered":
                 return Outcome(Trigger.ACCEPTED, result.response)
             if result.status == "bounced":
-                return Outcome(Trigger.PERMANENT_FAILURE, result.response, "http")
-            return self.temporary(row, result.response, "http")
+                return Outcome(Trigger.PERMANENT_FAILURE, result.response, FailureCategory.HTTP)
+            return self.temporary(row, result.response, FailureCategory.HTTP)
         if fetched.http_url:
-            return self.temporary(row, "no plugin delivers to HTTP targets", "plugin")
+            return self.temporary(row, "no plugin delivers to HTTP targets", FailureCategory.PLUGIN)
         return None
 
     def _source(self, row: Delivery, *, ipv6: bool | None = None) -> PoolAddress | None:
@@ -358,7 +370,7 @@ class Sender:
             raise DeliveryFailure(
                 Stage.CONNECT,
                 f"no MX host of {destination.domain} usable: {reasons}",
-                category="tls",
+                category=FailureCategory.TLS,
             )
         if last is None:
             raise DeliveryFailure(Stage.CONNECT, f"no usable address for {destination.domain}")

@@ -156,9 +156,9 @@ class DeliveryProcess(ChildProcess):
             return  # an attempt cancelled here meanwhile
         machine = pending.machine
         if kind == "fire":
-            _, _, trigger, mx, local, response, category, details = frame
+            _, _, trigger, mx, local, response, _category, details = frame
             machine.mx, machine.local_address = mx, local
-            machine.fire(Trigger(trigger), response=response, category=category, **details)
+            machine.fire(Trigger(trigger), response=response, **details)
         elif kind == "more":
             pending.inbox.send_nowait(frame)
         elif kind == "done":

@@ -34,7 +34,7 @@ from zonemta.engine.engine import (
 )
 from zonemta.engine.processes.child_entry import child_main, connect_to_relay
 from zonemta.engine.processes.pipe import Frame, FramedPipe
-from zonemta.statemachine import DeliveryState, Transition
+from zonemta.statemachine import DeliveryState, FailureCategory, Transition
 from zonemta.transport.tls_policy import OutboundTls
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ class ForwardingMachine(MachineBase):
     """The attempt's state machine on this side: validates each transition against the
     table, and sends it to the relay, which publishes it."""
 
-    def __init__(self, row: Any, rid: int, pipe: FramedPipe) -> None:
-        super().__init__(row)
+    def __init__(self, row: Any, rid: int, pipe: FramedPipe, start: DeliveryState) -> None:
+        super().__init__(row, start)
         self.rid = rid
         self.pipe = pipe
 
@@ -73,7 +73,7 @@ class ForwardingMachine(MachineBase):
         row: Transition,
         *,
         response: str | None = None,
-        category: str | None = None,
+        category: FailureCategory | None = None,
         **details: Any,
     ) -> None:
         self.pipe.send(
@@ -167,8 +167,7 @@ class Worker:
     ) -> None:
         sender = self.senders[zone]
         self.blacklist.update(row.domain, disabled)
-        machine = ForwardingMachine(row, rid, self.pipe)
-        machine.state = state  # the relay's machine has leased it
+        machine = ForwardingMachine(row, rid, self.pipe, state)  # where the relay's machine is
         with trio.CancelScope() as scope:
             self._scopes[rid] = scope
             try:
@@ -179,7 +178,9 @@ class Worker:
                 )
             except Exception as exc:  # never lose a delivery to a bug: defer it
                 log.exception("delivery %s.%03x failed unexpectedly", row.message_id, row.seq)
-                outcome = sender.temporary(row, f"internal error: {exc!r}", "internal")
+                outcome = sender.temporary(
+                    row, f"internal error: {exc!r}", FailureCategory.INTERNAL
+                )
             finally:
                 del self._scopes[rid]
                 self._chunks.pop(rid, None)
