@@ -166,3 +166,18 @@ def test_a_wrong_token_is_refused_at_the_prompt(
     expect(tab.locator("#login-error")).to_have_text("The relay refused the token.")
     expect(tab.locator("#dashboard")).to_be_hidden()
     assert tab.evaluate("sessionStorage.getItem('zonemta.token')") is None
+
+
+def test_a_token_in_the_fragment_signs_in_and_leaves_the_address_bar(
+    relay: RelayThread, page: tuple[Page, ConsoleProblems]
+) -> None:
+    tab, problems = page
+    tab.goto(f"{relay.api_url}/ui/#token={TOKEN}")
+    expect(tab.locator("#feed-status")).to_have_attribute("data-state", "live")
+    expect(tab.locator("#login")).to_be_hidden()
+    assert tab.url == f"{relay.api_url}/ui/"
+    assert tab.evaluate("sessionStorage.getItem('zonemta.token')") == TOKEN
+    tab.click("#signout")
+    expect(tab.locator("#login")).to_be_visible()
+    assert tab.evaluate("sessionStorage.getItem('zonemta.token')") is None
+    assert problems.problems == []
