@@ -1,21 +1,21 @@
-"""Sans-IO SMTP client: formats commands, parses replies, plans a transaction.
+"""Sans-IO SMTP client, command/reply layer: formats commands, parses replies.
 
-No sockets, no trio, no clock (CONVENTIONS.md 1). The trio driver writes the bytes that the
-command methods return, feeds what it reads to ``receive_data`` and pulls replies with
-``next_reply``. Timeouts, TLS and delivery policy belong to the driver.
+No sockets, no trio, no clock (CONVENTIONS.md 1). :class:`SMTPClientConnection` counts the
+replies it is owed: every command method records one expected reply, so a pipelined group
+(MAIL, RCPT..., DATA; RFC 2920) can be written at once and its replies read back in order. A
+reply that nobody asked for is a protocol error.
 
-The connection object counts the replies it is owed: every command method records one
-expected reply, so a pipelined group (MAIL, RCPT..., DATA; RFC 2920) can be written at once and
-its replies read back in order. A reply that nobody asked for is a protocol error.
+The session logic above it (greeting, EHLO/HELO, STARTTLS, transactions, RSET, QUIT) is the
+transaction object :class:`~zonemta.transport.smtp.client_session.SMTPClientSession`, which
+drivers use; this layer is its parser and formatter. ``Extensions`` and ``plan_transaction``
+live in ``client_plan.py`` and are re-exported here.
 
-Typical use::
+Direct use::
 
     conn = SMTPClientConnection()          # the 220 greeting is already expected
     greeting = read_reply()                # driver loop around next_reply/receive_data
     send(conn.ehlo("mta.example"))
     ext = Extensions.from_ehlo(read_reply())
-    plan = plan_transaction(ext, size=n, body_8bit=False, smtputf8=False)
-    ...
 """
 
 from __future__ import annotations
@@ -23,10 +23,29 @@ from __future__ import annotations
 import collections
 import enum
 
-import attrs
-
+from zonemta.transport.smtp.client_plan import (
+    Extensions,
+    RefusalReason,
+    TransactionPlan,
+    TransactionRefusal,
+    plan_transaction,
+)
 from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
+
+__all__ = [
+    "MAX_REPLY_LINES",
+    "MAX_REPLY_LINE_LENGTH",
+    "NEED_DATA",
+    "Extensions",
+    "RefusalReason",
+    "SMTPClientConnection",
+    "TransactionPlan",
+    "TransactionRefusal",
+    "check_address",
+    "check_hostname",
+    "plan_transaction",
+]
 
 # RFC 5321 4.5.3.1.5 sets the reply line limit at 512 octets, but real servers exceed it (long
 # banners, long EHLO keyword lists), so we accept up to 4096 octets per line, line ending not
@@ -62,64 +81,6 @@ class _Command(enum.Enum):
     QUIT = "QUIT"
 
 
-@attrs.frozen
-class Extensions:
-    """Service extensions advertised in an EHLO reply.
-
-    ``size`` is None when SIZE was not advertised and 0 when it was advertised without a
-    limit (RFC 1870). ``auth`` holds the upper-cased SASL mechanism names.
-    """
-
-    pipelining: bool = False
-    size: int | None = None
-    eightbitmime: bool = False
-    smtputf8: bool = False
-    starttls: bool = False
-    enhancedstatuscodes: bool = False
-    chunking: bool = False
-    auth: frozenset[str] = frozenset()
-
-    @classmethod
-    def from_ehlo(cls, reply: Reply) -> Extensions:
-        """Parse the keyword lines (all but the first) of a positive EHLO reply.
-
-        Keywords are case-insensitive; unknown keywords are ignored; a SIZE argument that is not
-        a number counts as "no limit given". Raises ``LocalProtocolError`` for a non-2xx reply
-        (it advertises nothing; the caller should have fallen back to HELO).
-        """
-        if not reply.is_positive:
-            raise LocalProtocolError(f"not a positive EHLO reply: {reply}")
-        flags: dict[str, bool] = {}
-        size: int | None = None
-        auth: set[str] = set()
-        for line in reply.lines[1:]:
-            words = line.split()
-            if not words:
-                continue
-            keyword = words[0].upper()
-            args = words[1:]
-            if keyword == "SIZE":
-                arg = args[0] if args else ""
-                size = int(arg) if arg.isascii() and arg.isdigit() else 0
-            elif keyword == "AUTH" or keyword.startswith("AUTH="):
-                # "AUTH=LOGIN PLAIN" is the pre-standard form some servers still send.
-                first = keyword[5:] if keyword.startswith("AUTH=") else ""
-                auth.update(word.upper() for word in [first, *args] if word)
-            elif keyword in _FLAG_KEYWORDS:
-                flags[_FLAG_KEYWORDS[keyword]] = True
-        return cls(size=size, auth=frozenset(auth), **flags)
-
-
-_FLAG_KEYWORDS = {
-    "PIPELINING": "pipelining",
-    "8BITMIME": "eightbitmime",
-    "SMTPUTF8": "smtputf8",
-    "STARTTLS": "starttls",
-    "ENHANCEDSTATUSCODES": "enhancedstatuscodes",
-    "CHUNKING": "chunking",
-}
-
-
 class SMTPClientConnection:
     """The client side of one SMTP connection, without I/O.
 
@@ -150,6 +111,11 @@ class SMTPClientConnection:
     def pending(self) -> int:
         """Replies expected but not yet returned by ``next_reply``."""
         return len(self._expected)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet parsed into a returned reply (of unfinished lines)."""
+        return len(self._buffer)
 
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes read from the peer; ``b""`` means the peer closed (EOF).
@@ -259,11 +225,11 @@ class SMTPClientConnection:
 
     def ehlo(self, name: str) -> bytes:
         """``EHLO name``. Raises ``LocalProtocolError`` for an empty or unsafe name."""
-        return self._send(_Command.EHLO, f"EHLO {_check_hostname(name)}")
+        return self._send(_Command.EHLO, f"EHLO {check_hostname(name)}")
 
     def helo(self, name: str) -> bytes:
         """``HELO name``. Raises ``LocalProtocolError`` for an empty or unsafe name."""
-        return self._send(_Command.HELO, f"HELO {_check_hostname(name)}")
+        return self._send(_Command.HELO, f"HELO {check_hostname(name)}")
 
     def starttls(self) -> bytes:
         """``STARTTLS``; after its 220 the driver starts TLS and calls ``tls_started``."""
@@ -307,7 +273,7 @@ class SMTPClientConnection:
         ``sender`` may be ``""`` (the null reverse path of a bounce). Non-ASCII addresses need
         ``smtputf8=True``. Raises ``LocalProtocolError`` for an unsafe address or negative size.
         """
-        address = _check_address(sender, utf8=smtputf8, what="sender")
+        address = check_address(sender, utf8=smtputf8, what="sender")
         parts = [f"MAIL FROM:<{address}>"]
         if size is not None:
             if size < 0:
@@ -327,7 +293,7 @@ class SMTPClientConnection:
         """
         if not recipient:
             raise LocalProtocolError("empty recipient address")
-        address = _check_address(recipient, utf8=self._smtputf8, what="recipient")
+        address = check_address(recipient, utf8=self._smtputf8, what="recipient")
         return self._send(_Command.RCPT, f"RCPT TO:<{address}>", utf8=self._smtputf8)
 
     def data(self) -> bytes:
@@ -368,79 +334,17 @@ class SMTPClientConnection:
         return data
 
 
-def _check_hostname(name: str) -> str:
+def check_hostname(name: str) -> str:
     if not name or not name.isascii() or any(c.isspace() or c == "\0" for c in name):
         raise LocalProtocolError(f"unusable EHLO/HELO name: {name!r}")
     return name
 
 
-def _check_address(address: str, *, utf8: bool, what: str) -> str:
-    """Refuse what could end the command early or break its syntax (CR, LF, NUL, <, >)."""
+def check_address(address: str, *, utf8: bool, what: str) -> str:
+    """Refuse what could end the command early or break its syntax (CR, LF, NUL, <, >), and
+    non-ASCII without ``utf8``. Returns ``address``; raises ``LocalProtocolError``."""
     if any(c in "\r\n\0<>" for c in address):
         raise LocalProtocolError(f"unsafe character in {what} address: {address!r}")
     if not utf8 and not address.isascii():
         raise LocalProtocolError(f"non-ASCII {what} address without SMTPUTF8: {address!r}")
     return address
-
-
-# --- transaction planning -------------------------------------------------------------------
-
-
-class RefusalReason(enum.Enum):
-    """Why a message cannot be sent to a server at all (a permanent failure, RFC 6531/1870)."""
-
-    SMTPUTF8_UNSUPPORTED = "smtputf8_unsupported"
-    MESSAGE_TOO_BIG = "message_too_big"
-
-
-@attrs.frozen
-class TransactionPlan:
-    """How to run a transaction; the fields are ``mail()``'s keyword arguments and a flag."""
-
-    pipelining: bool
-    size: int | None
-    body_8bit: bool
-    smtputf8: bool
-
-
-@attrs.frozen
-class TransactionRefusal:
-    """The message must bounce without being sent; ``reply`` is a locally made 5xx reply."""
-
-    reason: RefusalReason
-    reply: Reply
-
-
-def plan_transaction(
-    ext: Extensions, *, size: int, body_8bit: bool, smtputf8: bool
-) -> TransactionPlan | TransactionRefusal:
-    """Decide pipelining and MAIL parameters for one message, or refuse it.
-
-    SIZE is sent only when advertised, BODY=8BITMIME only for an 8-bit body to a server that
-    offers it (otherwise the body goes as-is, as Postfix does). A message that needs SMTPUTF8
-    is refused when the server lacks it (RFC 6531: bounce, never mangle), and one larger than
-    a positive advertised SIZE is refused with 552 5.3.4 (RFC 1870). Raises
-    ``LocalProtocolError`` for a negative size.
-    """
-    if size < 0:
-        raise LocalProtocolError(f"negative message size: {size}")
-    if smtputf8 and not ext.smtputf8:
-        return TransactionRefusal(
-            RefusalReason.SMTPUTF8_UNSUPPORTED,
-            Reply.make(553, "Message needs SMTPUTF8, which the server does not offer", "5.6.7"),
-        )
-    if ext.size and size > ext.size:
-        return TransactionRefusal(
-            RefusalReason.MESSAGE_TOO_BIG,
-            Reply.make(
-                552,
-                f"Message size {size} exceeds the server's limit of {ext.size}",
-                "5.3.4",
-            ),
-        )
-    return TransactionPlan(
-        pipelining=ext.pipelining,
-        size=size if ext.size is not None else None,
-        body_8bit=body_8bit and ext.eightbitmime,
-        smtputf8=smtputf8,
-    )
