@@ -1,5 +1,6 @@
-"""The relay ↔ delivery process pipe: frame codec, the framed stream over a real socket
-pair, the blacklist mirror and the refusal of sending hooks."""
+"""The relay ↔ child process pipe: frame codec (typed frames), the framed stream over a real
+socket pair, frame matching on both sides, the blacklist mirror and the refusal of sending
+hooks."""
 
 from __future__ import annotations
 
@@ -10,19 +11,59 @@ import pytest
 import trio
 
 from zonemta.conf import ConfigError
+from zonemta.engine.bus import Event, EventBus
+from zonemta.engine.delivery.machine import DeliveryMachine
+from zonemta.engine.delivery.transmit import Outcome
 from zonemta.engine.hooks import Hooks
-from zonemta.engine.processes.delivery_process import check_hooks
-from zonemta.engine.processes.delivery_worker import BlacklistMirror
-from zonemta.engine.processes.pipe import MAX_FRAME, FrameDecoder, FramedPipe, PipeError, encode
-from zonemta.statemachine import DeliveryState
+from zonemta.engine.processes.delivery_process import (
+    DeliveryProcess,
+    _Lost,
+    _Pending,
+    check_hooks,
+)
+from zonemta.engine.processes.delivery_worker import BlacklistMirror, ForwardingMachine
+from zonemta.engine.processes.frames import (
+    Admit,
+    Attempt,
+    Chunk,
+    Done,
+    Fired,
+    More,
+    Ready,
+    Reply,
+    Stats,
+)
+from zonemta.engine.processes.pipe import (
+    MAX_FRAME,
+    Frame,
+    FrameDecoder,
+    FramedPipe,
+    PipeError,
+    encode,
+)
+from zonemta.statemachine import DeliveryState as S
+from zonemta.statemachine import FailureCategory, Trigger
+from zonemta.store import Delivery, MessageRecord, RowState
 
-FRAMES = [
-    ("ready",),
-    ("attempt", 1, "default", {"meta": [1, 2]}, b"\x00" * 5000, frozenset({"10.0.0.1"})),
-    ("fire", 1, "resolve", None, None, None, None, {"hosts": ["mx.test"]}),
-    ("done", 1, "accepted", "250 ok", None, "mx.test", "127.0.0.2", {"default": (3, 1)}),
-    ("chunk", 7, None),
-    ("state", DeliveryState.LOCKED),
+ROW = Delivery("m1", 0, "a@x.test", "x.test", "default", RowState.LOCKED, 0, 1.0, 1.0)
+MESSAGE = MessageRecord("m1", "s@y.test", b"Subject: hi\r\n", 5000, 1.0, {"meta": [1, 2]})
+
+FRAMES: list[Frame] = [
+    Ready(),
+    Attempt(1, "default", ROW, MESSAGE, b"\x00" * 5000, frozenset({"10.0.0.1"}), S.LOCKED),
+    Fired(1, Trigger.RESOLVE, None, None, None, {"hosts": ["mx.test"]}),
+    Done(1, Outcome(Trigger.ACCEPTED, "250 ok"), "mx.test", "127.0.0.2", {"default": (3, 1)}),
+    Done(
+        2,
+        Outcome(Trigger.TRANSIENT_FAILURE, "451 later", FailureCategory.GREYLIST),
+        None,
+        None,
+        {},
+    ),
+    Chunk(7, None),
+    More(7, True),
+    Admit(3, "feeder", "127.0.0.1"),
+    Reply(3, None),
 ]
 
 
@@ -41,27 +82,27 @@ def test_a_frame_split_across_reads_waits_for_its_end() -> None:
     decoder = FrameDecoder()
     assert decoder.feed(data[:3]) == []  # not even the whole length
     assert decoder.feed(data[3:-1]) == []
-    assert decoder.feed(data[-1:] + encode(("ready",))) == [FRAMES[1], ("ready",)]
+    assert decoder.feed(data[-1:] + encode(Ready())) == [FRAMES[1], Ready()]
 
 
 def test_garbage_is_refused() -> None:
     with pytest.raises(PipeError, match="larger than"):
         FrameDecoder().feed(struct.pack("!I", MAX_FRAME + 1))
-    payload = pickle.dumps(["not", "a", "tuple"])
+    payload = pickle.dumps(["not", "a", "frame"])
     with pytest.raises(PipeError, match="not a frame: list"):
         FrameDecoder().feed(struct.pack("!I", len(payload)) + payload)
     with pytest.raises(PipeError, match="undecodable"):
         FrameDecoder().feed(struct.pack("!I", 3) + b"abc")
-    empty = pickle.dumps(())
-    with pytest.raises(PipeError, match="not a frame"):
-        FrameDecoder().feed(struct.pack("!I", len(empty)) + empty)
+    old_style = pickle.dumps(("ready",))  # the tuples of old: not frames any more
+    with pytest.raises(PipeError, match="not a frame: tuple"):
+        FrameDecoder().feed(struct.pack("!I", len(old_style)) + old_style)
 
 
 async def test_framed_pipe_over_a_socket_pair_sends_in_order_then_eof() -> None:
     left, right = trio.socket.socketpair()
     sender = FramedPipe(trio.SocketStream(left))
     receiver = FramedPipe(trio.SocketStream(right))
-    big = ("chunk", 1, b"y" * (1 << 20))  # larger than one read
+    big = Chunk(1, b"y" * (1 << 20))  # larger than one read
     received = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender.run_writer)
@@ -99,3 +140,53 @@ def test_sending_hooks_are_refused_only_with_delivery_processes() -> None:
         check_hooks(hooks, 1)
     assert "config.delivery.processes" in str(raised.value)
     assert "fetch, send_headers" in str(raised.value)
+
+
+class SentFrames:
+    """Stands in for a FramedPipe: keeps what is sent."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def send(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+
+def test_the_child_machine_starts_where_the_relay_is_and_forwards_triggers() -> None:
+    sent = SentFrames()
+    machine = ForwardingMachine(ROW, 5, sent, S.LOCKED)  # type: ignore[arg-type]
+    machine.fire(Trigger.RESOLVE, hosts=["mx.test"])
+    assert machine.state is S.RESOLVING
+    assert sent.frames == [Fired(5, Trigger.RESOLVE, None, None, None, {"hosts": ["mx.test"]})]
+    with pytest.raises(AttributeError):
+        machine.state = S.QUEUED  # type: ignore[misc]  # only the table moves it
+
+
+async def test_the_relay_fires_reported_steps_and_takes_the_outcome() -> None:
+    bus = EventBus()
+    events: list[Event] = []
+    bus.add_listener(events.append)
+    process = DeliveryProcess(0, None, ["default"], blacklist=None)  # type: ignore[arg-type]
+    machine = DeliveryMachine(ROW, bus, lambda: 1.0)
+    machine.fire(Trigger.LEASE)
+    inbox, receive = trio.open_memory_channel[More | Done | _Lost](10)
+    pending = process._pending[1] = _Pending(machine, inbox)
+    process.dispatch(Fired(1, Trigger.RESOLVE, "mx.test", "10.0.0.1", None, {"hosts": ["a"]}))
+    assert machine.state is S.RESOLVING and machine.local_address == "10.0.0.1"
+    assert (events[-1].to_state, events[-1].details) == (
+        "resolving",
+        {"trigger": "resolve", "hosts": ["a"]},
+    )
+    process.dispatch(More(1, True))
+    outcome = Outcome(Trigger.TRANSIENT_FAILURE, "451 later", FailureCategory.GREYLIST)
+    process.dispatch(Done(1, outcome, "mx.test", "10.0.0.1", {"default": (3, 1)}))
+    assert pending.outcome == outcome
+    assert [type(frame) for frame in (receive.receive_nowait(), receive.receive_nowait())] == [
+        More,
+        Done,
+    ]
+    process.dispatch(Stats({"default": (4, 2)}))
+    assert (process.pools["default"].reuses, process.pools["default"].open_connections) == (4, 2)
+    process.dispatch(Fired(9, Trigger.RESOLVE, None, None, None, {}))  # cancelled: ignored
+    with pytest.raises(PipeError, match="unknown frame Admit"):
+        process.dispatch(Admit(1, "feeder", "127.0.0.1"))

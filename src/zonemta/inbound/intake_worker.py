@@ -15,7 +15,8 @@ import logging
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from itertools import count
 from typing import Any
 
@@ -28,12 +29,23 @@ from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake.reception import Intake
 from zonemta.engine.intake.routing import Router
 from zonemta.engine.processes.child_entry import child_main, connect_to_relay
-from zonemta.engine.processes.pipe import FramedPipe, PipeError
+from zonemta.engine.processes.frames import (
+    Abort,
+    Admit,
+    Body,
+    Commit,
+    Forward,
+    Leave,
+    Ready,
+    Reply,
+    Stop,
+)
+from zonemta.engine.processes.pipe import Frame, FramedPipe, PipeError
 from zonemta.headers import HeaderPolicy
 from zonemta.inbound.interfaces import enabled_interfaces
 from zonemta.inbound.listener import SmtpInterfaceService
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
-from zonemta.transport.smtp.reply import Reply
+from zonemta.transport.smtp.reply import Reply as SmtpReply
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +64,7 @@ class _Call:
 
 
 class RelayLink:
-    """Calls to the relay over the pipe: each waits for its ``("reply", rid, value)``."""
+    """Calls to the relay over the pipe: each waits for its ``Reply(rid, value)``."""
 
     def __init__(self, pipe: FramedPipe) -> None:
         self.pipe = pipe
@@ -60,12 +72,14 @@ class RelayLink:
         self._calls: dict[int, _Call] = {}
         self.closed = False
 
-    async def call(self, kind: str, *args: object) -> Any:
+    async def call(self, frame: Callable[[int], Frame]) -> Any:
+        """Send ``frame(rid)`` (a frame class with its other fields bound) and wait for
+        the relay's answer."""
         if self.closed:
             raise RelayGone("the relay has gone")
         rid = next(self._ids)
         call = self._calls[rid] = _Call()
-        self.pipe.send((kind, rid, *args))
+        self.pipe.send(frame(rid))
         try:
             await call.done.wait()
         finally:
@@ -96,13 +110,15 @@ class RelayAdmission:
         self.link = link
         self.interface = interface
 
-    async def admit(self, address: str) -> Reply | None:
-        refusal: Reply | None = await self.link.call("admit", self.interface, address)
+    async def admit(self, address: str) -> SmtpReply | None:
+        refusal: SmtpReply | None = await self.link.call(
+            partial(Admit, interface=self.interface, address=address)
+        )
         return refusal
 
     def leave(self, address: str) -> None:
         if not self.link.closed:
-            self.link.pipe.send(("leave", self.interface, address))
+            self.link.pipe.send(Leave(self.interface, address))
 
 
 class RelayBody(BodyWriter):
@@ -125,7 +141,7 @@ class RelayBody(BodyWriter):
             piece = bytes(self._buffer[: self.chunk_size])
             del self._buffer[: self.chunk_size]
             self._sent = True
-            error = await self.link.call("body", self.message_id, piece)
+            error = await self.link.call(partial(Body, message_id=self.message_id, data=piece))
             if error is not None:
                 raise error
 
@@ -141,7 +157,7 @@ class RelayBody(BodyWriter):
         self._finished = True
         self._buffer.clear()
         if self._sent and not self.link.closed:
-            self.link.pipe.send(("abort", self.message_id))
+            self.link.pipe.send(Abort(self.message_id))
         await trio.lowlevel.checkpoint()
 
 
@@ -160,7 +176,9 @@ class RelayStore:
     ) -> None:
         assert isinstance(body, RelayBody)
         tail = body.take_tail()
-        error = await self.link.call("commit", message, list(deliveries), tail)
+        error = await self.link.call(
+            partial(Commit, record=message, deliveries=list(deliveries), tail=tail)
+        )
         if error is not None:
             raise error
 
@@ -170,7 +188,7 @@ def build_intake(config: Config, link: RelayLink) -> Intake:
 
     def forward(event: Event) -> None:
         if event.type in FORWARDED_EVENTS and not link.closed:
-            link.pipe.send(("event", event))
+            link.pipe.send(Forward(event))
 
     bus.add_listener(forward)
     return Intake(
@@ -201,13 +219,14 @@ async def run(fd: int) -> None:
     async def read_frames(cancel_scope: trio.CancelScope) -> None:
         try:
             async for frame in frames:
-                if frame[0] == "reply":
-                    link.answer(frame[1], frame[2])
-                elif frame[0] == "stop":
-                    for service, _ in services:
-                        await service.stop(frame[1])
-                else:
-                    raise PipeError(f"unknown frame {frame[0]!r}")
+                match frame:
+                    case Reply(rid=rid, value=value):
+                        link.answer(rid, value)
+                    case Stop(grace=grace):
+                        for service, _ in services:
+                            await service.stop(grace)
+                    case _:
+                        raise PipeError(f"unknown frame {type(frame).__name__}")
         finally:
             link.close()
             cancel_scope.cancel()  # the relay has gone: so do we
@@ -218,7 +237,7 @@ async def run(fd: int) -> None:
         async with trio.open_nursery() as serving:
             for service, settings in services:
                 await serving.start(service.run, _listeners(sockets[settings.name]))
-            pipe.send(("ready",))
+            pipe.send(Ready())
         # Every interface stopped and its sessions ended: we are done.
         pipe.close_after_sending()
 

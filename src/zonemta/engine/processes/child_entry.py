@@ -1,5 +1,5 @@
 """The child's side of a relay child process (delivery or intake): the pipe to the relay,
-the ``init`` frame, logging, and the process's entry point.
+the ``Init`` frame, logging, and the process's entry point.
 
 A child ignores SIGINT and SIGTERM (the relay decides when it stops) and exits quietly when
 the relay goes away.
@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from zonemta.engine.processes.frames import Init
 from zonemta.engine.processes.pipe import Frame, FramedPipe
 
 __all__ = ["RelayPipe", "child_main", "connect_to_relay"]
@@ -25,22 +26,21 @@ RelayPipe = tuple[FramedPipe, AsyncIterator[Frame], Any, Any]
 
 
 async def connect_to_relay(fd: int, kind: str) -> RelayPipe:
-    """Open the pipe on ``fd``, read the ``("init", config, what, log_level, index)`` frame
+    """Open the pipe on ``fd``, read the :class:`~zonemta.engine.processes.frames.Init` frame
     and set up logging as ``[kind-index]``. Returns the pipe, the frames that follow, the
     config and what the relay gave this kind of process (its zones, its sockets)."""
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
     pipe = FramedPipe(stream)
     frames = pipe.frames()
     init = await anext(frames, None)
-    if init is None or init[0] != "init":
+    if not isinstance(init, Init):
         raise SystemExit(f"zonemta {kind} process: no init frame from the relay")
-    _, config, given, level, index = init
     logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)s %(name)s[{kind}-{index}]: %(message)s",
+        level=init.log_level,
+        format=f"%(asctime)s %(levelname)s %(name)s[{kind}-{init.index}]: %(message)s",
         stream=sys.stderr,
     )
-    return pipe, frames, config, given
+    return pipe, frames, init.config, init.given
 
 
 def child_main(argv: list[str], run: Callable[[int], Awaitable[None]], module: str) -> int:

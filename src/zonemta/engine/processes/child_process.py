@@ -1,7 +1,7 @@
 """A supervised child process of the relay, talking over a framed pipe.
 
 The delivery processes and the intake processes share this life cycle: the relay starts
-``python -m MODULE FD [FD...]``, sends an ``init`` frame, waits for ``("ready",)``, then
+``python -m MODULE FD [FD...]``, sends an ``Init`` frame, waits for ``Ready``, then
 exchanges frames until the child exits or the relay stops it by closing the pipe. A child
 that dies is started again after :data:`RESTART_DELAY`; the first start must succeed, or the
 relay does not start (:class:`StartError`).
@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from zonemta.engine.processes.frames import Init, Ready
 from zonemta.engine.processes.pipe import Frame, FramedPipe, PipeError
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class ChildProcess:
 
     # -- what subclasses fill in ---------------------------------------------------------
 
-    def init_frame(self) -> Frame:
+    def init_frame(self) -> Init:
         raise NotImplementedError
 
     def inherited_fds(self) -> tuple[int, ...]:
@@ -152,7 +153,7 @@ class ChildProcess:
         frames: AsyncIterator[Frame] = pipe.frames()
         with trio.fail_after(START_TIMEOUT):
             first = await anext(frames, None)
-        if first != ("ready",):
+        if not isinstance(first, Ready):
             raise PipeError(f"expected ready, got {first!r}")
         self.pipe = pipe
         self.ready.set()

@@ -29,8 +29,18 @@ from zonemta.engine.delivery.messages import MessageCache
 from zonemta.engine.delivery.transmit import Outcome
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.processes.child_process import ChildProcess, StartError
+from zonemta.engine.processes.frames import (
+    Attempt,
+    Cancel,
+    Chunk,
+    Done,
+    Fired,
+    Init,
+    More,
+    PoolCounts,
+    Stats,
+)
 from zonemta.engine.processes.pipe import Frame, PipeError
-from zonemta.statemachine import Trigger
 from zonemta.store import MessageRecord
 
 __all__ = ["DeliveryProcess", "PoolFigures", "StartError", "check_hooks"]
@@ -63,10 +73,15 @@ class PoolFigures:
     open_connections: int = 0
 
 
+@attrs.frozen
+class _Lost:
+    """The process is gone (put in the inbox of each attempt it had)."""
+
+
 @attrs.define(eq=False)
 class _Pending:
     machine: DeliveryMachine
-    inbox: trio.MemorySendChannel[Frame]  # "more", "done" or "lost", from the reader
+    inbox: trio.MemorySendChannel[More | Done | _Lost]  # from the reader
     outcome: Outcome | None = None
 
 
@@ -105,29 +120,28 @@ class DeliveryProcess(ChildProcess):
         if pipe is None:
             return None
         rid = next(self._ids)
-        send, receive = trio.open_memory_channel[Frame](math.inf)
+        send, receive = trio.open_memory_channel[More | Done | _Lost](math.inf)
         pending = _Pending(machine, send)
         self._pending[rid] = pending
         body = messages.cached_body(message.id) if message.body_size else b""
         disabled = self.blacklist.disabled_for(row.domain)
-        pipe.send(("attempt", rid, row.zone, row, message, body, disabled, machine.state))
+        pipe.send(Attempt(rid, row.zone, row, message, body, disabled, machine.state))
         chunks = None
         try:
             async for frame in receive:
-                if frame[0] == "more":
-                    if frame[2] and chunks is not None:  # from the start again
-                        await chunks.aclose()
-                        chunks = None
-                    if chunks is None:
-                        chunks = messages.body(message)
-                    chunk = await anext(chunks, None)
-                    if self.pipe is pipe:
-                        pipe.send(("chunk", rid, chunk))
-                else:  # "done" or "lost"
+                if not isinstance(frame, More):  # Done or _Lost
                     break
+                if frame.first and chunks is not None:  # from the start again
+                    await chunks.aclose()
+                    chunks = None
+                if chunks is None:
+                    chunks = messages.body(message)
+                chunk = await anext(chunks, None)
+                if self.pipe is pipe:
+                    pipe.send(Chunk(rid, chunk))
         except BaseException:
             if self._pending.pop(rid, None) is not None and self.pipe is pipe:
-                pipe.send(("cancel", rid))
+                pipe.send(Cancel(rid))
             raise
         finally:
             self._pending.pop(rid, None)
@@ -137,40 +151,41 @@ class DeliveryProcess(ChildProcess):
 
     # -- the process (engine/processes/child_process.py) -----------------------------------------
 
-    def init_frame(self) -> Frame:
+    def init_frame(self) -> Init:
         level = logging.getLogger("zonemta").getEffectiveLevel()
-        return ("init", self.config, self.zones, level, self.index)
+        return Init(self.config, self.zones, level, self.index)
 
     def lost(self) -> None:
         for pending in list(self._pending.values()):
-            pending.inbox.send_nowait(("lost",))
+            pending.inbox.send_nowait(_Lost())
         self._pending.clear()
 
     def dispatch(self, frame: Frame) -> None:
-        kind = frame[0]
-        if kind == "stats":
-            self._update_pools(frame[1])
-            return
-        pending = self._pending.get(frame[1])
-        if pending is None:
-            return  # an attempt cancelled here meanwhile
-        machine = pending.machine
-        if kind == "fire":
-            _, _, trigger, mx, local, response, _category, details = frame
-            machine.mx, machine.local_address = mx, local
-            machine.fire(Trigger(trigger), response=response, **details)
-        elif kind == "more":
-            pending.inbox.send_nowait(frame)
-        elif kind == "done":
-            _, _, trigger, response, category, mx, local, pools = frame
-            self._update_pools(pools)
-            machine.mx, machine.local_address = mx, local
-            pending.outcome = Outcome(Trigger(trigger), response, category)
-            pending.inbox.send_nowait(frame)
-        else:
-            raise PipeError(f"unknown frame {kind!r}")
+        match frame:
+            case Stats(pools=pools):
+                self._update_pools(pools)
+            case Fired(rid=rid) | More(rid=rid) | Done(rid=rid):
+                pending = self._pending.get(rid)
+                if pending is not None:  # else: an attempt cancelled here meanwhile
+                    self._attempt_frame(pending, frame)
+            case _:
+                raise PipeError(f"unknown frame {type(frame).__name__}")
 
-    def _update_pools(self, figures: dict[str, tuple[int, int]]) -> None:
+    def _attempt_frame(self, pending: _Pending, frame: Fired | More | Done) -> None:
+        machine = pending.machine
+        match frame:
+            case Fired():
+                machine.mx, machine.local_address = frame.mx, frame.local_address
+                machine.fire(frame.trigger, response=frame.response, **frame.details)
+            case More():
+                pending.inbox.send_nowait(frame)
+            case Done():
+                self._update_pools(frame.pools)
+                machine.mx, machine.local_address = frame.mx, frame.local_address
+                pending.outcome = frame.outcome
+                pending.inbox.send_nowait(frame)
+
+    def _update_pools(self, figures: PoolCounts) -> None:
         for zone, (reuses, open_connections) in figures.items():
             pool = self.pools[zone]  # the engine's metrics hold these objects
             pool.reuses, pool.open_connections = reuses, open_connections

@@ -2,8 +2,8 @@
 the relay.
 
 It owns the connection pools of the zones it was given and runs one
-:class:`~zonemta.engine.delivery.transmit.Sender` attempt per ``attempt`` frame, forwarding every
-transition of the attempt and then its outcome (``engine/processes/pipe.py`` lists the
+:class:`~zonemta.engine.delivery.transmit.Sender` attempt per ``Attempt`` frame, forwarding every
+transition of the attempt and then its outcome (``engine/processes/frames.py`` lists the
 frames). It touches no store. It ignores SIGINT and SIGTERM — the relay decides when it
 stops, by closing the pipe — and it exits when the pipe closes, the relay's death included.
 """
@@ -33,6 +33,16 @@ from zonemta.engine.engine import (
     zone_route,
 )
 from zonemta.engine.processes.child_entry import child_main, connect_to_relay
+from zonemta.engine.processes.frames import (
+    Attempt,
+    Cancel,
+    Chunk,
+    Done,
+    Fired,
+    More,
+    Ready,
+    Stats,
+)
 from zonemta.engine.processes.pipe import Frame, FramedPipe
 from zonemta.statemachine import DeliveryState, FailureCategory, Transition
 from zonemta.transport.tls_policy import OutboundTls
@@ -76,18 +86,7 @@ class ForwardingMachine(MachineBase):
         category: FailureCategory | None = None,
         **details: Any,
     ) -> None:
-        self.pipe.send(
-            (
-                "fire",
-                self.rid,
-                row.trigger.value,
-                self.mx,
-                self.local_address,
-                response,
-                category,
-                details,
-            )
-        )
+        self.pipe.send(Fired(self.rid, row.trigger, self.mx, self.local_address, response, details))
 
 
 def build_senders(
@@ -134,46 +133,40 @@ class Worker:
                 await services.start(sender.connections.run)
             services.start_soon(self._report_stats)
             async with trio.open_nursery() as attempts:
-                self.pipe.send(("ready",))
+                self.pipe.send(Ready())
                 async for frame in frames:
                     self._dispatch(frame, attempts)
                 attempts.cancel_scope.cancel()  # the relay closed the pipe
             services.cancel_scope.cancel()
 
     def _dispatch(self, frame: Frame, attempts: trio.Nursery) -> None:
-        kind, rid = frame[0], frame[1]
-        if kind == "attempt":
-            attempts.start_soon(self._attempt, *frame[1:])
-        elif kind == "chunk":
-            channel = self._chunks.get(rid)
-            if channel is not None:
-                channel.send_nowait(frame[2])
-        elif kind == "cancel":
-            scope = self._scopes.get(rid)
-            if scope is not None:
-                scope.cancel()
-        else:
-            log.error("unknown frame %r from the relay", kind)
+        match frame:
+            case Attempt():
+                attempts.start_soon(self._attempt, frame)
+            case Chunk(rid=rid, data=data):
+                channel = self._chunks.get(rid)
+                if channel is not None:
+                    channel.send_nowait(data)
+            case Cancel(rid=rid):
+                scope = self._scopes.get(rid)
+                if scope is not None:
+                    scope.cancel()
+            case _:
+                log.error("unknown frame %s from the relay", type(frame).__name__)
 
-    async def _attempt(
-        self,
-        rid: int,
-        zone: str,
-        row: Any,
-        message: Any,
-        body: bytes | None,
-        disabled: frozenset[str],
-        state: DeliveryState,
-    ) -> None:
+    async def _attempt(self, attempt: Attempt) -> None:
+        rid, row, body = attempt.rid, attempt.row, attempt.body
+        zone = attempt.zone
         sender = self.senders[zone]
-        self.blacklist.update(row.domain, disabled)
-        machine = ForwardingMachine(row, rid, self.pipe, state)  # where the relay's machine is
+        self.blacklist.update(row.domain, attempt.blacklisted)
+        # The machine starts where the relay's is (leased); only the table moves it.
+        machine = ForwardingMachine(row, rid, self.pipe, attempt.state)
         with trio.CancelScope() as scope:
             self._scopes[rid] = scope
             try:
                 outcome = await sender.transmit(
                     machine,
-                    message,
+                    attempt.message,
                     (lambda: _one(body)) if body is not None else (lambda: self._pull(rid)),
                 )
             except Exception as exc:  # never lose a delivery to a bug: defer it
@@ -185,16 +178,7 @@ class Worker:
                 del self._scopes[rid]
                 self._chunks.pop(rid, None)
             self.pipe.send(
-                (
-                    "done",
-                    rid,
-                    outcome.trigger.value,
-                    outcome.response,
-                    outcome.category,
-                    machine.mx,
-                    machine.local_address,
-                    {zone: _figures(sender)},
-                )
+                Done(rid, outcome, machine.mx, machine.local_address, {zone: _figures(sender)})
             )
 
     async def _pull(self, rid: int) -> AsyncIterator[bytes]:
@@ -204,7 +188,7 @@ class Worker:
         self._chunks[rid] = send
         first = True
         while True:
-            self.pipe.send(("more", rid, first))
+            self.pipe.send(More(rid, first))
             first = False
             chunk = await receive.receive()
             if chunk is None:
@@ -216,7 +200,7 @@ class Worker:
         while True:
             stats = {zone: _figures(sender) for zone, sender in self.senders.items()}
             if stats != last:
-                self.pipe.send(("stats", stats))
+                self.pipe.send(Stats(stats))
                 last = stats
             await trio.sleep(STATS_INTERVAL)
 

@@ -9,24 +9,24 @@ the relay's group-commit writer stores them with everyone else's, and the child 
 only once the relay said the commit is durable. The client limits of each interface are
 counted here, so ``max_clients`` and ``max_clients_per_address`` hold over all children.
 
-Frames (child → relay; ``rid`` numbers a call the relay answers with ``("reply", rid,
-value)``):
+Frames (``engine/processes/frames.py``), child → relay; ``rid`` numbers a call the relay
+answers with ``Reply(rid, value)``:
 
-``("admit", rid, interface, address)``
+``Admit(rid, interface, address)``
     count a new client in; the value is None or the refusal (a Reply).
-``("leave", interface, address)``
+``Leave(interface, address)``
     a counted client has gone.
-``("body", rid, message_id, data)``
+``Body(rid, message_id, data)``
     the next piece of a body being received (value: None, or the StoreError).
-``("abort", message_id)``
+``Abort(message_id)``
     the reception ended without a commit.
-``("commit", rid, record, deliveries, tail)``
+``Commit(rid, record, deliveries, tail)``
     the rest of the body and the commit (value: None, or the StoreError).
-``("event", event)``
+``Forward(event)``
     ``message.rejected`` / ``message.dropped``, published on the relay's bus.
 
-Relay → child: ``("init", config, sockets, log_level, index)``, the replies, and
-``("stop", grace)``: stop accepting, finish the sessions within ``grace``, then exit.
+Relay → child: ``Init(config, sockets, log_level, index)``, the replies, and
+``Stop(grace)``: stop accepting, finish the sessions within ``grace``, then exit.
 
 A child that dies is started again; the clients it had counted are released and the bodies
 of its unfinished receptions discarded. A message whose commit the relay had begun is stored
@@ -49,6 +49,17 @@ from zonemta.conf.units import AUTO_PROCESSES
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.intake.reception import SMALL_BODY, Intake
 from zonemta.engine.processes.child_process import ChildProcess
+from zonemta.engine.processes.frames import (
+    Abort,
+    Admit,
+    Body,
+    Commit,
+    Forward,
+    Init,
+    Leave,
+    Reply,
+    Stop,
+)
 from zonemta.engine.processes.pipe import Frame, PipeError
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, Store, StoreError
 from zonemta.transport.admission import ClientCounts
@@ -146,16 +157,16 @@ class IntakeProcess(ChildProcess):
             self._tasks = tasks
             await super().run(task_status=task_status)
 
-    def init_frame(self) -> Frame:
+    def init_frame(self) -> Init:
         level = logging.getLogger("zonemta").getEffectiveLevel()
-        return ("init", self.config, self.sockets, level, self.index)
+        return Init(self.config, self.sockets, level, self.index)
 
     def inherited_fds(self) -> tuple[int, ...]:
         return tuple(fd for fds in self.sockets.values() for fd in fds)
 
     def request_stop(self, grace: float) -> None:
         if self.pipe is not None:
-            self.pipe.send(("stop", grace))
+            self.pipe.send(Stop(grace))
 
     def lost(self) -> None:
         for (interface, address), count in self._clients.items():
@@ -170,32 +181,30 @@ class IntakeProcess(ChildProcess):
     # -- frames --------------------------------------------------------------------------
 
     def dispatch(self, frame: Frame) -> None:
-        kind = frame[0]
-        if kind == "admit":
-            _, rid, interface, address = frame
-            refusal = self.counts[interface].check(address)
-            if refusal is None:
-                self._clients[interface, address] += 1
-            self._reply(rid, refusal)
-        elif kind == "leave":
-            _, interface, address = frame
-            key = (interface, address)
-            if self._clients[key] <= 0:
-                raise PipeError(f"leave without admit: {key}")
-            self._clients[key] -= 1
-            if not self._clients[key]:
-                del self._clients[key]
-            self.counts[interface].leave(address)
-        elif kind == "event":
-            self.intake.bus.publish(frame[1])
-        elif kind == "body":
-            self._start(self._body, *frame[1:])
-        elif kind == "commit":
-            self._start(self._commit, *frame[1:])
-        elif kind == "abort":
-            self._start(self._abort, *frame[1:])
-        else:
-            raise PipeError(f"unknown frame {kind!r}")
+        match frame:
+            case Admit(rid=rid, interface=interface, address=address):
+                refusal = self.counts[interface].check(address)
+                if refusal is None:
+                    self._clients[interface, address] += 1
+                self._reply(rid, refusal)
+            case Leave(interface=interface, address=address):
+                key = (interface, address)
+                if self._clients[key] <= 0:
+                    raise PipeError(f"leave without admit: {key}")
+                self._clients[key] -= 1
+                if not self._clients[key]:
+                    del self._clients[key]
+                self.counts[interface].leave(address)
+            case Forward(event=event):
+                self.intake.bus.publish(event)
+            case Body(rid=rid, message_id=message_id, data=data):
+                self._start(self._body, rid, message_id, data)
+            case Commit(rid=rid, record=record, deliveries=deliveries, tail=tail):
+                self._start(self._commit, rid, record, deliveries, tail)
+            case Abort(message_id=message_id):
+                self._start(self._abort, message_id)
+            case _:
+                raise PipeError(f"unknown frame {type(frame).__name__}")
 
     def _start(self, handler: Callable[..., Awaitable[None]], *args: Any) -> None:
         assert self._tasks is not None
@@ -206,9 +215,9 @@ class IntakeProcess(ChildProcess):
         if pipe is None:
             return  # the child is gone; nobody waits for the answer
         try:
-            pipe.send(("reply", rid, value))
+            pipe.send(Reply(rid, value))
         except Exception:  # an error that does not pickle: send its text
-            pipe.send(("reply", rid, StoreError(str(value))))
+            pipe.send(Reply(rid, StoreError(str(value))))
 
     async def _body(self, rid: int, message_id: str, data: bytes) -> None:
         receiving = self._receiving.get(message_id)

@@ -1,22 +1,10 @@
 """The pipe between the relay and its child processes: length-prefixed pickled frames.
 
-The frames below are those of the delivery processes; the intake processes' frames are
-listed in ``engine/processes/intake_process.py``.
-
 Both ends are zonemta processes started from the same installation (the relay starts its
-delivery processes itself and hands each one end of a socket pair), so frames are pickles
-of tuples whose first item names the frame:
-
-relay → delivery process
-    ``("init", config, zones, log_level)`` once; ``("attempt", rid, zone, row, message,
-    body, blacklisted, state)``; ``("chunk", rid, data)`` (``data`` None at the end of the body);
-    ``("cancel", rid)``.
-delivery process → relay
-    ``("ready",)``; ``("fire", rid, trigger, mx, local_address, response, category,
-    details)`` for each transition of the attempt, as it happens; ``("more", rid)`` for the
-    next body chunk when the body was not sent with the attempt; ``("done", rid, trigger,
-    response, category, mx, local_address, pools)`` and now and then ``("stats", pools)``,
-    where ``pools`` is ``{zone: (reuses, open connections)}``.
+children itself and hands each one end of a socket pair), so a frame is the pickle of a
+:class:`Frame`: one small frozen attrs class per kind, listed in
+``engine/processes/frames.py`` (those of the delivery processes and of the intake
+processes), matched by its class on the receiving side.
 
 :class:`FrameDecoder` is sans-IO; :class:`FramedPipe` drives a trio stream with one writer
 task that sends everything queued so far in one ``send_all``.
@@ -27,11 +15,15 @@ from __future__ import annotations
 import pickle
 import struct
 from collections.abc import AsyncIterator
-from typing import Any
 
 import trio
 
-Frame = tuple[Any, ...]
+
+class Frame:
+    """What crosses the pipe (the frame classes derive from it)."""
+
+    __slots__ = ()
+
 
 _LENGTH = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # a body chunk is at most [queue] body_chunk_size (<= 16 MiB)
@@ -69,7 +61,7 @@ class FrameDecoder:
                 frame = pickle.loads(memoryview(buffer)[offset + _LENGTH.size : end])
             except Exception as exc:  # truncated or foreign data
                 raise PipeError(f"undecodable frame: {exc!r}") from exc
-            if not isinstance(frame, tuple) or not frame:
+            if not isinstance(frame, Frame):
                 raise PipeError(f"not a frame: {type(frame).__name__}")
             frames.append(frame)
             offset = end

@@ -1,0 +1,207 @@
+"""The frames the relay and its child processes exchange: one frozen attrs class per kind.
+
+Every frame is a :class:`~zonemta.engine.processes.pipe.Frame`; the pipe pickles it as it is
+(both ends are the same installation) and the receiver matches on its class. ``rid``
+numbers a delivery attempt, or an intake call that the relay answers with :class:`Reply`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from zonemta.engine.bus import Event
+from zonemta.engine.delivery.transmit import Outcome
+from zonemta.engine.processes.pipe import Frame
+from zonemta.statemachine import DeliveryState, Trigger
+from zonemta.store import Delivery, MessageRecord, NewDelivery
+
+__all__ = [
+    "Abort",
+    "Admit",
+    "Attempt",
+    "Body",
+    "Cancel",
+    "Chunk",
+    "Commit",
+    "Done",
+    "Fired",
+    "Forward",
+    "Init",
+    "Leave",
+    "More",
+    "PoolCounts",
+    "Ready",
+    "Reply",
+    "Stats",
+    "Stop",
+]
+
+# {zone: (connection reuses, open connections)} of a delivery process's pools.
+PoolCounts = Mapping[str, tuple[int, int]]
+
+# -- every child ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Init(Frame):
+    """Relay → child, first: the configuration, what this kind of child is given (a
+    delivery process its zones, an intake process its sockets), the log level and its
+    index."""
+
+    config: Any
+    given: Any
+    log_level: int
+    index: int
+
+
+@attrs.frozen
+class Ready(Frame):
+    """Child → relay, once it has started."""
+
+
+# -- delivery processes --------------------------------------------------------------------
+
+
+@attrs.frozen
+class Attempt(Frame):
+    """Relay → delivery process: send a leased delivery. ``body`` is the body when the
+    relay holds it in memory (None: ask for it with :class:`More`); ``blacklisted`` the
+    local addresses disabled for its domain; ``state`` where the relay's machine is."""
+
+    rid: int
+    zone: str
+    row: Delivery
+    message: MessageRecord
+    body: bytes | None
+    blacklisted: frozenset[str]
+    state: DeliveryState
+
+
+@attrs.frozen
+class Chunk(Frame):
+    """Relay → delivery process: the next piece of the body (None: the end)."""
+
+    rid: int
+    data: bytes | None
+
+
+@attrs.frozen
+class Cancel(Frame):
+    """Relay → delivery process: stop the attempt (the relay no longer waits for it)."""
+
+    rid: int
+
+
+@attrs.frozen
+class Fired(Frame):
+    """Delivery process → relay: a step of the attempt, as it happens (the relay fires it on
+    its own machine)."""
+
+    rid: int
+    trigger: Trigger
+    mx: str | None
+    local_address: str | None
+    response: str | None
+    details: Mapping[str, Any]
+
+
+@attrs.frozen
+class More(Frame):
+    """Delivery process → relay: the next body chunk; ``first``: from the beginning again
+    (a transaction retried on a fresh connection)."""
+
+    rid: int
+    first: bool
+
+
+@attrs.frozen
+class Done(Frame):
+    """Delivery process → relay: the attempt's outcome, and the process's pool figures."""
+
+    rid: int
+    outcome: Outcome
+    mx: str | None
+    local_address: str | None
+    pools: PoolCounts
+
+
+@attrs.frozen
+class Stats(Frame):
+    """Delivery process → relay, now and then: its pool figures."""
+
+    pools: PoolCounts
+
+
+# -- intake processes ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Admit(Frame):
+    """Intake process → relay: count a new client in (reply: None, or the refusal)."""
+
+    rid: int
+    interface: str
+    address: str
+
+
+@attrs.frozen
+class Leave(Frame):
+    """Intake process → relay: a counted client has gone."""
+
+    interface: str
+    address: str
+
+
+@attrs.frozen
+class Body(Frame):
+    """Intake process → relay: the next piece of a body being received (reply: None, or
+    the StoreError)."""
+
+    rid: int
+    message_id: str
+    data: bytes
+
+
+@attrs.frozen
+class Abort(Frame):
+    """Intake process → relay: the reception ended without a commit."""
+
+    message_id: str
+
+
+@attrs.frozen
+class Commit(Frame):
+    """Intake process → relay: the rest of the body and the commit (reply: None, or the
+    StoreError)."""
+
+    rid: int
+    record: MessageRecord
+    deliveries: Sequence[NewDelivery]
+    tail: bytes
+
+
+@attrs.frozen
+class Forward(Frame):
+    """Intake process → relay: an event (``message.rejected``, ``message.dropped``) to
+    publish on the relay's bus."""
+
+    event: Event
+
+
+@attrs.frozen
+class Reply(Frame):
+    """Relay → intake process: the answer to the call ``rid``."""
+
+    rid: int
+    value: object
+
+
+@attrs.frozen
+class Stop(Frame):
+    """Relay → intake process: stop accepting, finish the sessions within ``grace``
+    seconds, then exit."""
+
+    grace: float
