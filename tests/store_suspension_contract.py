@@ -81,6 +81,23 @@ class SuspensionContract:
         await store.credit_held_time(zone=None, domains=["x.example"], seconds=5)
         assert [d.created for d in await store.deliveries_of("m2")] == [55.0, 80.0]
 
+    async def test_leases_held_by_other_instances_are_counted_per_domain(
+        self, store: Store
+    ) -> None:
+        await _put(store, "m1", _rcpts(("a@x.example", ZONE), ("b@x.example", ZONE)))
+        await _put(store, "m2", _rcpts(("c@y.example", ZONE), ("d@x.example", "other")))
+        await _put(store, "m3", _rcpts(("e@x.example", ZONE)))
+        assert await store.leased_elsewhere(ZONE, owner=OWNER, now=10.0) == {}
+        await store.lease(ZONE, owner="b", now=10.0, lease_until=100.0, limit=3)
+        await store.lease("other", owner="b", now=10.0, lease_until=100.0, limit=1)
+        await store.lease(ZONE, owner=OWNER, now=10.0, lease_until=100.0, limit=1)
+        assert await store.leased_elsewhere(ZONE, owner=OWNER, now=20.0) == {
+            "x.example": 2,
+            "y.example": 1,
+        }
+        assert await store.leased_elsewhere(ZONE, owner="b", now=20.0) == {"x.example": 1}
+        assert await store.leased_elsewhere(ZONE, owner=OWNER, now=100.0) == {}  # expired
+
     async def test_counters_add_up_and_expire(self, store: Store) -> None:
         assert await store.add_to_counter("w:a", 2, expires=100.0) == 2
         assert await store.add_to_counter("w:a", 3, expires=50.0) == 5

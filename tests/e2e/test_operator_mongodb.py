@@ -15,10 +15,17 @@ import httpx
 import pytest
 import trio
 
+from tests.support.dnsserver import run_dns_server
 from tests.support.mongo import MongoEndpoint, mongo_endpoint
 from tests.support.mx import TestMx
-from tests.support.relay import api_url, relay_config, running_relay, submit_async
-from zonemta.engine.bus import Subscription
+from tests.support.relay import (
+    api_url,
+    collect_until,
+    relay_config,
+    running_relay,
+    submit_async,
+)
+from zonemta.engine.bus import Event, Subscription
 from zonemta.engine.delivery.scheduler import SHARED_RATE_USED
 from zonemta.engine.why import trio_to_epoch
 
@@ -144,3 +151,80 @@ async def test_a_suspension_made_on_one_relay_holds_on_the_other(
                     if event.to_state == "delivered":
                         break
     assert [m.recipients for m in mx.received()] == [("r@x.test",)]
+
+
+ZONE_FILE = """
+$ORIGIN test.
+$TTL 300
+@          IN SOA ns.test. admin.test. 1 7200 3600 1209600 300
+x          IN MX 10 mx.test.
+mx         IN A 127.0.0.1
+"""
+
+
+async def test_two_relays_share_one_connection_limit(tmp_path: Path, mongo: MongoEndpoint) -> None:
+    """x.test takes one delivery at a time: while relay a sends to it, relay b leases none
+    of its own and ``why`` counts a's delivery; r2 goes once a's attempt is over."""
+    with TestMx() as mx, mongo.fresh_database() as database:
+        mx.stall_data.set()
+        async with run_dns_server(ZONE_FILE) as dns, AsyncExitStack() as stack:
+            configs = [
+                relay_config(
+                    tmp_path / name,
+                    queue={
+                        "backend": "mongodb",
+                        "mongodb_uri": mongo.uri,
+                        "database": database,
+                        "instance_id": name,
+                    },
+                    dns={"nameservers": [f"127.0.0.1:{dns.port}"]},
+                    zones={"default": {"port": mx.port}},  # MX delivery: a smart host has none
+                    domains={"x.test": {"max_connections": 1}},
+                )
+                for name in ("a", "b")
+            ]
+            (relay_a, info_a), (relay_b, info_b) = [
+                await stack.enter_async_context(running_relay(c)) for c in configs
+            ]
+            events_a, events_b = relay_a.bus.subscribe(), relay_b.bus.subscribe()
+            await submit_async(info_a.smtp_ports["feeder"], "s@o.test", ["r1@x.test"], MESSAGE)
+            await collect_until(events_a, lambda seen: reached(seen, "r1@x.test", "sending"))
+            second = await submit_async(
+                info_b.smtp_ports["feeder"], "s@o.test", ["r2@x.test"], MESSAGE
+            )
+            async with httpx.AsyncClient(base_url=api_url(info_b)) as client:
+                why = (await client.get(f"/message/{second}/why")).json()
+            early = drain(events_b)
+            mx.stall_data.clear()  # (the stalled transaction is dropped: r1 is deferred)
+            await delivered_by_either([events_a, events_b], "r2@x.test")
+    (reasons,) = [r["reasons"] for r in why["recipients"]]
+    assert [r["code"] for r in reasons] == ["domain_connections"]
+    assert (reasons[0]["in_use"], reasons[0]["elsewhere"], reasons[0]["limit"]) == (1, 1, 1)
+    # b leased nothing for x.test while a's delivery was sending.
+    assert not [e for e in early if e.to_state in ("locked", "sending")]
+    assert [m.recipients for m in mx.received()] == [("r2@x.test",)]  # r1 was dropped
+
+
+def reached(seen: list[Event], recipient: str, state: str) -> bool:
+    return any(e.recipient == recipient and e.to_state == state for e in seen)
+
+
+async def delivered_by_either(subscriptions: list[Subscription], recipient: str) -> None:
+    async def read(subscription: Subscription) -> None:
+        await collect_until(
+            subscription, lambda seen: reached(seen, recipient, "delivered"), seconds=30
+        )
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for subscription in subscriptions:
+            nursery.start_soon(read, subscription)
+
+
+def drain(subscription: Subscription) -> list[Event]:
+    events = []
+    while True:
+        try:
+            events.append(subscription.receive.receive_nowait())
+        except trio.WouldBlock:
+            return events

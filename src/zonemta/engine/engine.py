@@ -20,6 +20,7 @@ from zonemta.engine.delivery.connections import ZoneConnections
 from zonemta.engine.delivery.messages import MessageCache
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.delivery.scheduler import ZoneScheduler
+from zonemta.engine.delivery.shared_connections import SharedConnections
 from zonemta.engine.delivery.shared_rate import SharedRates
 from zonemta.engine.delivery.suspensions import Suspensions
 from zonemta.engine.delivery.transmit import Sender, ZoneRoute
@@ -121,6 +122,11 @@ class DeliveryEngine:
         self.warmup = WarmupCaps.from_config(config, store, clock)
         shared = config.queue.backend is QueueBackend.MONGODB  # instances may share it
         self.shared_rates = SharedRates(store, clock=clock) if shared else None
+        self.shared_connections = (
+            SharedConnections(store, owner=config.queue.instance_id, clock=clock)
+            if shared
+            else None
+        )
         self.warmup.on_change(lambda: self.wake(self.schedulers))
         self.blacklist = Blacklist(
             store,
@@ -201,6 +207,7 @@ class DeliveryEngine:
                 suspensions=self.suspensions,
                 warmup=self.warmup,
                 shared_rates=self.shared_rates,
+                shared_connections=self.shared_connections,
             )
 
     def wake(self, zones: Iterable[str]) -> None:

@@ -33,6 +33,7 @@ from zonemta.engine.delivery.suspensions import describe
 from zonemta.store import Delivery, RowState
 
 if TYPE_CHECKING:
+    from zonemta.engine.delivery.scheduler import ZoneScheduler
     from zonemta.engine.engine import DeliveryEngine
 
 
@@ -120,6 +121,13 @@ def _suspended(entry_id: str, text: str, rule: str | None, response: str | None)
     return Reason("suspended", f"held by suspension {entry_id}: {text}", details)
 
 
+def _elsewhere(scheduler: ZoneScheduler, destination: str) -> dict[str, Any]:
+    """``{"elsewhere": n}``: of the deliveries in use, those other instances hold leased."""
+    if scheduler.shared_connections is None:
+        return {}
+    return {"elsewhere": scheduler.used_elsewhere(destination)}
+
+
 def _slowed(engine: DeliveryEngine, row: Delivery) -> dict[str, Any]:
     """``{"slowed_by": id}`` when a slowing entry lowers the domain's limit."""
     entry = engine.suspensions.slowed(row.zone, row.domain)
@@ -142,7 +150,13 @@ def _limits(
                     "domain_connections",
                     f"{destination} takes {limit} deliveries at once in zone {zone.name}, and"
                     f" {use} are leased for it (sending or waiting for their turn)",
-                    {"site": destination, "in_use": use, "limit": limit, **_slowed(engine, row)},
+                    {
+                        "site": destination,
+                        "in_use": use,
+                        "limit": limit,
+                        **_elsewhere(scheduler, destination),
+                        **_slowed(engine, row),
+                    },
                 )
             )
     rate_key = engine.domains.site_of(row.domain)

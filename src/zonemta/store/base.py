@@ -318,6 +318,12 @@ class Store(abc.ABC):
         """The earliest ``next_attempt`` among unleased deliveries of ``zone``, if any."""
 
     @abc.abstractmethod
+    async def leased_elsewhere(self, zone: str, *, owner: str, now: float) -> dict[str, int]:
+        """How many deliveries of ``zone`` other instances (lease owner not ``owner``) hold
+        leased at ``now``, per recipient domain: their share of a domain's connection
+        limit when instances share the store."""
+
+    @abc.abstractmethod
     async def get_message(self, message_id: str) -> MessageRecord | None:
         """The stored message (without body), or None."""
 

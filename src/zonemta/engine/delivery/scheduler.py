@@ -22,6 +22,7 @@ import trio
 from zonemta.engine.bus import EventBus
 from zonemta.engine.delivery.attempt import Deliverer
 from zonemta.engine.delivery.machine import DeliveryMachine
+from zonemta.engine.delivery.shared_connections import SHARED_CONNECTIONS_USED, SharedConnections
 from zonemta.engine.delivery.shared_rate import SharedRates
 from zonemta.engine.delivery.suspensions import Suspensions
 from zonemta.engine.delivery.warmup import WarmupCaps
@@ -51,9 +52,12 @@ class ZoneScheduler:
         suspensions: Suspensions | None = None,
         warmup: WarmupCaps | None = None,
         shared_rates: SharedRates | None = None,
+        shared_connections: SharedConnections | None = None,
     ) -> None:
         self.deliverer = deliverer
         self.shared_rates = shared_rates  # rates across instances on one MongoDB
+        # max_connections across instances on one MongoDB (MX zones only)
+        self.shared_connections = None if deliverer.zone.smart_host else shared_connections
         self.suspensions = suspensions
         self.warmup = warmup
         self.zone = deliverer.zone.name
@@ -69,6 +73,8 @@ class ZoneScheduler:
         self.inflight: dict[DeliveryKey, DeliveryMachine] = {}
         self._destinations: dict[str, int] = {}
         self._destination_limits: dict[str, trio.CapacityLimiter] = {}
+        self._sending: dict[str, int] = {}  # destination -> attempts past its limiter
+        self._cooling: dict[str, float] = {}  # destination -> trio time it may lease again
         self._rated: set[str] = set()  # recipient domains with a rate, seen in flight
         self._changed = trio.Event()
         self._busy = trio.Event()  # set while attempts are in flight (lease renewal runs)
@@ -101,8 +107,16 @@ class ZoneScheduler:
         self._cancel.cancel()
 
     def destination_use(self, destination: str) -> int:
-        """Deliveries to ``destination`` in flight in this zone now."""
-        return self._destinations.get(destination, 0)
+        """Deliveries to ``destination`` in flight in this zone now (here, and leased by
+        the other instances sharing the store)."""
+        return self._destinations.get(destination, 0) + self.used_elsewhere(destination)
+
+    def used_elsewhere(self, destination: str) -> int:
+        """Deliveries to ``destination`` the other instances sharing the store hold leased
+        in this zone (as of the last read)."""
+        if self.shared_connections is None:
+            return 0
+        return self.shared_connections.elsewhere(self.zone, self.domains.members(destination))
 
     def destination_of(self, row: Delivery) -> str:
         """What ``row``'s connection limit is counted under: the smart host, or the
@@ -153,6 +167,17 @@ class ZoneScheduler:
             for key, count in self._destinations.items():
                 if count >= self._limit(key):
                     skip += self.domains.members(key)
+        if self.shared_connections is not None:
+            now = trio.current_time()
+            for key, until in list(self._cooling.items()):
+                if until > now:
+                    skip += self.domains.members(key)
+                else:
+                    del self._cooling[key]
+            for domain in self.shared_connections.domains_elsewhere(self.zone):
+                key = self.domains.site_of(domain)
+                if self.destination_use(key) >= self._limit(key):
+                    skip += self.domains.members(key)
         for key in list(self._rated):
             if self.rate_slot(key) is not None:
                 skip += self.domains.members(key)
@@ -187,6 +212,8 @@ class ZoneScheduler:
                     await self._changed.wait()
                 continue
             if free > 0:
+                if self.shared_connections is not None:
+                    await self.shared_connections.refresh(self.zone)
                 now = self.clock()
                 try:
                     rows = await self.store.lease(
@@ -223,6 +250,9 @@ class ZoneScheduler:
         if timeout <= 0:
             return
         slot = self._next_rate_slot()
+        if self._cooling:
+            cooled = min(self._cooling.values())
+            slot = cooled if slot is None else min(slot, cooled)
         if slot is not None:
             timeout = min(timeout, max(slot - trio.current_time(), 0.0))
         with trio.move_on_after(timeout):
@@ -279,8 +309,23 @@ class ZoneScheduler:
                 else (self._destination_limiter(destination))
             )
             async with limiter:
+                if self._over_shared_limit(destination):
+                    # The other instances use the limit: give it back without an attempt
+                    # and stay away a random moment (so that two do not keep colliding).
+                    cool = SharedConnections.cool_down()
+                    self._cooling[destination] = trio.current_time() + cool
+                    await self.deliverer.release(machine, SHARED_CONNECTIONS_USED)
+                    return
                 started = True
-                await self.deliverer.deliver(machine)
+                self._sending[destination] = self._sending.get(destination, 0) + 1
+                try:
+                    await self.deliverer.deliver(machine)
+                finally:
+                    left = self._sending[destination] - 1
+                    if left:
+                        self._sending[destination] = left
+                    else:
+                        del self._sending[destination]
         except trio.Cancelled:
             if not started:  # deliver() releases its own lease when cancelled
                 with trio.CancelScope(shield=True):
@@ -294,6 +339,14 @@ class ZoneScheduler:
             if self._stopping and not self.inflight:
                 self._drained.set()
             self.wake()
+
+    def _over_shared_limit(self, destination: str) -> bool:
+        """Whether one more attempt to ``destination`` here would take its deliveries here
+        and at the other instances past its limit."""
+        elsewhere = self.used_elsewhere(destination)
+        return bool(elsewhere) and (
+            self._sending.get(destination, 0) + 1 + elsewhere > self._limit(destination)
+        )
 
     def _destination_limiter(self, destination: str) -> trio.CapacityLimiter:
         limiter = self._destination_limits.get(destination)

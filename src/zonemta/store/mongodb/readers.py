@@ -79,6 +79,16 @@ def next_due(zone: str, db: Db) -> float | None:
     return None if doc is None else float(doc["due"])
 
 
+def leased_elsewhere(zone: str, owner: str, now: float, db: Db) -> dict[str, int]:
+    # A leased delivery's ``due`` is its lease_until; there are no more than the instances
+    # have in flight, so they are counted here rather than by an aggregation.
+    query = {"zone": zone, "due": {"$gt": now}, "state": LOCKED, "lease_owner": {"$ne": owner}}
+    counts: dict[str, int] = {}
+    for doc in db[DELIVERIES].find(query, {"domain": 1}):
+        counts[doc["domain"]] = counts.get(doc["domain"], 0) + 1
+    return counts
+
+
 def zone_counts(now: float, db: Db) -> dict[str, ZoneCounts]:
     locked = {"$eq": ["$state", LOCKED]}
     cursor = db[DELIVERIES].aggregate(

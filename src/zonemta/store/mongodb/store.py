@@ -285,6 +285,9 @@ class MongoStore(Store):
     async def next_due(self, zone: str) -> float | None:
         return await self._runner.run(partial(readers.next_due, zone))
 
+    async def leased_elsewhere(self, zone: str, *, owner: str, now: float) -> dict[str, int]:
+        return await self._runner.run(partial(readers.leased_elsewhere, zone, owner, now))
+
     async def get_message(self, message_id: str) -> MessageRecord | None:
         return await self._runner.run(partial(readers.get_message, message_id))
 

@@ -151,6 +151,16 @@ def next_due(zone: str, conn: sqlite3.Connection) -> float | None:
     return None if row is None else float(row[0])
 
 
+def leased_elsewhere(zone: str, owner: str, now: float, conn: sqlite3.Connection) -> dict[str, int]:
+    # A leased row's ``due`` is its lease_until: the (zone, due, state) index finds them.
+    rows = conn.execute(
+        "SELECT domain, COUNT(*) FROM deliveries WHERE zone = ? AND due > ?"
+        " AND state = 'locked' AND lease_owner != ? GROUP BY domain",
+        (zone, now, owner),
+    )
+    return {str(domain): int(count) for domain, count in rows}
+
+
 def zone_counts(now: float, conn: sqlite3.Connection) -> dict[str, ZoneCounts]:
     rows = conn.execute(
         "SELECT zone,"

@@ -286,6 +286,9 @@ class SqliteStore(Store):
     async def next_due(self, zone: str) -> float | None:
         return await self._readers.run(partial(readers.next_due, zone))
 
+    async def leased_elsewhere(self, zone: str, *, owner: str, now: float) -> dict[str, int]:
+        return await self._readers.run(partial(readers.leased_elsewhere, zone, owner, now))
+
     async def get_message(self, message_id: str) -> MessageRecord | None:
         return await self._readers.run(partial(readers.get_message, message_id))
 
