@@ -471,6 +471,21 @@ def test_eof() -> None:
     assert session.next_event() == Closed()  # QUIT answered by a close is fine
 
 
+def test_the_stage_of_a_broken_reply_is_kept() -> None:
+    session = ready()
+    session.start_transaction(THREE)
+    with pytest.raises(RemoteProtocolError, match="malformed"):
+        step(session, b"250 ok\r\n250 ok\r\nno code\r\n")
+    assert session.failed_stage is Stage.RCPT and session.stage is None
+    session = ready()
+    session.start_tls()
+    step(session, b"220 go\r\n")
+    session.receive_data(b"x")
+    with pytest.raises(RemoteProtocolError):
+        session.tls_started()
+    assert session.failed_stage is Stage.STARTTLS
+
+
 def test_unsolicited_reply_while_idle() -> None:
     session = ready()
     session.receive_data(b"250 surprise\r\n")

@@ -99,6 +99,7 @@ class SMTPClientSession:
         self._replies = 0
         self._eof = False
         self._error: RemoteProtocolError | None = None
+        self._failed_at: Stage | None = None
         self._closed = Closed()
 
     # --- what the driver reads -----------------------------------------------------------
@@ -142,6 +143,11 @@ class SMTPClientSession:
         content); None when idle, closed or waiting for the TLS handshake."""
         waits = self._waits()
         return waits[1] if waits is not None else None
+
+    @property
+    def failed_stage(self) -> Stage | None:
+        """The stage whose reply broke the protocol, once ``next_event`` raised."""
+        return self._failed_at
 
     @property
     def wait(self) -> Wait | None:
@@ -208,6 +214,7 @@ class SMTPClientSession:
                 self._move(T.CLOSE)
                 return self._closed
             self._error = exc
+            self._failed_at = self.stage
             self._move(T.BROKEN)
             raise
 
@@ -231,6 +238,7 @@ class SMTPClientSession:
                 f"{self._conn.buffered} bytes received after the 220 reply to STARTTLS "
                 "(plaintext injection)"
             )
+            self._failed_at = Stage.STARTTLS
             self._move(T.BROKEN)
             raise self._error
         self._tls = True
