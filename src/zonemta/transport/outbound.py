@@ -1,14 +1,17 @@
-"""The trio driver of the SMTP client protocol object: one outgoing SMTP connection.
+"""The trio driver of the sans-IO SMTP client session: one outgoing SMTP connection.
 
-It owns the socket, the source address, per-phase deadlines and TLS (what a host needs is a
-:class:`HostTls`, decided by ``tls_policy.py``); the protocol object owns the grammar.
-Failures are typed (:class:`DeliveryFailure` with the :class:`Stage` and the remote
-:class:`Reply` when there is one); nothing here reads reply text.
+The session object (:class:`~zonemta.transport.smtp.client_session.SMTPClientSession`) owns
+the protocol: greeting, EHLO/HELO, the STARTTLS step, MAIL/RCPT/DATA pipelined or lock-step,
+per-recipient outcomes, RSET, QUIT. This driver only moves bytes between it and the socket,
+does the TLS handshake when the session asks (what a host needs is a :class:`HostTls`,
+decided by ``tls_policy.py``), keeps the deadline of the reply the session waits for, and
+decides policy (STARTTLS or not, plaintext after a refusal). Failures are typed
+(:class:`DeliveryFailure` with the :class:`Stage` and the remote :class:`Reply` when there is
+one); nothing here reads reply text.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import AsyncIterable
 
@@ -16,20 +19,39 @@ import attrs
 import trio
 
 from zonemta.transport.smtp import client as smtp
-from zonemta.transport.smtp.dotstuff import DotStuffer
-from zonemta.transport.smtp.errors import RemoteProtocolError
+from zonemta.transport.smtp.client_events import (
+    ClientEvent,
+    Envelope,
+    Ready,
+    RecipientOutcome,
+    RecipientStatus,
+    SendBody,
+    SessionRefused,
+    Stage,
+    TlsRefused,
+    TransactionDone,
+    TransactionResult,
+    UpgradeTLS,
+    Wait,
+)
+from zonemta.transport.smtp.client_session import NEED_DATA, SMTPClientSession
+from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.starttls import TlsUpgradeFailed, start_client_tls
 from zonemta.transport.tls_policy import HostTls, TlsPolicy
 
 __all__ = [
     "DeliveryFailure",
+    "Envelope",
     "HostTls",
     "OutboundConnection",
+    "RecipientOutcome",
+    "RecipientStatus",
     "Stage",
     "Timeouts",
     "TlsPolicy",
     "Transaction",
+    "TransactionResult",
 ]
 
 log = logging.getLogger(__name__)
@@ -37,18 +59,8 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 16 * 1024
 # Pieces of a message smaller than this are joined into one write.
 COALESCE_BYTES = 64 * 1024
-
-
-class Stage(enum.Enum):
-    CONNECT = "connect"
-    GREETING = "greeting"
-    EHLO = "ehlo"
-    STARTTLS = "starttls"
-    MAIL = "mail"
-    RCPT = "rcpt"
-    DATA = "data"
-    BODY = "body"
-    FINAL = "final"
+# How long QUIT may take when closing politely.
+QUIT_SECONDS = 2.0
 
 
 class DeliveryFailure(Exception):
@@ -82,14 +94,28 @@ class DeliveryFailure(Exception):
 
 @attrs.frozen
 class Timeouts:
+    """Seconds per wait. ``greeting``: the 220; ``command``: the reply to every command but
+    the end of data (RFC 5321 4.5.3.2 MAIL, RCPT, DATA initiation); ``data``: sending the
+    content and the reply to its end (data block, DATA termination)."""
+
     connect: float = 60.0
     greeting: float = 300.0
     command: float = 300.0
     data: float = 600.0
 
+    def of(self, wait: Wait | None) -> float:
+        """The seconds allowed for ``wait`` (what the session says it waits for)."""
+        if wait is Wait.GREETING:
+            return self.greeting
+        if wait in (Wait.DATA_BLOCK, Wait.DATA_TERMINATION):
+            return self.data
+        return self.command
+
 
 @attrs.frozen
 class Transaction:
+    """One message to one recipient (see :meth:`OutboundConnection.send`)."""
+
     mail_from: str
     recipient: str
     size: int
@@ -99,21 +125,29 @@ class Transaction:
 
 class OutboundConnection:
     """An open SMTP session with a remote server, greeted and EHLO'd (and TLS'd when
-    possible). Use :meth:`connect` to make one."""
+    possible). Use :meth:`connect` to make one.
+
+    ``protocol`` is the session object (a bare command/reply ``SMTPClientConnection`` is
+    wrapped in one greeting as ``ehlo_name``); ``protocol`` then names the command/reply
+    layer and ``session`` the session object."""
 
     def __init__(
         self,
         stream: trio.abc.Stream,
-        protocol: smtp.SMTPClientConnection,
+        protocol: SMTPClientSession | smtp.SMTPClientConnection,
         *,
         address: str,
         port: int,
         mx: str,
         local_address: str | None,
         timeouts: Timeouts,
+        ehlo_name: str = "localhost",
     ) -> None:
+        if not isinstance(protocol, SMTPClientSession):
+            protocol = SMTPClientSession(ehlo_name, connection=protocol)
         self.stream = stream
-        self.protocol = protocol
+        self.session = protocol
+        self.protocol = protocol.connection
         self.address = address
         self.port = port
         self.mx = mx
@@ -125,7 +159,8 @@ class OutboundConnection:
         self.tls_cipher = ""  # e.g. "TLS_AES_256_GCM_SHA384"
         self.tls_verified = ""  # "ca", "ca+name", "dane-ee", "dane-ta"; "" = not checked
         self.tls_source = ""  # the policy that set the TLS requirement
-        self.messages = 0
+        self.messages = 0  # transactions whose content went out
+        self.transactions = 0  # transactions started
         self.broken = False
         self.ehlo_name = ""  # the name this side greeted with (for Received headers)
 
@@ -141,8 +176,8 @@ class OutboundConnection:
         tls: TlsPolicy | HostTls = TlsPolicy.OPPORTUNISTIC,
         timeouts: Timeouts = Timeouts(),
     ) -> OutboundConnection:
-        """Connect, read the greeting, EHLO (HELO when EHLO is refused) and STARTTLS as
-        ``tls`` says: when opportunistic STARTTLS is refused or its handshake fails, the
+        """Connect, read the greeting, EHLO (HELO when EHLO is not recognised) and STARTTLS
+        as ``tls`` says: when opportunistic STARTTLS is refused or its handshake fails, the
         session goes on in plaintext (on a new connection after a failed handshake); when
         TLS is required, the attempt fails. Raises :class:`DeliveryFailure`."""
         need = tls if isinstance(tls, HostTls) else HostTls.for_mode(tls)
@@ -160,11 +195,11 @@ class OutboundConnection:
                 )
             return connection
         try:
-            await connection._starttls(ehlo_name, need)
+            await connection._starttls(need)
         except DeliveryFailure as exc:
             # STARTTLS answered with an error: the session is still in plaintext.
             refusal = exc.reply if exc.stage is Stage.STARTTLS else None
-            if refusal is not None and refusal.code != 421 and not need.required:
+            if refusal is not None and connection.session.usable and not need.required:
                 # RFC 3207 4: after a refusal the client may go on without TLS.
                 log.info("%s refused STARTTLS (%s); going on without TLS", address, refusal)
                 return connection
@@ -202,57 +237,84 @@ class OutboundConnection:
             raise DeliveryFailure(
                 Stage.CONNECT, f"connection to {address}:{port} failed: {exc.strerror or exc}"
             ) from exc
+        return await cls.greet(
+            stream,
+            address=address,
+            port=port,
+            mx=mx,
+            ehlo_name=ehlo_name,
+            local_address=local_address,
+            timeouts=timeouts,
+        )
+
+    @classmethod
+    async def greet(
+        cls,
+        stream: trio.abc.Stream,
+        *,
+        address: str,
+        port: int,
+        mx: str,
+        ehlo_name: str,
+        local_address: str | None = None,
+        timeouts: Timeouts = Timeouts(),
+    ) -> OutboundConnection:
+        """Start a session over an open ``stream``: read the greeting, EHLO (HELO when EHLO
+        is not recognised). No STARTTLS (see :meth:`connect`). Raises
+        :class:`DeliveryFailure`; the stream is closed then."""
+        try:
+            session = SMTPClientSession(ehlo_name)
+        except LocalProtocolError:
+            await trio.aclose_forcefully(stream)
+            raise
         connection = cls(
             stream,
-            smtp.SMTPClientConnection(),
+            session,
             address=address,
             port=port,
             mx=mx,
             local_address=local_address,
             timeouts=timeouts,
         )
+        connection.ehlo_name = ehlo_name
         try:
-            greeting = await connection._read_reply(Stage.GREETING, timeouts.greeting)
-            if not greeting.is_positive:
-                raise DeliveryFailure.from_reply(Stage.GREETING, greeting)
-            connection.ehlo_name = ehlo_name
-            await connection._hello(ehlo_name)
+            connection._hello(await connection._next_event())
         except BaseException:
             await connection.aclose(polite=False)
             raise
         return connection
 
-    async def _hello(self, ehlo_name: str) -> None:
-        reply = await self._command(Stage.EHLO, self.protocol.ehlo(ehlo_name))
-        if reply.is_positive:
-            self.extensions = smtp.Extensions.from_ehlo(reply)
-            return
-        reply = await self._command(Stage.EHLO, self.protocol.helo(ehlo_name))
-        if not reply.is_positive:
-            raise DeliveryFailure.from_reply(Stage.EHLO, reply)
-        self.extensions = smtp.Extensions()
-
-    async def _starttls(self, ehlo_name: str, need: HostTls) -> None:
-        reply = await self._command(Stage.STARTTLS, self.protocol.starttls())
-        if not reply.is_positive:
-            raise DeliveryFailure.from_reply(Stage.STARTTLS, reply)
-        try:
-            self.protocol.tls_started()
-        except RemoteProtocolError as exc:
+    def _hello(self, event: ClientEvent) -> None:
+        """Take the session's answer to the greeting or to EHLO after TLS."""
+        if isinstance(event, SessionRefused):
             self.broken = True
-            raise DeliveryFailure(Stage.STARTTLS, str(exc)) from exc
+            raise DeliveryFailure.from_reply(event.stage, event.reply)
+        if not isinstance(event, Ready):
+            raise LocalProtocolError(f"expected the session to be ready, got {event}")
+        self.extensions = event.extensions
+
+    async def _starttls(self, need: HostTls) -> None:
+        self.session.start_tls()
+        event = await self._next_event()
+        if isinstance(event, TlsRefused):
+            self.broken = not self.session.usable
+            raise DeliveryFailure.from_reply(Stage.STARTTLS, event.reply)
+        if not isinstance(event, UpgradeTLS):
+            raise LocalProtocolError(f"expected the STARTTLS step, got {event}")
         try:
             session = await start_client_tls(
                 self.stream, need, host=self.mx, within=self.timeouts.command
             )
         except TlsUpgradeFailed as exc:
+            self.session.tls_failed()
             self.broken = True
             raise DeliveryFailure(Stage.STARTTLS, str(exc), category="tls") from exc
         self.stream = session.stream
         self.tls = True
         self.tls_version, self.tls_cipher = session.version, session.cipher
         self.tls_verified = session.verified
-        await self._hello(ehlo_name)
+        self.session.tls_started()
+        self._hello(await self._next_event())
 
     @property
     def tls_details(self) -> dict[str, str]:
@@ -266,143 +328,126 @@ class OutboundConnection:
             "tls_policy": self.tls_source,
         }
 
-    async def _send(self, stage: Stage, data: bytes, seconds: float) -> None:
+    async def _next_event(self) -> ClientEvent:
+        """Write what the session queued and read until it has an event. Each reply gets
+        the deadline of what the session waits for (``Timeouts.of``), from the moment the
+        previous one arrived. Raises :class:`DeliveryFailure` (no reply) for a timeout, a
+        lost connection or a protocol error; the connection is then ``broken``."""
+        session = self.session
+        seen = -1
+        stage = session.stage or Stage.FINAL
+        sending = False
+        scope = trio.CancelScope()
         try:
-            with trio.fail_after(seconds):
-                await self.stream.send_all(data)
-        except trio.TooSlowError:
-            self.broken = True
-            raise DeliveryFailure(stage, f"timeout sending {stage.value}") from None
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self.broken = True
-            raise DeliveryFailure(stage, f"connection lost during {stage.value}") from exc
-
-    async def _read_reply(self, stage: Stage, seconds: float) -> Reply:
-        try:
-            with trio.fail_after(seconds):
+            with scope:
                 while True:
-                    reply = self.protocol.next_reply()
-                    if reply is not smtp.NEED_DATA:
-                        assert isinstance(reply, Reply)
-                        return reply
+                    event = session.next_event()
+                    stage = session.stage or stage
+                    if session.reply_count != seen:  # a reply came: the next one's deadline
+                        seen = session.reply_count
+                        scope.deadline = trio.current_time() + self.timeouts.of(session.wait)
+                    out = session.data_to_send()
+                    if out:
+                        sending = True
+                        await self.stream.send_all(out)
+                        sending = False
+                    if event is not NEED_DATA:
+                        assert isinstance(event, ClientEvent)
+                        return event
                     data = await self.stream.receive_some(RECEIVE_SIZE)
-                    self.protocol.receive_data(bytes(data))
-        except trio.TooSlowError:
-            self.broken = True
-            raise DeliveryFailure(stage, f"timeout waiting for the {stage.value} reply") from None
+                    session.receive_data(bytes(data))
         except RemoteProtocolError as exc:
             self.broken = True
+            stage = session.failed_stage or stage
             raise DeliveryFailure(stage, f"bad reply during {stage.value}: {exc}") from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.broken = True
             raise DeliveryFailure(stage, f"connection lost during {stage.value}") from exc
+        self.broken = True
+        if sending:
+            raise DeliveryFailure(stage, f"timeout sending {stage.value}")
+        raise DeliveryFailure(stage, f"timeout waiting for the {stage.value} reply")
 
-    async def _command(self, stage: Stage, data: bytes) -> Reply:
-        await self._send(stage, data, self.timeouts.command)
-        return await self._read_reply(stage, self.timeouts.command)
+    async def deliver(self, envelope: Envelope, content: AsyncIterable[bytes]) -> TransactionResult:
+        """Run one mail transaction for every recipient of ``envelope``, streaming
+        ``content`` (CRLF line endings, not dot-stuffed) when at least one is accepted.
 
-    async def send(self, transaction: Transaction, content: AsyncIterable[bytes]) -> Reply:
-        """Run one mail transaction for one recipient, streaming ``content`` (CRLF line
-        endings, not dot-stuffed). Returns the final 2xx reply or raises
-        :class:`DeliveryFailure`. The connection stays usable after a refused transaction
-        (it is reset) unless ``broken`` is set."""
+        Returns one :class:`RecipientOutcome` per recipient: accepted, or refused (at MAIL,
+        RCPT, DATA or the end of data) with the reply; a message the server cannot take
+        (SMTPUTF8, SIZE) is refused at MAIL with a locally made 5xx, nothing sent. Raises
+        :class:`DeliveryFailure` without a reply when the connection fails (timeout, lost,
+        protocol error), which holds for every recipient alike, and when a reused
+        connection's first reply is 421 (the server dropped the idle session: open a new
+        one). The connection stays usable after refusals (they are reset) unless
+        ``broken`` is set."""
         if self.broken:
             raise DeliveryFailure(Stage.MAIL, "connection is not usable")
-        plan = smtp.plan_transaction(
-            self.extensions,
-            size=transaction.size,
+        reused = self.transactions > 0
+        self.session.start_transaction(envelope)
+        self.transactions += 1
+        event = await self._next_event()
+        if isinstance(event, SendBody):
+            await self._send_content(content)
+            event = await self._next_event()
+        if not isinstance(event, TransactionDone):
+            raise LocalProtocolError(f"expected the end of the transaction, got {event}")
+        result = event.result
+        self.broken = not self.session.usable
+        if result.body_sent:
+            self.messages += 1
+        if reused and result.mail.code == 421:
+            self.broken = True
+            raise DeliveryFailure(
+                Stage.MAIL, f"{self.mx} closed the idle connection: {result.mail}"
+            )
+        return result
+
+    async def send(self, transaction: Transaction, content: AsyncIterable[bytes]) -> Reply:
+        """Run one mail transaction for one recipient (:meth:`deliver`). Returns the final
+        2xx reply or raises :class:`DeliveryFailure` (with the refusing reply and its
+        stage when the server refused)."""
+        envelope = Envelope(
+            transaction.mail_from,
+            (transaction.recipient,),
+            transaction.size,
             body_8bit=transaction.body_8bit,
             smtputf8=transaction.smtputf8,
         )
-        if isinstance(plan, smtp.TransactionRefusal):
-            raise DeliveryFailure(Stage.MAIL, str(plan.reply), reply=plan.reply, temporary=False)
-        mail = self.protocol.mail(
-            transaction.mail_from,
-            size=plan.size,
-            body_8bit=plan.body_8bit,
-            smtputf8=plan.smtputf8,
-        )
-        rcpt = self.protocol.rcpt(transaction.recipient)
-        timeout = self.timeouts.command
-        if plan.pipelining:
-            await self._send(Stage.MAIL, mail + rcpt + self.protocol.data(), timeout)
-            mail_reply = await self._read_reply(Stage.MAIL, timeout)
-            rcpt_reply = await self._read_reply(Stage.RCPT, timeout)
-            data_reply = await self._read_reply(Stage.DATA, timeout)
-        else:
-            mail_reply = await self._command(Stage.MAIL, mail)
-            if not mail_reply.is_positive:
-                await self._reset()
-                raise DeliveryFailure.from_reply(Stage.MAIL, mail_reply)
-            rcpt_reply = await self._command(Stage.RCPT, rcpt)
-            if not rcpt_reply.is_positive:
-                await self._reset()
-                raise DeliveryFailure.from_reply(Stage.RCPT, rcpt_reply)
-            data_reply = await self._command(Stage.DATA, self.protocol.data())
-        if not (mail_reply.is_positive and rcpt_reply.is_positive):
-            if data_reply.is_intermediate:
-                # RFC 2920: the server took DATA although no recipient was accepted;
-                # end the empty message at once, it refuses it.
-                await self._send(Stage.BODY, b".\r\n", timeout)
-                self.protocol.end_data()
-                await self._read_reply(Stage.FINAL, timeout)
-            await self._reset()
-            failed = (
-                (Stage.MAIL, mail_reply) if not mail_reply.is_positive else (Stage.RCPT, rcpt_reply)
-            )
-            raise DeliveryFailure.from_reply(*failed)
-        if not data_reply.is_intermediate:
-            await self._reset()
-            raise DeliveryFailure.from_reply(Stage.DATA, data_reply)
-        await self._send_content(content)
-        self.protocol.end_data()
-        final = await self._read_reply(Stage.FINAL, self.timeouts.data)
-        self.messages += 1
-        if not final.is_positive:
-            raise DeliveryFailure.from_reply(Stage.FINAL, final)
-        return final
+        (outcome,) = (await self.deliver(envelope, content)).outcomes
+        if not outcome.accepted:
+            raise DeliveryFailure.from_reply(outcome.stage, outcome.reply)
+        return outcome.reply
 
     async def _send_content(self, content: AsyncIterable[bytes]) -> None:
-        stuffer = DotStuffer()
-        pending: list[bytes] = []
-        pending_size = 0
+        """Stream the content through the session (dot-stuffing), coalescing small pieces,
+        within ``timeouts.data``."""
+        session = self.session
+        pending = 0
         # Until the terminator is sent, any failure leaves the session unusable.
         self.broken = True
         try:
             with trio.fail_after(self.timeouts.data):
                 async for chunk in content:
-                    encoded = stuffer.feed(chunk)
-                    pending.append(encoded)
-                    pending_size += len(encoded)
-                    if pending_size >= COALESCE_BYTES:
-                        await self.stream.send_all(b"".join(pending))
-                        pending.clear()
-                        pending_size = 0
-                pending.append(stuffer.finish())
-                await self.stream.send_all(b"".join(pending))
+                    session.send_body(chunk)
+                    pending += len(chunk)
+                    if pending >= COALESCE_BYTES:
+                        await self.stream.send_all(session.data_to_send())
+                        pending = 0
+                session.end_body()
+                await self.stream.send_all(session.data_to_send())
         except trio.TooSlowError:
             raise DeliveryFailure(Stage.BODY, "timeout while sending the body") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise DeliveryFailure(Stage.BODY, "connection lost while sending the body") from exc
         self.broken = False
 
-    async def _reset(self) -> None:
-        """RSET after a refused transaction; a connection that cannot reset is broken."""
-        try:
-            reply = await self._command(Stage.MAIL, self.protocol.rset())
-        except DeliveryFailure:
-            self.broken = True
-            return
-        if not reply.is_positive:
-            self.broken = True
-
     async def aclose(self, *, polite: bool = True) -> None:
         """QUIT (briefly waiting for 221) and close the socket."""
-        if polite and not self.broken:
-            with trio.move_on_after(2):
+        if polite and not self.broken and self.session.usable:
+            with trio.move_on_after(QUIT_SECONDS):
                 try:
-                    await self.stream.send_all(self.protocol.quit())
-                    await self._read_reply(Stage.FINAL, 2)
+                    self.session.quit()
+                    await self._next_event()
                 except DeliveryFailure:
                     pass
         self.broken = True
