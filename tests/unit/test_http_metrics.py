@@ -8,7 +8,10 @@ import attrs
 from prometheus_client.parser import text_string_to_metric_families
 
 from zonemta.engine.bus import Event, EventBus
+from zonemta.engine.delivery.attempt import WARMUP_USED
 from zonemta.engine.delivery.connections import ZoneConnections
+from zonemta.engine.delivery.scheduler import SHARED_RATE_USED
+from zonemta.engine.delivery.shared_connections import SHARED_CONNECTIONS_USED
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.http.metrics import Metrics, queued_at
 from zonemta.store import ZoneCounts
@@ -106,3 +109,40 @@ def test_a_lease_given_back_is_no_outcome_whichever_state_it_returns_to() -> Non
         metrics.on_event(attrs.evolve(released, details={"trigger": trigger}))
     for result in ("deferred", "delivered", "rejected"):
         assert sample(metrics, "zonemta_delivery_status_total", result=result, zone="default") == 0
+
+
+def test_releases_are_counted_by_their_reason() -> None:
+    metrics = Metrics(zones=["default"], pools={})
+    mid = QueueIdGenerator(lambda: 1000.0).next_id()
+    responses = [
+        SHARED_RATE_USED,
+        SHARED_CONNECTIONS_USED,
+        SHARED_CONNECTIONS_USED,
+        WARMUP_USED,
+        "held by suspension 0a1b: domain x.test; by ops",
+        "released at shutdown",
+        "something new",
+    ]
+    for seq, response in enumerate(responses):
+        metrics.on_event(delivery(mid, seq, "queued", "locked", 1000.0))
+        released = delivery(mid, seq, "locked", "queued", 1001.0)
+        metrics.on_event(attrs.evolve(released, response=response, details={"trigger": "release"}))
+    counted = {
+        reason: sample(metrics, "zonemta_deliveries_released_total", zone="default", reason=reason)
+        for reason in (
+            "shared_rate",
+            "shared_connections",
+            "warmup",
+            "suspended",
+            "shutdown",
+            "other",
+        )
+    }
+    assert counted == {
+        "shared_rate": 1,
+        "shared_connections": 2,
+        "warmup": 1,
+        "suspended": 1,
+        "shutdown": 1,
+        "other": 1,
+    }
