@@ -15,16 +15,17 @@ Only the abstract API is used here. Times are plain numbers: the store never rea
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 import trio
 
 from tests.store_suspension_contract import SuspensionContract
-from zonemta.store.base import (
+from zonemta.store import (
     BlacklistEntry,
     DeliveryKey,
+    FixedRoute,
     LeaseLost,
+    MessageMeta,
     MessageRecord,
     NewDelivery,
     RowState,
@@ -39,7 +40,7 @@ OTHER = "instance-b"
 
 
 def record(
-    message_id: str, *, body_size: int = 0, meta: dict[str, Any] | None = None
+    message_id: str, *, body_size: int = 0, meta: MessageMeta | None = None
 ) -> MessageRecord:
     return MessageRecord(
         id=message_id,
@@ -47,7 +48,7 @@ def record(
         headers=b"From: sender@example.org\r\nSubject: test \xc3\xa9\r\n",
         body_size=body_size,
         received_at=50.0,
-        meta=meta if meta is not None else {"interface": "feeder"},
+        meta=meta if meta is not None else MessageMeta(interface="feeder"),
     )
 
 
@@ -66,7 +67,7 @@ async def put(
     *,
     body: bytes = b"Hello\r\n",
     piece: int = 4096,
-    meta: dict[str, Any] | None = None,
+    meta: MessageMeta | None = None,
 ) -> MessageRecord:
     """Receive ``body`` in ``piece``-sized writes and commit it with ``deliveries``."""
     if deliveries is None:
@@ -95,7 +96,18 @@ class StoreContract(SuspensionContract):
 
     async def test_commit_then_read_back(self, store: Store) -> None:
         body = big_body(1024 * 1024) + b"\x00\xff 8bit \xe2\x82\xac\r\n"
-        meta = {"interface": "feeder", "smtputf8": True, "nested": {"ip": "127.0.0.1", "n": [1, 2]}}
+        meta = MessageMeta(
+            interface="feeder",
+            client_address="2001:db8::1",
+            helo="client.example",
+            transtype="ESMTPSA",
+            body_8bit=True,
+            smtputf8=True,
+            user="andris",
+            dkim_bh="47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+            routes={0: FixedRoute(mx="10.0.0.5:2525"), 1: FixedRoute(http_url="http://h/x")},
+            extra={"nested": {"ip": "127.0.0.1", "n": [1, 2]}, "later": None},
+        )
         deliveries = rcpts(("a@one.example", ZONE, 100.0), ("b@two.example", "bulk", 120.0))
         message = await put(store, "msg1", deliveries, body=body, piece=7000, meta=meta)
 
@@ -114,6 +126,18 @@ class StoreContract(SuspensionContract):
             assert row.next_attempt == new.next_attempt
             assert (row.first_failure, row.last_response) == (None, None)
             assert (row.lease_owner, row.lease_until) == (None, None)
+
+    async def test_meta_defaults_round_trip(self, store: Store) -> None:
+        message = await put(store, "plain", meta=MessageMeta())
+        stored = await store.get_message("plain")
+        assert stored == message
+        assert stored.meta.routes == {} and stored.meta.extra == {}
+
+    async def test_meta_that_is_not_json_is_refused_and_nothing_stored(self, store: Store) -> None:
+        with pytest.raises(StoreError, match="meta of odd"):
+            await put(store, "odd", meta=MessageMeta(extra={"when": object()}))
+        assert await store.get_message("odd") is None
+        assert await store.zone_counts(1000.0) == {}
 
     async def test_body_chunks_come_in_order_whatever_the_writes(self, store: Store) -> None:
         body = bytes(range(256)) * 300

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from zonemta.store.base import NewDelivery, Store, Suspension
+from zonemta.store import NewDelivery, Store, Suspension
 
 ZONE = "default"
 OWNER = "instance-a"

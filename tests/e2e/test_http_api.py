@@ -111,9 +111,9 @@ async def test_send_composes_the_message_and_it_arrives(tmp_path: Path, mx: Test
         stored = await relay.store.get_message(message_id)
         seen = await collect_until(events, lambda ev: len(terminal(ev)) == 4)
     assert stored is not None
-    assert stored.meta["interface"] == "api"
-    assert stored.meta["user"] == "andris"
-    assert stored.meta["client_address"] == "192.0.2.7"
+    assert stored.meta.interface == "api"
+    assert stored.meta.user == "andris"
+    assert stored.meta.client_address == "192.0.2.7"
     assert b"hidden@three.test" not in stored.headers
     assert {e.to_state for e in terminal(seen)} == {"delivered"}
     for recipient in body["to"]:

@@ -31,6 +31,7 @@ from zonemta.app import Relay
 from zonemta.conf import DkimKey
 from zonemta.dkim import dns_record, load_key
 from zonemta.engine.intake.auth import FailureThrottle
+from zonemta.store import FixedRoute
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: examples/
 
@@ -347,7 +348,7 @@ async def test_route_hook_changes_the_zone_or_fixes_the_mx(tmp_path: Path, mx: T
     assert [m.recipients for m in mx.received()] == [("c@dest.test",)]
     zones_of = {e.recipient: e.zone for e in seen if e.type == "delivery"}
     assert zones_of["a@moved.test"] == "other"
-    assert stored is None or stored.meta["routes"] == {"2": {"mx": f"127.0.0.1:{fixed.port}"}}
+    assert stored is None or stored.meta.routes == {2: FixedRoute(mx=f"127.0.0.1:{fixed.port}")}
     fetched = [data for name, data in pinned.calls if name == "fetch"]
     assert ("b@pinned.test", f"127.0.0.1:{fixed.port}", None) in fetched
     connect = [data for name, data in pinned.calls if name == "before_connect"]

@@ -35,7 +35,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     async with open_sqlite_store(tmp_path / "q") as opened:
         body = opened.new_body("m1")
         await body.write(b"x\r\n")
-        record = MessageRecord("m1", "s@x.test", b"Subject: x\r\n", 3, 0.0, {})
+        record = MessageRecord("m1", "s@x.test", b"Subject: x\r\n", 3, 0.0)
         await opened.commit_message(
             record, body, [NewDelivery(1, "a@x.test", "x.test", "default", next_attempt=0.0)]
         )

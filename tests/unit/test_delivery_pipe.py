@@ -43,10 +43,17 @@ from zonemta.engine.processes.pipe import (
 )
 from zonemta.statemachine import DeliveryState as S
 from zonemta.statemachine import FailureCategory, Trigger
-from zonemta.store import Delivery, MessageRecord, RowState
+from zonemta.store import Delivery, FixedRoute, MessageMeta, MessageRecord, RowState
 
 ROW = Delivery("m1", 0, "a@x.test", "x.test", "default", RowState.LOCKED, 0, 1.0, 1.0)
-MESSAGE = MessageRecord("m1", "s@y.test", b"Subject: hi\r\n", 5000, 1.0, {"meta": [1, 2]})
+MESSAGE = MessageRecord(
+    "m1",
+    "s@y.test",
+    b"Subject: hi\r\n",
+    5000,
+    1.0,
+    MessageMeta(helo="h.test", routes={1: FixedRoute(mx="mx.test")}, extra={"meta": [1, 2]}),
+)
 
 FRAMES: list[Frame] = [
     Ready(),

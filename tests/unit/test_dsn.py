@@ -25,8 +25,7 @@ from zonemta.engine.bounces.webhook import BounceWebhook, bounce_payload
 from zonemta.engine.delivery.messages import MessageCache
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.statemachine import FailureCategory
-from zonemta.store import Delivery, MessageRecord
-from zonemta.store.base import RowState
+from zonemta.store import Delivery, MessageMeta, MessageRecord, RowState
 from zonemta.store.sqlite import SqliteStore
 
 ORIGINAL = (
@@ -45,7 +44,7 @@ def record(headers: bytes = ORIGINAL, mail_from: str = "sender@origin.test") -> 
         headers=headers,
         body_size=10,
         received_at=1_700_000_000.0,
-        meta={"interface": "feeder"},
+        meta=MessageMeta(interface="feeder"),
     )
 
 

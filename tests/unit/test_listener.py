@@ -363,8 +363,8 @@ async def test_starttls_then_auth_then_relay(
         nursery.cancel_scope.cancel()
     message = await store.get_message(replies[-1].rsplit(b" ", 1)[-1].decode())
     assert message is not None
-    assert (message.meta["user"], message.meta["transtype"]) == ("alice", "ESMTPSA")
-    assert message.meta["client_address"] == "192.0.2.5"
+    assert (message.meta.user, message.meta.transtype) == ("alice", "ESMTPSA")
+    assert message.meta.client_address == "192.0.2.5"
     assert users.calls == [("192.0.2.5", "alice")]
 
 

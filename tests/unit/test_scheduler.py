@@ -82,7 +82,7 @@ async def queue(store: SqliteStore, recipients: list[str]) -> None:
         NewDelivery(n, r, r.rpartition("@")[2], "default", next_attempt=0.0)
         for n, r in enumerate(recipients, start=1)
     ]
-    record = MessageRecord("m1", "s@x.test", b"Subject: x\r\n", 3, 0.0, {})
+    record = MessageRecord("m1", "s@x.test", b"Subject: x\r\n", 3, 0.0)
     await store.commit_message(record, body, deliveries)
 
 

@@ -19,7 +19,7 @@ from tests.store_contract import ZONE, StoreContract, big_body, body_of, put, rc
 from tests.support.mongo import MongoEndpoint, mongo_endpoint, secantus_server
 from zonemta.app import make_store
 from zonemta.conf import ConfigError, QueueBackend, config_from_dict
-from zonemta.store.base import StoreError
+from zonemta.store import FixedRoute, MessageMeta, StoreError
 from zonemta.store.mongodb import MongoStore, open_mongo_store
 from zonemta.store.mongodb import gc as mongo_gc
 from zonemta.store.mongodb.client import client_options
@@ -90,6 +90,27 @@ async def test_bodies_are_standard_gridfs_files(store: MongoStore, raw: Raw) -> 
     assert stream.chunk_size == CHUNK
     assert body_owner(message["body_id"]) == "a"
     assert raw.db[CHUNKS].count_documents({"files_id": message["body_id"]}) == 7
+
+
+# -- message meta ---------------------------------------------------------------------------
+
+
+async def test_meta_is_a_flat_document_and_old_ones_load(store: MongoStore, raw: Raw) -> None:
+    await put(store, "m1", meta=MessageMeta(interface="feeder", routes={1: FixedRoute(mx="m")}))
+    [message] = raw.db[MESSAGES].find({"_id": "m1"})
+    assert message["meta"]["interface"] == "feeder"
+    assert message["meta"]["routes"] == {"1": {"mx": "m"}}
+    # What an earlier release wrote (no dkim_bh, no routes), with a key from a later one.
+    old = {"interface": "api", "client_address": "", "helo": "", "transtype": "HTTP"}
+    old |= {"body_8bit": False, "smtputf8": False, "user": None, "later": [1]}
+    raw.db[MESSAGES].update_one({"_id": "m1"}, {"$set": {"meta": old}})
+    stored = await store.get_message("m1")
+    assert stored is not None
+    assert (stored.meta.transtype, stored.meta.dkim_bh) == ("HTTP", "")
+    assert stored.meta.extra == {"later": [1]}
+    raw.db[MESSAGES].update_one({"_id": "m1"}, {"$set": {"meta.body_8bit": "yes"}})
+    with pytest.raises(StoreError, match=r"meta of m1 .*@ meta\.body_8bit"):
+        await store.get_message("m1")
 
 
 async def test_body_is_streamed_to_the_database_while_received(store: MongoStore, raw: Raw) -> None:

@@ -3,6 +3,7 @@ reopening, the writer's failure isolation, chunk rows, lifecycle)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 from tests.store_contract import ZONE, StoreContract, big_body, body_of, put, rcpts, record
-from zonemta.store.base import StoreError
+from zonemta.store import FixedRoute, MessageMeta, StoreError
 from zonemta.store.sqlite import GroupCommitWriter, SqliteStore, open_sqlite_store, ops
 from zonemta.store.sqlite.schema import DB_FILENAME, connect_writer
 
@@ -66,6 +67,32 @@ async def test_data_survives_reopening(tmp_path: Path) -> None:
         [row] = await store.deliveries_of("kept")
         assert row.lease_owner == "a"
         assert await store.recover_leases("a") == 1
+
+
+async def test_meta_is_stored_as_json_and_old_rows_load(store: SqliteStore) -> None:
+    await put(store, "m1", meta=MessageMeta(interface="feeder", routes={1: FixedRoute(mx="m")}))
+    [(text,)] = raw_rows(store.path, "SELECT meta FROM messages")
+    assert json.loads(str(text))["routes"] == {"1": {"mx": "m"}}
+    # What an earlier release wrote (no dkim_bh, no routes), with a key from a later one.
+    old = {"interface": "api", "client_address": "", "helo": "", "transtype": "HTTP"}
+    old |= {"body_8bit": False, "smtputf8": False, "user": None, "later": [1]}
+    set_meta(store.path, json.dumps(old))
+    stored = await store.get_message("m1")
+    assert stored is not None
+    assert (stored.meta.transtype, stored.meta.dkim_bh) == ("HTTP", "")
+    assert stored.meta.extra == {"later": [1]}
+    set_meta(store.path, json.dumps(old | {"user": 7}))
+    with pytest.raises(StoreError, match=r"meta of m1 .*@ meta\.user"):
+        await store.get_message("m1")
+    set_meta(store.path, "{not json")
+    with pytest.raises(StoreError, match="meta of m1 is not JSON"):
+        await store.get_message("m1")
+
+
+def set_meta(path: Path, text: str) -> None:
+    with sqlite3.connect(path / DB_FILENAME) as conn:
+        conn.execute("UPDATE messages SET meta = ?", (text,))
+    conn.close()
 
 
 async def test_a_queue_from_before_delay_notified_gets_the_column(tmp_path: Path) -> None:

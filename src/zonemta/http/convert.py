@@ -72,24 +72,24 @@ def header_value(fields: list[dict[str, str]], key: str) -> str | None:
 
 def message_meta(message: MessageRecord) -> dict[str, Any]:
     """What the API tells about a stored message (``GET /message/<id>``)."""
-    meta = dict(message.meta)
+    meta = message.meta
     fields = header_lines(message.headers)
     return {
         "id": message.id,
         "from": message.mail_from,
-        "interface": meta.get("interface"),
-        "origin": meta.get("client_address") or None,
-        "originhost": meta.get("helo") or None,
-        "transtype": meta.get("transtype"),
-        "user": meta.get("user"),
+        "interface": meta.interface,
+        "origin": meta.client_address or None,
+        "originhost": meta.helo or None,
+        "transtype": meta.transtype,
+        "user": meta.user,
         "time": iso(message.received_at),
         "messageId": header_value(fields, "message-id"),
         "date": header_value(fields, "date"),
         "subject": header_value(fields, "subject"),
         "headers": fields,
         "bodySize": message.body_size,
-        "body8bit": bool(meta.get("body_8bit")),
-        "smtputf8": bool(meta.get("smtputf8")),
+        "body8bit": meta.body_8bit,
+        "smtputf8": meta.smtputf8,
     }
 
 

@@ -1,17 +1,17 @@
-"""Queue storage: the contract (:mod:`zonemta.store.base`) and its backends."""
+"""Queue storage: the contract (:mod:`zonemta.store.base`), the records it takes and returns
+(:mod:`zonemta.store.records`, :mod:`zonemta.store.meta`), its errors
+(:mod:`zonemta.store.errors`) and its backends."""
 
-from zonemta.store.base import (
+from zonemta.store.base import BodyWriter, Store
+from zonemta.store.errors import LeaseLost, StoreError, StoreFull
+from zonemta.store.meta import FixedRoute, MessageMeta
+from zonemta.store.records import (
     BlacklistEntry,
-    BodyWriter,
     Delivery,
     DeliveryKey,
-    LeaseLost,
     MessageRecord,
     NewDelivery,
     RowState,
-    Store,
-    StoreError,
-    StoreFull,
     SuppressionEntry,
     Suspension,
     ZoneCounts,
@@ -22,7 +22,9 @@ __all__ = [
     "BodyWriter",
     "Delivery",
     "DeliveryKey",
+    "FixedRoute",
     "LeaseLost",
+    "MessageMeta",
     "MessageRecord",
     "NewDelivery",
     "RowState",

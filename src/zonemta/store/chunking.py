@@ -6,7 +6,8 @@ from __future__ import annotations
 import abc
 import enum
 
-from zonemta.store.base import BodyWriter, StoreError
+from zonemta.store.base import BodyWriter
+from zonemta.store.errors import StoreError
 
 
 class BodyState(enum.Enum):

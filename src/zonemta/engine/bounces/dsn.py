@@ -62,10 +62,7 @@ def why_no_dsn(message: MessageRecord) -> str | None:
     sender = message.mail_from
     if not sender:
         return "null sender"
-    if (
-        sender.rpartition("@")[0].lower() == "mailer-daemon"
-        or message.meta.get("interface") == "bounce"
-    ):
+    if sender.rpartition("@")[0].lower() == "mailer-daemon" or message.meta.interface == "bounce":
         return "sender is a mail system"
     headers = message.headers
     author = (first_value(headers, "from") or "").lower()

@@ -12,7 +12,7 @@ import logging
 import trio
 
 from zonemta.store import Store, StoreError, SuppressionEntry
-from zonemta.store.base import normalize_address
+from zonemta.store.records import normalize_address
 
 log = logging.getLogger(__name__)
 

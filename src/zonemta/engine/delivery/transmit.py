@@ -96,10 +96,10 @@ class BlacklistView(Protocol):
 def received_header(message: MessageRecord, row: Delivery, hostname: str) -> bytes:
     """The Received trace field for this delivery (RFC 5321 4.4), never stored."""
     meta = message.meta
-    helo = str(meta.get("helo") or "unknown")
-    client = str(meta.get("client_address") or "")
-    transtype = str(meta.get("transtype") or "ESMTP")
-    user = meta.get("user")
+    helo = meta.helo or "unknown"
+    client = meta.client_address
+    transtype = meta.transtype or "ESMTP"
+    user = meta.user
     when = format_datetime(datetime.fromtimestamp(message.received_at, UTC))
     parts = [f"Received: from {helo} ([{client}])" if client else f"Received: from {helo}"]
     if user:
@@ -179,9 +179,12 @@ class Sender:
         propagates, and the caller defers the delivery."""
         row = machine.row
         fixed_mx: str | None = None
-        routes = message.meta.get("routes")
+        routes = message.meta.routes
         if routes or self.hooks.fetch:
-            fetched = FetchedDelivery(row, message, **(routes or {}).get(str(row.seq), {}))
+            route = routes.get(row.seq)
+            fetched = FetchedDelivery(row, message)
+            if route is not None:
+                fetched.http_url, fetched.mx = route.http_url, route.mx
             decided = await self._fetched(machine, fetched, body)
             if decided is not None:
                 return decided
@@ -395,7 +398,7 @@ class Sender:
         if self.signer is not None:  # over the final header block, Received excepted
             signatures = self.signer.sign(
                 headers,
-                body_hash=str(message.meta.get("dkim_bh") or ""),
+                body_hash=message.meta.dkim_bh,
                 mail_from=message.mail_from,
                 cache_key=cache_key,
             )
@@ -404,8 +407,8 @@ class Sender:
             mail_from=message.mail_from,
             recipient=row.recipient,
             size=len(head) + message.body_size,
-            body_8bit=bool(message.meta.get("body_8bit")),
-            smtputf8=bool(message.meta.get("smtputf8")),
+            body_8bit=message.meta.body_8bit,
+            smtputf8=message.meta.smtputf8,
         )
         return await connection.send(transaction, self._content(head, body))
 

@@ -29,7 +29,14 @@ from zonemta.engine.hooks import (
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.engine.intake.routing import Route, Router, strip_routing_fields
 from zonemta.headers import HeaderPolicy, HopLimitExceeded
-from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
+from zonemta.store import (
+    BodyWriter,
+    FixedRoute,
+    MessageMeta,
+    MessageRecord,
+    NewDelivery,
+    StoreError,
+)
 from zonemta.transport.smtp.reply import Reply
 
 log = logging.getLogger(__name__)
@@ -301,7 +308,7 @@ class Intake:
         return Reception(self, envelope, self.ids.next_id(), max_header)
 
     async def _route_hooks(
-        self, envelope: Envelope, routes: list[Route], fixed: dict[str, dict[str, str]]
+        self, envelope: Envelope, routes: list[Route], fixed: dict[int, FixedRoute]
     ) -> list[Route]:
         """Run the ``route`` hooks per recipient; fills ``fixed`` (seq → mx / http).
         Raises IntakeRejected for a failed hook or an unknown or disabled zone."""
@@ -317,9 +324,8 @@ class Intake:
             if decision.zone not in self.router.zones:
                 log.error("a route hook chose the unknown or disabled zone %r", decision.zone)
                 raise IntakeRejected(HookFailed("route", ValueError(decision.zone)).reply)
-            extra = {"mx": decision.mx, "http_url": decision.http_url}
-            if any(extra.values()):
-                fixed[str(seq)] = {k: v for k, v in extra.items() if v}
+            if decision.mx or decision.http_url:
+                fixed[seq] = FixedRoute(mx=decision.mx or None, http_url=decision.http_url or None)
             changed.append(attrs.evolve(route, zone=decision.zone))
         return changed
 
@@ -341,7 +347,7 @@ class Intake:
             headers=headers,
         )
         headers = strip_routing_fields(headers)
-        plugin_routes: dict[str, dict[str, str]] = {}
+        plugin_routes: dict[int, FixedRoute] = {}
         if self.hooks.route:
             routes = await self._route_hooks(envelope, routes, plugin_routes)
         deliveries = [
@@ -350,18 +356,17 @@ class Intake:
             )
             for n, r in enumerate(routes, start=1)
         ]
-        meta = {
-            "interface": envelope.interface,
-            "client_address": envelope.client_address,
-            "helo": envelope.helo,
-            "transtype": envelope.transtype,
-            "body_8bit": body_8bit,
-            "smtputf8": envelope.smtputf8,
-            "user": envelope.user,
-            "dkim_bh": body_hash,
-        }
-        if plugin_routes:
-            meta["routes"] = plugin_routes  # fixed MX / HTTP target per seq (route hooks)
+        meta = MessageMeta(
+            interface=envelope.interface,
+            client_address=envelope.client_address,
+            helo=envelope.helo,
+            transtype=envelope.transtype,
+            body_8bit=body_8bit,
+            smtputf8=envelope.smtputf8,
+            user=envelope.user,
+            dkim_bh=body_hash,
+            routes=plugin_routes,  # fixed MX / HTTP target per seq (route hooks)
+        )
         record = MessageRecord(
             id=reception.id,
             mail_from=envelope.mail_from,
@@ -393,7 +398,7 @@ class Intake:
                     "from": record.mail_from,
                     "recipients": len(zones),
                     "size": len(record.headers) + 2 + record.body_size,
-                    "interface": record.meta.get("interface", ""),
+                    "interface": record.meta.interface,
                 },
             )
         )

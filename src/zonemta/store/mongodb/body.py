@@ -10,8 +10,8 @@ from typing import Final
 import attrs
 import trio
 
-from zonemta.store.base import StoreError
 from zonemta.store.chunking import BodyState, ChunkingBodyWriter
+from zonemta.store.errors import StoreError
 from zonemta.store.mongodb import ops
 from zonemta.store.mongodb.client import DatabaseUnavailable, MongoRunner
 

@@ -16,7 +16,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 
-from zonemta.store.base import StoreError
+from zonemta.store.errors import StoreError
 
 T = TypeVar("T")
 

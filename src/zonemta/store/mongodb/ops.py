@@ -15,15 +15,7 @@ from typing import Any, Final
 from pymongo import ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
-from zonemta.store.base import (
-    Delivery,
-    DeliveryKey,
-    LeaseLost,
-    MessageRecord,
-    NewDelivery,
-    RowState,
-    StoreError,
-)
+from zonemta.store.errors import LeaseLost, StoreError
 from zonemta.store.mongodb.client import Db
 from zonemta.store.mongodb.schema import (
     CHUNKS,
@@ -36,6 +28,7 @@ from zonemta.store.mongodb.schema import (
     delivery_id,
     doc_to_delivery,
 )
+from zonemta.store.records import Delivery, DeliveryKey, MessageRecord, NewDelivery, RowState
 
 log = logging.getLogger(__name__)
 

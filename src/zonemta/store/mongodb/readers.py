@@ -8,15 +8,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
-from zonemta.store.base import (
-    BlacklistEntry,
-    Delivery,
-    MessageRecord,
-    StoreError,
-    SuppressionEntry,
-    ZoneCounts,
-    normalize_address,
-)
+from zonemta.store.errors import StoreError
 from zonemta.store.mongodb.client import Db
 from zonemta.store.mongodb.schema import (
     BLACKLIST,
@@ -29,6 +21,14 @@ from zonemta.store.mongodb.schema import (
     doc_to_delivery,
     doc_to_message,
     doc_to_suppression,
+)
+from zonemta.store.records import (
+    BlacklistEntry,
+    Delivery,
+    MessageRecord,
+    SuppressionEntry,
+    ZoneCounts,
+    normalize_address,
 )
 
 _MESSAGE_FIELDS = {"mail_from": 1, "headers": 1, "body_size": 1, "received_at": 1, "meta": 1}

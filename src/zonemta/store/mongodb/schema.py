@@ -33,7 +33,8 @@ from typing import Any, Final
 
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
-from zonemta.store.base import (
+from zonemta.store.meta import meta_from_document
+from zonemta.store.records import (
     BlacklistEntry,
     Delivery,
     MessageRecord,
@@ -127,7 +128,7 @@ def doc_to_message(doc: dict[str, Any]) -> MessageRecord:
         headers=bytes(doc["headers"]),
         body_size=int(doc["body_size"]),
         received_at=float(doc["received_at"]),
-        meta=dict(doc["meta"]),
+        meta=meta_from_document(doc["meta"], message_id=str(doc["_id"])),
     )
 
 

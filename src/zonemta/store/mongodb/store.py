@@ -28,24 +28,24 @@ from typing import Any, Final
 
 import trio
 
-from zonemta.store.base import (
+from zonemta.store.base import BodyWriter, Store
+from zonemta.store.errors import StoreError
+from zonemta.store.meta import meta_to_document
+from zonemta.store.mongodb import gc, ops, readers, suspensions
+from zonemta.store.mongodb.body import MongoBodyWriter, Receptions
+from zonemta.store.mongodb.client import DatabaseUnavailable, Db, MongoRunner, client_options
+from zonemta.store.mongodb.schema import INDEXES, new_body_id
+from zonemta.store.records import (
     BlacklistEntry,
-    BodyWriter,
     Delivery,
     DeliveryKey,
     MessageRecord,
     NewDelivery,
     RowState,
-    Store,
-    StoreError,
     SuppressionEntry,
     Suspension,
     ZoneCounts,
 )
-from zonemta.store.mongodb import gc, ops, readers, suspensions
-from zonemta.store.mongodb.body import MongoBodyWriter, Receptions
-from zonemta.store.mongodb.client import DatabaseUnavailable, Db, MongoRunner, client_options
-from zonemta.store.mongodb.schema import INDEXES, new_body_id
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class MongoStore(Store):
             if body.message_id != message.id:
                 raise ValueError(f"body {body.message_id} is not the body of {message.id}")
             try:
-                meta = json.loads(json.dumps(dict(message.meta)))
+                meta = json.loads(json.dumps(meta_to_document(message.meta)))
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"meta of {message.id} is not JSON: {exc}") from exc
             tail, stored = body.begin_commit()

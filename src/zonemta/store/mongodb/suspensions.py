@@ -8,9 +8,9 @@ from typing import Any, Final
 
 from pymongo import ASCENDING, ReturnDocument
 
-from zonemta.store.base import Suspension
 from zonemta.store.mongodb.client import Db
 from zonemta.store.mongodb.schema import DELIVERIES
+from zonemta.store.records import Suspension
 
 SUSPENSIONS: Final = "suspensions"
 COUNTERS: Final = "counters"

@@ -8,8 +8,8 @@ from typing import Final
 
 import trio
 
-from zonemta.store.base import StoreError
 from zonemta.store.chunking import BodyState, ChunkingBodyWriter
+from zonemta.store.errors import StoreError
 from zonemta.store.sqlite import ops
 from zonemta.store.sqlite.writer import GroupCommitWriter, Pending
 

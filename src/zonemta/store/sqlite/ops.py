@@ -12,15 +12,14 @@ import json
 import sqlite3
 from collections.abc import Collection, Sequence
 
-from zonemta.store.base import (
+from zonemta.store.errors import LeaseLost, StoreError
+from zonemta.store.records import (
     BlacklistEntry,
     Delivery,
     DeliveryKey,
-    LeaseLost,
     MessageRecord,
     NewDelivery,
     RowState,
-    StoreError,
     SuppressionEntry,
 )
 from zonemta.store.sqlite.schema import DELIVERY_COLUMNS, UNLOCKED_STATE_SQL, row_to_delivery

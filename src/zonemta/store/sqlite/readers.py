@@ -16,11 +16,12 @@ from typing import TypeVar
 
 import trio
 
-from zonemta.store.base import (
+from zonemta.store.errors import StoreError
+from zonemta.store.meta import meta_from_document
+from zonemta.store.records import (
     BlacklistEntry,
     Delivery,
     MessageRecord,
-    StoreError,
     SuppressionEntry,
     ZoneCounts,
     normalize_address,
@@ -102,8 +103,15 @@ def get_message(message_id: str, conn: sqlite3.Connection) -> MessageRecord | No
         headers=bytes(headers),
         body_size=body_size,
         received_at=received_at,
-        meta=json.loads(meta),
+        meta=meta_from_document(_json_meta(meta, message_id), message_id=message_id),
     )
+
+
+def _json_meta(text: str, message_id: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StoreError(f"stored meta of {message_id} is not JSON: {exc}") from exc
 
 
 def body_start(

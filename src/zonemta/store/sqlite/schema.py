@@ -26,7 +26,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from zonemta.store.base import Delivery, RowState
+from zonemta.store.records import Delivery, RowState
 
 DB_FILENAME: Final = "queue.sqlite3"
 

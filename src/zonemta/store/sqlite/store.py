@@ -31,16 +31,16 @@ from typing import Final
 
 import trio
 
-from zonemta.store.base import (
+from zonemta.store.base import BodyWriter, Store
+from zonemta.store.errors import StoreError
+from zonemta.store.meta import meta_to_document
+from zonemta.store.records import (
     BlacklistEntry,
-    BodyWriter,
     Delivery,
     DeliveryKey,
     MessageRecord,
     NewDelivery,
     RowState,
-    Store,
-    StoreError,
     SuppressionEntry,
     Suspension,
     ZoneCounts,
@@ -208,7 +208,7 @@ class SqliteStore(Store):
             if body.message_id != message.id:
                 raise ValueError(f"body {body.message_id} is not the body of {message.id}")
             try:
-                meta_json = json.dumps(dict(message.meta), separators=(",", ":"))
+                meta_json = json.dumps(meta_to_document(message.meta), separators=(",", ":"))
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"meta of {message.id} is not JSON: {exc}") from exc
             tail, stored = body.begin_commit()

@@ -11,7 +11,7 @@ import json
 import sqlite3
 from typing import Any, Final
 
-from zonemta.store.base import Suspension
+from zonemta.store.records import Suspension
 
 _COLUMNS: Final = (
     "id, created, zone, domain, source, message_id, until, reason, who, rule, response,"

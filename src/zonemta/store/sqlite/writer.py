@@ -23,7 +23,7 @@ from typing import Any, Final, Generic, TypeVar
 import attrs
 import trio
 
-from zonemta.store.base import StoreError, StoreFull
+from zonemta.store.errors import StoreError, StoreFull
 
 T = TypeVar("T")
 
