@@ -7,7 +7,8 @@ does the TLS handshake when the session asks (what a host needs is a :class:`Hos
 decided by ``tls_policy.py``), keeps the deadline of the reply the session waits for, and
 decides policy (STARTTLS or not, plaintext after a refusal). Failures are typed
 (:class:`DeliveryFailure` with the :class:`Stage` and the remote :class:`Reply` when there is
-one); nothing here reads reply text.
+one; defined with the other values in ``outbound_values.py``); nothing here reads reply
+text.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable
 
-import attrs
 import trio
 
+from zonemta.transport.outbound_values import DeliveryFailure, Timeouts, Transaction
 from zonemta.transport.smtp import client as smtp
 from zonemta.transport.smtp.client_events import (
     ClientEvent,
@@ -32,7 +33,6 @@ from zonemta.transport.smtp.client_events import (
     TransactionDone,
     TransactionResult,
     UpgradeTLS,
-    Wait,
 )
 from zonemta.transport.smtp.client_session import NEED_DATA, SMTPClientSession
 from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolError
@@ -61,66 +61,7 @@ RECEIVE_SIZE = 16 * 1024
 COALESCE_BYTES = 64 * 1024
 # How long QUIT may take when closing politely.
 QUIT_SECONDS = 2.0
-
-
-class DeliveryFailure(Exception):
-    """An attempt failed at ``stage``. ``reply`` is the remote answer when the failure was
-    one; ``temporary`` says whether trying again later can help; ``category`` overrides the
-    default category of a failure without a reply (``network``), e.g. ``tls``."""
-
-    def __init__(
-        self,
-        stage: Stage,
-        message: str,
-        *,
-        reply: Reply | None = None,
-        temporary: bool = True,
-        category: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.reply = reply
-        self.temporary = temporary
-        self.category = category
-
-    @property
-    def response(self) -> str:
-        return str(self.reply) if self.reply is not None else str(self)
-
-    @classmethod
-    def from_reply(cls, stage: Stage, reply: Reply) -> DeliveryFailure:
-        return cls(stage, str(reply), reply=reply, temporary=not reply.is_permanent)
-
-
-@attrs.frozen
-class Timeouts:
-    """Seconds per wait. ``greeting``: the 220; ``command``: the reply to every command but
-    the end of data (RFC 5321 4.5.3.2 MAIL, RCPT, DATA initiation); ``data``: sending the
-    content and the reply to its end (data block, DATA termination)."""
-
-    connect: float = 60.0
-    greeting: float = 300.0
-    command: float = 300.0
-    data: float = 600.0
-
-    def of(self, wait: Wait | None) -> float:
-        """The seconds allowed for ``wait`` (what the session says it waits for)."""
-        if wait is Wait.GREETING:
-            return self.greeting
-        if wait in (Wait.DATA_BLOCK, Wait.DATA_TERMINATION):
-            return self.data
-        return self.command
-
-
-@attrs.frozen
-class Transaction:
-    """One message to one recipient (see :meth:`OutboundConnection.send`)."""
-
-    mail_from: str
-    recipient: str
-    size: int
-    body_8bit: bool = False
-    smtputf8: bool = False
+DEFAULT_TIMEOUTS = Timeouts()
 
 
 class OutboundConnection:
@@ -174,7 +115,7 @@ class OutboundConnection:
         ehlo_name: str,
         local_address: str | None = None,
         tls: TlsPolicy | HostTls = TlsPolicy.OPPORTUNISTIC,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> OutboundConnection:
         """Connect, read the greeting, EHLO (HELO when EHLO is not recognised) and STARTTLS
         as ``tls`` says: when opportunistic STARTTLS is refused or its handshake fails, the
@@ -257,7 +198,7 @@ class OutboundConnection:
         mx: str,
         ehlo_name: str,
         local_address: str | None = None,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
     ) -> OutboundConnection:
         """Start a session over an open ``stream``: read the greeting, EHLO (HELO when EHLO
         is not recognised). No STARTTLS (see :meth:`connect`). Raises
