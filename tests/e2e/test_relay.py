@@ -7,6 +7,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.support.dnsserver import run_dns_server
 from tests.support.mx import TestMx
 from tests.support.relay import (
@@ -49,8 +51,13 @@ def smart_host(mx: TestMx) -> dict[str, object]:
     return {"default": target, "bounces": {**target, "connections": 1}}
 
 
-async def test_smart_host_delivers_every_recipient_intact(tmp_path: Path, mx: TestMx) -> None:
-    config = relay_config(tmp_path / "q", zones=smart_host(mx))
+@pytest.mark.parametrize("max_recipients", [50, 1])
+async def test_smart_host_delivers_every_recipient_intact(
+    tmp_path: Path, mx: TestMx, max_recipients: int
+) -> None:
+    zones = smart_host(mx)
+    zones["default"] = {**zones["default"], "max_recipients": max_recipients}  # type: ignore[dict-item]
+    config = relay_config(tmp_path / "q", zones=zones)
     async with running_relay(config) as (relay, info):
         events = relay.bus.subscribe()
         recipients = ["a@one.test", "b@two.test", "c@two.test"]
@@ -59,12 +66,16 @@ async def test_smart_host_delivers_every_recipient_intact(tmp_path: Path, mx: Te
         )
         seen = await collect_until(events, lambda ev: len(terminal(ev)) == 3)
     assert {e.to_state for e in terminal(seen)} == {"delivered"}
+    if max_recipients > 1:  # one transaction for the message (the smart host takes them all)
+        assert [m.recipients for m in mx.received()] == [tuple(recipients)]
     got = {r: mx.for_recipient(r) for r in recipients}
     for recipient, messages in got.items():
         assert len(messages) == 1, recipient
         assert messages[0].mail_from == "sender@origin.test"
         assert without_received(messages[0].content) == MESSAGE
-        assert f"for <{recipient}>".encode() in messages[0].content.split(b"\r\n\r\n")[0]
+        head = messages[0].content.split(b"\r\n\r\n")[0]
+        # The Received field names the recipient of a one-recipient transaction only.
+        assert (f"for <{recipient}>".encode() in head) is (max_recipients == 1)
     for seq in (1, 2, 3):
         path = states_of(seen, message_id, seq)
         assert path[0] == "queued" and path[-1] == "delivered", path

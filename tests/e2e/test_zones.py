@@ -56,7 +56,11 @@ async def test_pool_addresses_are_used_and_a_retry_keeps_its_address(tmp_path: P
         config = relay_config(
             tmp_path / "q",
             pools={"warm": POOL},
-            zones={"default": to_mx(mx, pool="warm", connections=4), "bounces": to_mx(mx)},
+            # One recipient per transaction: each delivery picks its own address.
+            zones={
+                "default": to_mx(mx, pool="warm", connections=4, max_recipients=1),
+                "bounces": to_mx(mx),
+            },
         )
         async with running_relay(config) as (relay, info):
             events = relay.bus.subscribe()
@@ -149,7 +153,9 @@ async def test_routing_rules_for_smtp_and_http(tmp_path: Path) -> None:
 async def test_connections_never_exceed_the_zone_limit(tmp_path: Path) -> None:
     with TestMx(data_delay=lambda _rcpt: 0.05) as mx:
         config = relay_config(
-            tmp_path / "q", zones={"default": to_mx(mx, connections=3), "bounces": to_mx(mx)}
+            tmp_path / "q",
+            # One recipient per transaction: 30 deliveries compete for three connections.
+            zones={"default": to_mx(mx, connections=3, max_recipients=1), "bounces": to_mx(mx)},
         )
         async with running_relay(config) as (relay, info):
             events = relay.bus.subscribe()

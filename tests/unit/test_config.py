@@ -658,3 +658,18 @@ def test_docs_example_loads(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, example))
     assert config.zones["fast"].tls is TlsMode.REQUIRED
     assert set(config.zones) == {"default", "bounces", "fast", "relay"}
+
+
+def test_zone_max_recipients_defaults_to_50_and_errors_name_the_key() -> None:
+    assert config_from_dict({}).zones["default"].max_recipients == 50
+    assert (
+        config_from_dict({"zones": {"default": {"max_recipients": 1}}})
+        .zones["default"]
+        .max_recipients
+        == 1
+    )
+    for bad in (0, 1001, "many"):
+        with pytest.raises(ConfigError) as info:
+            config_from_dict({"zones": {"default": {"max_recipients": bad}}})
+        assert "config.zones.default" in str(info.value)
+        assert "max_recipients" in str(info.value)

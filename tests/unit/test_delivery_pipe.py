@@ -31,6 +31,7 @@ from zonemta.engine.processes.frames import (
     More,
     Ready,
     Reply,
+    RowOutcome,
     Stats,
 )
 from zonemta.engine.processes.pipe import (
@@ -54,17 +55,34 @@ MESSAGE = MessageRecord(
     1.0,
     MessageMeta(helo="h.test", routes={1: FixedRoute(mx="mx.test")}, extra={"meta": [1, 2]}),
 )
+ROW2 = Delivery("m1", 1, "b@x.test", "x.test", "default", RowState.LOCKED, 1, 1.0, 1.0)
 
 FRAMES: list[Frame] = [
     Ready(),
-    Attempt(1, "default", ROW, MESSAGE, b"\x00" * 5000, frozenset({"10.0.0.1"}), S.LOCKED),
-    Fired(1, Trigger.RESOLVE, None, None, None, {"hosts": ["mx.test"]}),
-    Done(1, Outcome(Trigger.ACCEPTED, "250 ok"), "mx.test", "127.0.0.2", {"default": (3, 1)}),
+    Attempt(
+        1,
+        "default",
+        (ROW, ROW2),
+        MESSAGE,
+        b"\x00" * 5000,
+        {"x.test": frozenset({"10.0.0.1"})},
+        (S.LOCKED, S.DEFERRED),
+    ),
+    Fired(1, 1, Trigger.RESOLVE, None, None, None, {"hosts": ["mx.test"]}),
+    Done(
+        1,
+        (RowOutcome(Outcome(Trigger.ACCEPTED, "250 ok"), "mx.test", "127.0.0.2"),),
+        {"default": (3, 1)},
+    ),
     Done(
         2,
-        Outcome(Trigger.TRANSIENT_FAILURE, "451 later", FailureCategory.GREYLIST),
-        None,
-        None,
+        (
+            RowOutcome(
+                Outcome(Trigger.TRANSIENT_FAILURE, "451 later", FailureCategory.GREYLIST),
+                None,
+                None,
+            ),
+        ),
         {},
     ),
     Chunk(7, None),
@@ -161,10 +179,10 @@ class SentFrames:
 
 def test_the_child_machine_starts_where_the_relay_is_and_forwards_triggers() -> None:
     sent = SentFrames()
-    machine = ForwardingMachine(ROW, 5, sent, S.LOCKED)  # type: ignore[arg-type]
+    machine = ForwardingMachine(ROW2, 5, sent, S.LOCKED, 1)  # type: ignore[arg-type]
     machine.fire(Trigger.RESOLVE, hosts=["mx.test"])
     assert machine.state is S.RESOLVING
-    assert sent.frames == [Fired(5, Trigger.RESOLVE, None, None, None, {"hosts": ["mx.test"]})]
+    assert sent.frames == [Fired(5, 1, Trigger.RESOLVE, None, None, None, {"hosts": ["mx.test"]})]
     with pytest.raises(AttributeError):
         machine.state = S.QUEUED  # type: ignore[misc]  # only the table moves it
 
@@ -174,26 +192,46 @@ async def test_the_relay_fires_reported_steps_and_takes_the_outcome() -> None:
     events: list[Event] = []
     bus.add_listener(events.append)
     process = DeliveryProcess(0, None, ["default"], blacklist=None)  # type: ignore[arg-type]
-    machine = DeliveryMachine(ROW, bus, lambda: 1.0)
+    machine, other = (DeliveryMachine(row, bus, lambda: 1.0) for row in (ROW, ROW2))
     machine.fire(Trigger.LEASE)
+    other.fire(Trigger.LEASE)
     inbox, receive = trio.open_memory_channel[More | Done | _Lost](10)
-    pending = process._pending[1] = _Pending(machine, inbox)
-    process.dispatch(Fired(1, Trigger.RESOLVE, "mx.test", "10.0.0.1", None, {"hosts": ["a"]}))
+    pending = process._pending[1] = _Pending([machine, other], inbox)
+    process.dispatch(Fired(1, 0, Trigger.RESOLVE, "mx.test", "10.0.0.1", None, {"hosts": ["a"]}))
     assert machine.state is S.RESOLVING and machine.local_address == "10.0.0.1"
-    assert (events[-1].to_state, events[-1].details) == (
+    assert other.state is S.LOCKED  # each delivery's steps reach its own machine
+    assert (events[-1].to_state, events[-1].details, events[-1].seq) == (
         "resolving",
         {"trigger": "resolve", "hosts": ["a"]},
+        0,
     )
     process.dispatch(More(1, True))
     outcome = Outcome(Trigger.TRANSIENT_FAILURE, "451 later", FailureCategory.GREYLIST)
-    process.dispatch(Done(1, outcome, "mx.test", "10.0.0.1", {"default": (3, 1)}))
-    assert pending.outcome == outcome
+    accepted = Outcome(Trigger.ACCEPTED, "250 ok")
+    done = (RowOutcome(outcome, "mx.test", "10.0.0.1"), RowOutcome(accepted, "mx.test", None))
+    process.dispatch(Done(1, done, {"default": (3, 1)}))
+    assert pending.outcomes == [outcome, accepted]
+    assert (other.mx, other.local_address) == ("mx.test", None)
     assert [type(frame) for frame in (receive.receive_nowait(), receive.receive_nowait())] == [
         More,
         Done,
     ]
     process.dispatch(Stats({"default": (4, 2)}))
     assert (process.pools["default"].reuses, process.pools["default"].open_connections) == (4, 2)
-    process.dispatch(Fired(9, Trigger.RESOLVE, None, None, None, {}))  # cancelled: ignored
+    process.dispatch(Fired(9, 0, Trigger.RESOLVE, None, None, None, {}))  # cancelled: ignored
     with pytest.raises(PipeError, match="unknown frame Admit"):
         process.dispatch(Admit(1, "feeder", "127.0.0.1"))
+
+
+def test_attempt_and_done_frames_hold_a_group_together() -> None:
+    with pytest.raises(ValueError, match="at least one delivery"):
+        Attempt(1, "default", (), MESSAGE, None, {}, ())
+    with pytest.raises(ValueError, match="one state per delivery"):
+        Attempt(1, "default", (ROW, ROW2), MESSAGE, None, {}, (S.LOCKED,))
+    process = DeliveryProcess(0, None, ["default"], blacklist=None)  # type: ignore[arg-type]
+    machine = DeliveryMachine(ROW, EventBus(), lambda: 1.0)
+    inbox, _receive = trio.open_memory_channel[More | Done | _Lost](10)
+    process._pending[1] = _Pending([machine], inbox)
+    two = (RowOutcome(Outcome(Trigger.ACCEPTED, "250 ok"), None, None),) * 2
+    with pytest.raises(PipeError, match="2 outcomes for 1 deliveries"):
+        process.dispatch(Done(1, two, {}))

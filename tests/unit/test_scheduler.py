@@ -6,7 +6,7 @@ over real sockets are covered in tests/e2e)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,18 @@ OWNER = "test"
 
 
 class RecordingDeliverer:
-    """Takes ``hold`` (trio) seconds per delivery, records when each started, completes it."""
+    """Takes ``hold`` (trio) seconds per attempt (a group of deliveries: one transaction),
+    records when each delivery started and each group's recipients, completes them. One
+    recipient per transaction unless ``max_recipients`` says more."""
 
-    def __init__(self, store: SqliteStore, *, smart_host: str | None, hold: float) -> None:
+    def __init__(
+        self,
+        store: SqliteStore,
+        *,
+        smart_host: str | None,
+        hold: float,
+        max_recipients: int = 1,
+    ) -> None:
         self.store = store
         self.hold = hold
         self.zone = ZoneRoute(
@@ -42,8 +51,10 @@ class RecordingDeliverer:
             tls=TlsPolicy.NONE,
             max_mx_hosts=5,
             connections=10,
+            max_recipients=max_recipients,
         )
         self.started: list[tuple[float, str]] = []
+        self.groups: list[list[str]] = []  # the recipients of each attempt
         self.expected = 0
         self.all_started = trio.Event()
         self.active: dict[str, int] = {}
@@ -52,18 +63,20 @@ class RecordingDeliverer:
     def destination_of(self, row: Delivery) -> str:
         return self.zone.smart_host or row.domain
 
-    async def deliver(self, machine: DeliveryMachine) -> None:
-        domain = machine.row.domain
-        self.started.append((trio.current_time(), domain))
-        if len(self.started) >= self.expected:
-            self.all_started.set()
+    async def deliver(self, machines: Sequence[DeliveryMachine]) -> None:
+        domain = machines[0].row.domain
+        self.groups.append([machine.row.recipient for machine in machines])
+        self.started += [(trio.current_time(), machine.row.domain) for machine in machines]
         self.active[domain] = self.active.get(domain, 0) + 1
         self.max_active[domain] = max(self.max_active.get(domain, 0), self.active[domain])
+        if len(self.started) >= self.expected:
+            self.all_started.set()
         await trio.sleep(self.hold)
         self.active[domain] -= 1
-        await self.store.complete(machine.row.key, owner=OWNER)
+        for machine in machines:
+            await self.store.complete(machine.row.key, owner=OWNER)
 
-    async def release(self, machine: DeliveryMachine) -> None:
+    async def release(self, machine: DeliveryMachine, reason: str = "") -> None:
         await self.store.release(
             machine.row.key, owner=OWNER, next_attempt=0.0, state=RowState.QUEUED
         )

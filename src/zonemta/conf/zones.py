@@ -87,6 +87,12 @@ def _iso_date(_inst: object, attribute: attrs.Attribute[str], value: str) -> Non
         raise ValueError(f"'{attribute.name}' must be a date YYYY-MM-DD: {value!r}") from None
 
 
+#: Recipients per SMTP transaction by default: Postfix's ``smtp_destination_recipient_limit``.
+MAX_RECIPIENTS = 50
+#: The most a zone may put in one transaction: RFC 5321 4.5.3.1.8 asks servers to take at
+#: least 100 recipients; far past that, a refusal ("452 too many recipients") costs more.
+MAX_RECIPIENTS_LIMIT = 1000
+
 #: Caps above this are no cap at all (a growth factor has reached any useful volume).
 WARMUP_UNLIMITED = 10**9
 
@@ -263,6 +269,11 @@ class ZoneConfig:
         factory=dict, converter=lower_keys, validator=header_map
     )
     connection_cache: ConnectionCache = attrs.field(factory=ConnectionCache)
+    # Recipients of one message to one destination sent in one SMTP transaction (1: each
+    # alone).
+    max_recipients: int = attrs.field(
+        default=MAX_RECIPIENTS, validator=[v.ge(1), v.le(MAX_RECIPIENTS_LIMIT)]
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.ignore_ipv6 and self.prefer_ipv6:

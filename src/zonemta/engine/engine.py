@@ -49,6 +49,7 @@ def zone_route(config: Config, name: str) -> ZoneRoute:
         connections=zone.connections,
         mta_sts=zone.mta_sts,
         dane=zone.dane,
+        max_recipients=zone.max_recipients,
     )
 
 

@@ -1,15 +1,19 @@
-"""One delivery attempt: from a leased row to delivered, deferred or bounced.
+"""One delivery attempt: from leased rows to delivered, deferred or bounced.
 
-The attempt reads the message, lets its zone's :class:`~zonemta.engine.delivery.transmit.Sender`
-(in this process or in a delivery process) turn the attempt into an outcome, fires the
-outcome's trigger on the delivery's state machine and has the
-:class:`~zonemta.engine.delivery.effects.EffectApplier` carry out the transition's effects.
+An attempt takes a group of leased rows — recipients of one message to one destination,
+which go in one SMTP transaction — reads the message once, checks each row (a suspension's
+hold, expiry, the suppression list, warm-up caps: a row settled here leaves the group), lets
+its zone's :class:`~zonemta.engine.delivery.transmit.Sender` (in this process or in a
+delivery process) turn the rest into one outcome per row, fires each outcome's trigger on
+that row's state machine and has the
+:class:`~zonemta.engine.delivery.effects.EffectApplier` carry out the transition's effects,
+row by row.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
 
 import trio
@@ -97,32 +101,63 @@ class Deliverer:
         held back by a limit)."""
         await self._finish(machine, released(machine.row, reason))
 
-    async def deliver(self, machine: DeliveryMachine) -> None:
-        """Attempt the leased delivery and persist the outcome. On cancellation (shutdown)
-        the lease is released in a shielded scope so the delivery is tried again later."""
-        row = machine.row
+    async def deliver(self, machines: Sequence[DeliveryMachine]) -> None:
+        """Attempt the leased deliveries (one message, one destination: one transaction)
+        and persist each one's outcome. On cancellation (shutdown) the leases are released
+        in a shielded scope so the deliveries are tried again later."""
         try:
             try:
-                outcome = await self._attempt(machine)
+                outcomes = await self._attempt(machines)
             finally:
                 if self.warmup is not None:
                     self.warmup.done()
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
-                await self._finish(machine, released(row, "released at shutdown"))
+                for machine in machines:
+                    await self._finish(machine, released(machine.row, "released at shutdown"))
             raise
         except Exception as exc:  # never lose a delivery to a bug: defer it
+            row = machines[0].row
             log.exception("delivery %s.%03x failed unexpectedly", row.message_id, row.seq)
-            outcome = self.sender.temporary(row, f"internal error: {exc!r}", Category.INTERNAL)
+            outcomes = [
+                self.sender.temporary(m.row, f"internal error: {exc!r}", Category.INTERNAL)
+                for m in machines
+            ]
         with trio.CancelScope(shield=True):
-            await self._finish(machine, outcome)
+            for machine, outcome in zip(machines, outcomes, strict=True):
+                await self._finish(machine, outcome)
 
-    async def _attempt(self, machine: DeliveryMachine) -> Outcome:
-        row = machine.row
-        held = self.suspensions.holding(row) if self.suspensions is not None else None
-        if held is not None:  # suspended after it was leased: wait, nothing counted
-            return released(row, f"held by suspension {held.id}: {describe(held)}")
-        message = await self.messages.get(row.message_id)
+    async def _attempt(self, machines: Sequence[DeliveryMachine]) -> list[Outcome]:
+        """One outcome per machine, in order: the per-row checks first; the rows they leave
+        go to the sender together."""
+        outcomes: dict[int, Outcome] = {}
+        for index, machine in enumerate(machines):
+            held = self.suspensions.holding(machine.row) if self.suspensions is not None else None
+            if held is not None:  # suspended after it was leased: wait, nothing counted
+                reason = f"held by suspension {held.id}: {describe(held)}"
+                outcomes[index] = released(machine.row, reason)
+        if len(outcomes) == len(machines):
+            return [outcomes[index] for index in range(len(machines))]
+        message = await self.messages.get(machines[0].row.message_id)
+        for index, machine in enumerate(machines):
+            if index not in outcomes:
+                checked = self._check(machine.row, message)
+                if checked is not None:
+                    outcomes[index] = checked
+        going = [index for index in range(len(machines)) if index not in outcomes]
+        ramps = self.warmup is not None and self.warmup.ramps
+        if going and ramps and not await self._count_warmup([machines[i].row for i in going]):
+            outcomes.update((i, released(machines[i].row, WARMUP_USED)) for i in going)
+            going = []  # they wait for the next day
+        if going:
+            assert message is not None
+            group = [machines[index] for index in going]
+            outcomes.update(zip(going, await self._transmit(group, message), strict=True))
+        return [outcomes[index] for index in range(len(machines))]
+
+    def _check(self, row: Delivery, message: MessageRecord | None) -> Outcome | None:
+        """The outcome of a row that must not be sent (message gone, expired, suppressed),
+        or None."""
         if message is None:
             return Outcome(Trigger.PERMANENT_FAILURE, "message data is missing", Category.INTERNAL)
         if self.retry.is_expired(created=row.created, now=self.clock()):
@@ -131,30 +166,31 @@ class Deliverer:
             return Outcome(
                 Trigger.SUPPRESSED, "recipient is on the suppression list", Category.SUPPRESSED
             )
-        if self.warmup is not None and self.warmup.ramps and not await self._count_warmup(row):
-            return released(row, WARMUP_USED)  # waits for the next day
-        if self.remote is not None:
-            outcome = await self.remote.transmit(machine, message, self.messages)
-            if outcome is None:  # the process died; the retry goes to its successor
-                return self.sender.temporary(row, PROCESS_LOST, Category.INTERNAL)
-            return outcome
-        return await self.sender.transmit(machine, message, partial(self._body, message))
+        return None
 
-    async def _count_warmup(self, row: Delivery) -> bool:
-        """Count the attempt against the warm-up cap of the address the sender will choose
-        (the same stable choice, made here first), before it goes: attempts starting at the
-        same time see each other's counts. False when warm-up caps leave no address."""
+    async def _transmit(
+        self, machines: Sequence[DeliveryMachine], message: MessageRecord
+    ) -> list[Outcome]:
+        if self.remote is not None:
+            outcomes = await self.remote.transmit(machines, message, self.messages)
+            if outcomes is None:  # the process died; the retry goes to its successor
+                return [
+                    self.sender.temporary(m.row, PROCESS_LOST, Category.INTERNAL) for m in machines
+                ]
+            return outcomes
+        return await self.sender.transmit(machines, message, partial(self._body, message))
+
+    async def _count_warmup(self, rows: Sequence[Delivery]) -> bool:
+        """Count the deliveries against the warm-up cap of the address the sender will
+        choose for them (the same stable choice, made here first), before they go:
+        attempts starting at the same time see each other's counts. False when warm-up
+        caps leave no address."""
         assert self.warmup is not None
-        sender = self.sender
-        source = sender.sources.choose(
-            str(row.key),
-            excluded=sender.domains.settings(row.domain).disabled_addresses,
-            blacklisted=sender.blacklist.disabled_for(row.domain) if sender.blacklist else (),
-        )
+        source = self.sender.source_for(rows)
         if source is None:
             return not self.warmup.capped()
         if source.address:
-            await self.warmup.record(source.address)
+            await self.warmup.record(source.address, len(rows))
         return True
 
     async def _body(self, message: MessageRecord) -> AsyncIterator[bytes]:

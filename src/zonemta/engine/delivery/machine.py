@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from zonemta.engine.bus import Event, EventBus
@@ -114,3 +114,51 @@ class DeliveryMachine(MachineBase):
                 details={"trigger": row.trigger.value, **details},
             )
         )
+
+
+class MachineGroup:
+    """The machines of the deliveries that go in one SMTP transaction (recipients of one
+    message to one destination). The steps of the transaction — ``resolve``, ``resolved``,
+    ``connected``, ``reuse_connection``, ``reconnect`` — are fired on every machine, each
+    publishing its own transition; the outcomes stay per machine (the Deliverer's).
+
+    ``source_rows`` are the rows the local address was chosen for (the group as the
+    scheduler formed it: the address is the same for all of them)."""
+
+    def __init__(
+        self, machines: Sequence[MachineBase], source_rows: Sequence[Delivery] | None = None
+    ) -> None:
+        if not machines:
+            raise ValueError("a machine group needs at least one machine")
+        self.machines = tuple(machines)
+        self.source_rows = (
+            tuple(source_rows) if source_rows else tuple(m.row for m in self.machines)
+        )
+
+    @property
+    def row(self) -> Delivery:
+        """The first delivery's row (its domain and destination are the group's)."""
+        return self.machines[0].row
+
+    @property
+    def mx(self) -> str | None:
+        return self.machines[0].mx
+
+    @mx.setter
+    def mx(self, value: str | None) -> None:
+        for machine in self.machines:
+            machine.mx = value
+
+    @property
+    def local_address(self) -> str | None:
+        return self.machines[0].local_address
+
+    @local_address.setter
+    def local_address(self, value: str | None) -> None:
+        for machine in self.machines:
+            machine.local_address = value
+
+    def fire(self, trigger: Trigger, *, response: str | None = None, **details: Any) -> None:
+        """Fire a step of the transaction on every machine (see :meth:`MachineBase.fire`)."""
+        for machine in self.machines:
+            machine.fire(trigger, response=response, **details)

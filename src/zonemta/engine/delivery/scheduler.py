@@ -1,5 +1,11 @@
 """One scheduler per zone: leases due deliveries and runs their attempts.
 
+The rows of one lease that belong to one message and go to one destination (the recipient
+domain, or the zone's smart host) form a group, at most ``max_recipients`` rows: one attempt,
+one connection, one SMTP transaction with a recipient per row (as Postfix sends). A group
+counts once against its destination's connection limit (it is one connection); a domain's
+``rate`` counts recipients, one token per row, as it did when every row was sent alone.
+
 Leasing is bounded by how many attempts the zone can usefully have in flight; recipient
 domains that are at their connection limit are skipped in the lease query, so a busy
 domain never holds up the zone's other domains. New mail wakes the scheduler at once;
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -68,6 +74,7 @@ class ZoneScheduler:
         self.max_inflight = max_inflight
         self.domains = domains
         self.connections = deliverer.zone.connections
+        self.max_recipients = deliverer.zone.max_recipients  # rows per transaction
         self.clock = clock
         self.poll_interval = POLL_INTERVAL  # for work other instances release or add
         self.inflight: dict[DeliveryKey, DeliveryMachine] = {}
@@ -230,8 +237,8 @@ class ZoneScheduler:
                     await trio.sleep(STORE_ERROR_BACKOFF)
                     continue
                 if rows:
-                    for row in rows:
-                        self._start(nursery, row)
+                    for group in self.group(rows):
+                        self._start(nursery, group)
                     continue
             await self._wait_for_work(free > 0)
 
@@ -258,17 +265,36 @@ class ZoneScheduler:
         with trio.move_on_after(timeout):
             await self._changed.wait()
 
-    def _start(self, nursery: trio.Nursery, row: Delivery) -> None:
-        machine = DeliveryMachine(row, self.bus, self.clock)
-        machine.fire(Trigger.LEASE)
-        self.inflight[row.key] = machine
+    def group(self, rows: Sequence[Delivery]) -> list[list[Delivery]]:
+        """``rows`` (one lease) in transactions, in lease order: the rows of one message to
+        one destination — the recipient domain (one MX lookup, one MTA-STS/DANE policy, one
+        blacklist) or the zone's smart host — at most ``max_recipients`` in each."""
+        groups: list[list[Delivery]] = []
+        filling: dict[tuple[str, str], list[Delivery]] = {}
+        smart_host = bool(self.deliverer.zone.smart_host)
+        for row in rows:
+            key = (row.message_id, "" if smart_host else row.domain)
+            group = filling.get(key)
+            if group is None or len(group) >= self.max_recipients:
+                group = filling[key] = []
+                groups.append(group)
+            group.append(row)
+        return groups
+
+    def _start(self, nursery: trio.Nursery, rows: Sequence[Delivery]) -> None:
+        machines = []
+        for row in rows:
+            machine = DeliveryMachine(row, self.bus, self.clock)
+            machine.fire(Trigger.LEASE)
+            self.inflight[row.key] = machine
+            machines.append(machine)
+            rate_key = self.domains.site_of(row.domain)
+            if self.domains.bucket(rate_key) is not None:
+                self._rated.add(rate_key)
         self._busy.set()
-        destination = self.destination_of(row)
+        destination = self.destination_of(rows[0])  # one connection: counted once
         self._destinations[destination] = self._destinations.get(destination, 0) + 1
-        rate_key = self.domains.site_of(row.domain)
-        if self.domains.bucket(rate_key) is not None:
-            self._rated.add(rate_key)
-        nursery.start_soon(self._run_attempt, machine, destination)
+        nursery.start_soon(self._run_attempt, machines, destination)
 
     def _move(self, old: str, new: str) -> None:
         """Count an attempt under ``new`` instead of ``old`` (its site was learned)."""
@@ -283,26 +309,19 @@ class ZoneScheduler:
             del self._destinations[destination]
             self._destination_limits.pop(destination, None)
 
-    async def _run_attempt(self, machine: DeliveryMachine, destination: str) -> None:
+    async def _run_attempt(self, machines: list[DeliveryMachine], destination: str) -> None:
         started = False
-        domain = machine.row.domain
+        waiting = list(machines)  # leased, neither given back nor handed to the deliverer
+        domain = machines[0].row.domain
         try:
             if not self.deliverer.zone.smart_host and self.domains.needs_site(domain):
                 site = await self.domains.learn_site(domain)
                 if site != destination:
                     self._move(destination, site)
                     destination = site
-            rate_key = self.domains.site_of(domain)
-            bucket = self.domains.bucket(rate_key)
-            if bucket is not None:
-                self._rated.add(rate_key)
-                await bucket.take()  # the lease is renewed meanwhile; no connection is held
-                if self.shared_rates is not None and not await self.shared_rates.claim(
-                    rate_key, bucket.rate
-                ):  # used up across instances: wait; no attempt, no token used
-                    bucket.give_back()
-                    await self.deliverer.release(machine, SHARED_RATE_USED)
-                    return
+            await self._take_rates(waiting)
+            if not waiting:
+                return
             limiter = (
                 contextlib.nullcontext()
                 if self.deliverer.zone.smart_host
@@ -314,12 +333,13 @@ class ZoneScheduler:
                     # and stay away a random moment (so that two do not keep colliding).
                     cool = SharedConnections.cool_down()
                     self._cooling[destination] = trio.current_time() + cool
-                    await self.deliverer.release(machine, SHARED_CONNECTIONS_USED)
+                    while waiting:
+                        await self.deliverer.release(waiting.pop(0), SHARED_CONNECTIONS_USED)
                     return
                 started = True
                 self._sending[destination] = self._sending.get(destination, 0) + 1
                 try:
-                    await self.deliverer.deliver(machine)
+                    await self.deliverer.deliver(waiting)
                 finally:
                     left = self._sending[destination] - 1
                     if left:
@@ -327,18 +347,43 @@ class ZoneScheduler:
                     else:
                         del self._sending[destination]
         except trio.Cancelled:
-            if not started:  # deliver() releases its own lease when cancelled
+            if not started:  # deliver() releases its own leases when cancelled
                 with trio.CancelScope(shield=True):
-                    await self.deliverer.release(machine)
+                    for machine in waiting:
+                        await self.deliverer.release(machine)
             raise
         finally:
-            del self.inflight[machine.row.key]
+            for machine in machines:
+                del self.inflight[machine.row.key]
             if not self.inflight:
                 self._busy = trio.Event()
             self._forget(destination)
             if self._stopping and not self.inflight:
                 self._drained.set()
             self.wake()
+
+    async def _take_rates(self, waiting: list[DeliveryMachine]) -> None:
+        """A token of its domain's (or site's) rate for each delivery: rates count
+        recipients. The lease is renewed meanwhile; no connection is held. A delivery whose
+        rate is used up across instances is given back without an attempt (no token used)
+        and leaves ``waiting``, as do the group's later ones to the same domain."""
+        used_up: set[str] = set()
+        for machine in list(waiting):
+            rate_key = self.domains.site_of(machine.row.domain)
+            bucket = self.domains.bucket(rate_key)
+            if bucket is None:
+                continue
+            self._rated.add(rate_key)
+            if rate_key not in used_up:
+                await bucket.take()
+                if self.shared_rates is None or await self.shared_rates.claim(
+                    rate_key, bucket.rate
+                ):
+                    continue
+                bucket.give_back()  # used up across instances: wait
+                used_up.add(rate_key)
+            waiting.remove(machine)
+            await self.deliverer.release(machine, SHARED_RATE_USED)
 
     def _over_shared_limit(self, destination: str) -> bool:
         """Whether one more attempt to ``destination`` here would take its deliveries here

@@ -9,7 +9,7 @@ no store: the caller reads the message and persists the outcome.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Protocol
@@ -19,7 +19,7 @@ import attrs
 from zonemta.dkim.signer import DkimSigner
 from zonemta.engine.bounces.classifier import BounceClassifier
 from zonemta.engine.delivery.connections import Slot, ZoneConnections
-from zonemta.engine.delivery.machine import MachineBase
+from zonemta.engine.delivery.machine import MachineBase, MachineGroup
 from zonemta.engine.delivery.pools import PoolAddress
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.delivery.zones import DomainPolicy, SourceAddresses
@@ -39,11 +39,13 @@ from zonemta.transport.dns import MxResolver
 from zonemta.transport.dns_results import Destination, DnsFailure, MxHost
 from zonemta.transport.outbound import (
     DeliveryFailure,
+    Envelope,
     OutboundConnection,
+    RecipientOutcome,
     Stage,
     Timeouts,
     TlsPolicy,
-    Transaction,
+    TransactionResult,
 )
 from zonemta.transport.tls_policy import OutboundTls, TlsPlan
 
@@ -68,6 +70,7 @@ class ZoneRoute:
     connections: int = 10
     mta_sts: bool = True  # MX deliveries honour MTA-STS policies
     dane: bool = True  # MX deliveries honour DANE TLSA records
+    max_recipients: int = 50  # recipients of one message in one SMTP transaction
 
 
 @attrs.frozen
@@ -93,8 +96,12 @@ class BlacklistView(Protocol):
     def disabled_for(self, domain: str) -> frozenset[str]: ...
 
 
-def received_header(message: MessageRecord, row: Delivery, hostname: str) -> bytes:
-    """The Received trace field for this delivery (RFC 5321 4.4), never stored."""
+def received_header(
+    message: MessageRecord, row: Delivery, hostname: str, *, single: bool = True
+) -> bytes:
+    """The Received trace field for this delivery (RFC 5321 4.4), never stored. The FOR
+    clause names the recipient only when the transaction has one (``single``); the id is
+    the (first) delivery's."""
     meta = message.meta
     helo = meta.helo or "unknown"
     client = meta.client_address
@@ -104,8 +111,8 @@ def received_header(message: MessageRecord, row: Delivery, hostname: str) -> byt
     parts = [f"Received: from {helo} ([{client}])" if client else f"Received: from {helo}"]
     if user:
         parts.append(f"\t(Authenticated sender: {user})")
-    parts.append(f"\tby {hostname} (zonemta) with {transtype} id {message.id}.{row.seq:03x}")
-    parts.append(f"\tfor <{row.recipient}>; {when}")
+    by = f"\tby {hostname} (zonemta) with {transtype} id {message.id}.{row.seq:03x}"
+    parts += [by, f"\tfor <{row.recipient}>; {when}"] if single else [f"{by}; {when}"]
     return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
 
 
@@ -172,11 +179,44 @@ class Sender:
         return Outcome(Trigger.PERMANENT_FAILURE, response, category)
 
     async def transmit(
-        self, machine: MachineBase, message: MessageRecord, body: BodySource
-    ) -> Outcome:
-        """Send ``message`` to the delivery's recipient and classify what happened. Failures
-        of DNS and SMTP become outcomes; anything else (a plugin's exception, a bug)
-        propagates, and the caller defers the delivery."""
+        self, machines: Sequence[MachineBase], message: MessageRecord, body: BodySource
+    ) -> list[Outcome]:
+        """Send ``message`` to the deliveries' recipients (one message, one destination: a
+        group the scheduler formed) and classify what happened to each: one outcome per
+        machine, in order. The recipients that leave from the same local address to the
+        same host go in one SMTP transaction; a plugin's routing (``fetch``,
+        ``before_connect``) can part them, and ``send_headers`` hooks (which edit the
+        headers per delivery) give each its own. Failures of DNS and SMTP become outcomes;
+        anything else (a plugin's exception, a bug) propagates, and the caller defers the
+        deliveries."""
+        rows = [machine.row for machine in machines]
+        outcomes: dict[int, Outcome] = {}
+        # (local address, fixed MX) -> the deliveries that go that way, in one transaction
+        parts: dict[object, tuple[tuple[PoolAddress, str | None], list[int]]] = {}
+        for index, machine in enumerate(machines):
+            prepared = await self._prepare(machine, message, body, rows)
+            if isinstance(prepared, Outcome):
+                outcomes[index] = prepared
+                continue
+            part = index if self.hooks.send_headers else prepared
+            parts.setdefault(part, (prepared, []))[1].append(index)
+        for (source, fixed_mx), indexes in parts.values():
+            group = MachineGroup([machines[i] for i in indexes], rows)
+            sent = await self._transmit_on(group, message, body, source, fixed_mx)
+            outcomes.update(zip(indexes, sent, strict=True))
+        return [outcomes[index] for index in range(len(machines))]
+
+    async def _prepare(
+        self,
+        machine: MachineBase,
+        message: MessageRecord,
+        body: BodySource,
+        rows: Sequence[Delivery],
+    ) -> Outcome | tuple[PoolAddress, str | None]:
+        """One delivery before the connection: the ``fetch`` hooks (or the message's
+        routes), the local address (the group's, chosen for ``rows``) and the
+        ``before_connect`` hooks. An outcome when they settle the delivery, else where it
+        goes: (local address, fixed MX or None)."""
         row = machine.row
         fixed_mx: str | None = None
         routes = message.meta.routes
@@ -189,7 +229,7 @@ class Sender:
             if decided is not None:
                 return decided
             fixed_mx = fetched.mx
-        source = self._source(row)
+        source = self.source_for(rows)
         if source is None:
             return Outcome(
                 Trigger.PERMANENT_FAILURE,
@@ -204,17 +244,51 @@ class Sender:
             if (target.local_address or "") != source.address:
                 source = PoolAddress(target.local_address or "", source.name)
         machine.local_address = source.address or None
-        key = (source.address, fixed_mx or self.destination_of(row))
+        return source, fixed_mx
+
+    async def _transmit_on(
+        self,
+        group: MachineGroup,
+        message: MessageRecord,
+        body: BodySource,
+        source: PoolAddress,
+        fixed_mx: str | None,
+    ) -> list[Outcome]:
+        """One SMTP transaction for the group's recipients, on a connection of the pool
+        (reused or opened): an outcome per machine. A failure without a per-recipient reply
+        (DNS, connection, TLS, a timeout) is every recipient's."""
+        key = (source.address, fixed_mx or self.destination_of(group.row))
         slot = await self.connections.checkout(key)
         try:
-            return await self._attempt_on(machine, message, body, slot, source, mx=fixed_mx)
+            result = await self._attempt_on(group, message, body, slot, source, mx=fixed_mx)
         except (DeliveryFailure, DnsFailure) as exc:
-            if self.hooks.response_error:
-                report = DeliveryReport(row, message, str(exc), mx=machine.mx)
-                await run_notices("response_error", self.hooks.response_error, report)
-            return self._failure(row, exc)
+            return [await self._failed(m, message, exc) for m in group.machines]
         finally:
             self.connections.checkin(slot)
+        outcomes = []
+        for machine, recipient in zip(group.machines, result.outcomes, strict=True):
+            outcomes.append(await self._recipient_outcome(machine, message, recipient))
+        return outcomes
+
+    async def _recipient_outcome(
+        self, machine: MachineBase, message: MessageRecord, outcome: RecipientOutcome
+    ) -> Outcome:
+        """A recipient's outcome in the transaction: accepted (the reply to the end of
+        data), or refused with its reply (RCPT's own, or MAIL's, DATA's or the end of
+        data's, which are every recipient's), classified as a failure."""
+        if outcome.accepted:
+            return Outcome(Trigger.ACCEPTED, str(outcome.reply))
+        refusal = DeliveryFailure.from_reply(outcome.stage, outcome.reply)
+        return await self._failed(machine, message, refusal)
+
+    async def _failed(
+        self, machine: MachineBase, message: MessageRecord, exc: DeliveryFailure | DnsFailure
+    ) -> Outcome:
+        """The ``response_error`` hooks, then the failure's outcome for one delivery."""
+        if self.hooks.response_error:
+            report = DeliveryReport(machine.row, message, str(exc), mx=machine.mx)
+            await run_notices("response_error", self.hooks.response_error, report)
+        return self._failure(machine.row, exc)
 
     async def _fetched(
         self, machine: MachineBase, fetched: FetchedDelivery, body: BodySource
@@ -247,14 +321,21 @@ class Sender:
             return self.temporary(row, "no plugin delivers to HTTP targets", FailureCategory.PLUGIN)
         return None
 
-    def _source(self, row: Delivery, *, ipv6: bool | None = None) -> PoolAddress | None:
-        """The local address for this delivery (stable across retries)."""
-        blacklisted = self.blacklist.disabled_for(row.domain) if self.blacklist else ()
+    def source_for(
+        self, rows: Sequence[Delivery], *, ipv6: bool | None = None
+    ) -> PoolAddress | None:
+        """The local address for deliveries that go together (one transaction): chosen by
+        the first one's key, so a delivery alone keeps its address across retries, and
+        never one that any of their domains disables or blacklisted."""
+        domains = {row.domain for row in rows}
+        excluded: set[str] = set()
+        blacklisted: set[str] = set()
+        for domain in domains:
+            excluded |= self.domains.settings(domain).disabled_addresses
+            if self.blacklist is not None:
+                blacklisted |= self.blacklist.disabled_for(domain)
         return self.sources.choose(
-            str(row.key),
-            excluded=self.domains.settings(row.domain).disabled_addresses,
-            blacklisted=blacklisted,
-            ipv6=ipv6,
+            str(rows[0].key), excluded=excluded, blacklisted=blacklisted, ipv6=ipv6
         )
 
     async def _throttle(self, slot: Slot) -> None:
@@ -264,22 +345,21 @@ class Sender:
 
     async def _attempt_on(
         self,
-        machine: MachineBase,
+        machine: MachineGroup,
         message: MessageRecord,
         body: BodySource,
         slot: Slot,
         source: PoolAddress,
         *,
         mx: str | None = None,
-    ) -> Outcome:
+    ) -> TransactionResult:
         row = machine.row
         if slot.connection is not None:
             machine.mx = slot.connection.mx
             machine.fire(Trigger.REUSE_CONNECTION, **slot.connection.tls_details)
             try:
                 await self._throttle(slot)
-                reply = await self._send(slot.connection, message, body, row)
-                return Outcome(Trigger.ACCEPTED, str(reply))
+                return await self._send(slot.connection, message, body, machine)
             except DeliveryFailure as exc:
                 if exc.reply is not None or exc.stage not in (Stage.MAIL, Stage.RCPT, Stage.DATA):
                     raise
@@ -306,8 +386,7 @@ class Sender:
         connection = slot.connection
         machine.fire(Trigger.CONNECTED, tls=connection.tls, **connection.tls_details)
         await self._throttle(slot)
-        reply = await self._send(slot.connection, message, body, row)
-        return Outcome(Trigger.ACCEPTED, str(reply))
+        return await self._send(slot.connection, message, body, machine)
 
     async def _resolve(self, row: Delivery) -> Destination:
         zone = self.zone
@@ -334,7 +413,7 @@ class Sender:
         self,
         plan: TlsPlan,
         destination: Destination,
-        machine: MachineBase,
+        machine: MachineGroup,
         source: PoolAddress,
         *,
         port: int | None = None,
@@ -349,7 +428,7 @@ class Sender:
                 local = source
                 if source.address and source.is_ipv6 != ipv6:
                     # The pool's address of the other family, if it has one.
-                    other = self._source(machine.row, ipv6=ipv6)
+                    other = self.source_for(machine.source_rows, ipv6=ipv6)
                     if other is None:
                         continue
                     local = other
@@ -384,9 +463,12 @@ class Sender:
         connection: OutboundConnection,
         message: MessageRecord,
         body: BodySource,
-        row: Delivery,
-    ) -> object:
-        received = received_header(message, row, connection.ehlo_name)
+        group: MachineGroup,
+    ) -> TransactionResult:
+        """One transaction for the group's recipients: Received, the ``send_headers``
+        hooks, one DKIM signature, then the content."""
+        row, rows = group.row, [machine.row for machine in group.machines]
+        received = received_header(message, row, connection.ehlo_name, single=len(rows) == 1)
         headers, cache_key = message.headers, message.id
         if self.hooks.send_headers:  # the last edit; DKIM signs the edited block
             outgoing = OutgoingHeaders(row, message, HeaderBlock(headers))
@@ -403,14 +485,14 @@ class Sender:
                 cache_key=cache_key,
             )
         head = received + signatures + headers + b"\r\n"
-        transaction = Transaction(
+        envelope = Envelope(
             mail_from=message.mail_from,
-            recipient=row.recipient,
+            recipients=tuple(r.recipient for r in rows),
             size=len(head) + message.body_size,
             body_8bit=message.meta.body_8bit,
             smtputf8=message.meta.smtputf8,
         )
-        return await connection.send(transaction, self._content(head, body))
+        return await connection.deliver(envelope, self._content(head, body))
 
     async def _content(self, head: bytes, body: BodySource) -> AsyncIterator[bytes]:
         yield head

@@ -96,24 +96,25 @@ class WarmupCaps:
         """When the next UTC day begins (the caps renew)."""
         return (math.floor(self.clock() / DAY) + 1) * DAY
 
-    async def record(self, address: str) -> None:
-        """Count the calling attempt against ``address`` (nothing without a ramp); until
-        :meth:`done`, the address is not capped for this attempt. A store failure is logged;
-        the memory count goes on."""
+    async def record(self, address: str, count: int = 1) -> None:
+        """Count the calling attempt's ``count`` deliveries (the recipients of one
+        transaction) against ``address`` (nothing without a ramp); until :meth:`done`, the
+        address is not capped for this attempt. A store failure is logged; the memory count
+        goes on."""
         if address not in self.ramps:
             return
         self._reserved[trio.lowlevel.current_task()] = address
         now = self.clock()
         name = self._counter(address, now)
-        self._counts[name] = self._counts.get(name, 0) + 1
+        self._counts[name] = self._counts.get(name, 0) + count
         try:
-            total = await self.store.add_to_counter(name, 1, expires=now + 2 * DAY)
+            total = await self.store.add_to_counter(name, count, expires=now + 2 * DAY)
         except StoreError as exc:
             log.error("counting the warm-up of %s failed: %s", address, exc)
             return
         self._counts[name] = max(self._counts.get(name, 0), total)
         cap = self.cap(address)
-        if cap is not None and total == cap:
+        if cap is not None and total - count < cap <= total:
             log.info("source address %s used its warm-up cap of %d for today", address, cap)
 
     def done(self) -> None:

@@ -5,10 +5,11 @@ every outcome, and N child processes (``zonemta.engine.processes.delivery_worker
 DNS, the zone's connection pool, the SMTP transaction, DKIM signing and the classification
 of replies. Each zone belongs to one process, so a zone's connection limit holds exactly.
 
-An attempt crosses the pipe as the leased row, the message record and (when it is held in
-memory) the body; the process sends back each transition as it happens — the relay fires it
-on its own state machine, so events, logs and metrics are those of the in-process engine —
-then the outcome. Bodies that are not in memory are pulled chunk by chunk. A process that
+An attempt crosses the pipe as the leased rows (a group: one message to one destination,
+one SMTP transaction), the message record and (when it is held in memory) the body; the
+process sends back each transition of each row as it happens — the relay fires it on that
+row's own state machine, so events, logs and metrics are those of the in-process engine —
+then one outcome per row. Bodies that are not in memory are pulled chunk by chunk. A process that
 dies is started again; the attempts it had are deferred as a temporary failure.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import count
 
 import attrs
@@ -80,9 +81,9 @@ class _Lost:
 
 @attrs.define(eq=False)
 class _Pending:
-    machine: DeliveryMachine
+    machines: Sequence[DeliveryMachine]
     inbox: trio.MemorySendChannel[More | Done | _Lost]  # from the reader
-    outcome: Outcome | None = None
+    outcomes: list[Outcome] | None = None
 
 
 class DeliveryProcess(ChildProcess):
@@ -110,22 +111,23 @@ class DeliveryProcess(ChildProcess):
     # -- the attempt, called by the Deliverer ------------------------------------------
 
     async def transmit(
-        self, machine: DeliveryMachine, message: MessageRecord, messages: MessageCache
-    ) -> Outcome | None:
-        """The attempt's outcome; None when the process died (or is stopping) before it
-        reported one."""
-        row = machine.row
+        self, machines: Sequence[DeliveryMachine], message: MessageRecord, messages: MessageCache
+    ) -> list[Outcome] | None:
+        """The outcome of each delivery of the group, in order; None when the process died
+        (or is stopping) before it reported them."""
+        rows = tuple(machine.row for machine in machines)
         await self.ready.wait()
         pipe = self.pipe
         if pipe is None:
             return None
         rid = next(self._ids)
         send, receive = trio.open_memory_channel[More | Done | _Lost](math.inf)
-        pending = _Pending(machine, send)
+        pending = _Pending(machines, send)
         self._pending[rid] = pending
         body = messages.cached_body(message.id) if message.body_size else b""
-        disabled = self.blacklist.disabled_for(row.domain)
-        pipe.send(Attempt(rid, row.zone, row, message, body, disabled, machine.state))
+        disabled = {row.domain: self.blacklist.disabled_for(row.domain) for row in rows}
+        states = tuple(machine.state for machine in machines)
+        pipe.send(Attempt(rid, rows[0].zone, rows, message, body, disabled, states))
         chunks = None
         try:
             async for frame in receive:
@@ -147,7 +149,7 @@ class DeliveryProcess(ChildProcess):
             self._pending.pop(rid, None)
             if chunks is not None:
                 await chunks.aclose()
-        return pending.outcome
+        return pending.outcomes
 
     # -- the process (engine/processes/child_process.py) -----------------------------------------
 
@@ -172,17 +174,22 @@ class DeliveryProcess(ChildProcess):
                 raise PipeError(f"unknown frame {type(frame).__name__}")
 
     def _attempt_frame(self, pending: _Pending, frame: Fired | More | Done) -> None:
-        machine = pending.machine
         match frame:
             case Fired():
+                machine = pending.machines[frame.index]
                 machine.mx, machine.local_address = frame.mx, frame.local_address
                 machine.fire(frame.trigger, response=frame.response, **frame.details)
             case More():
                 pending.inbox.send_nowait(frame)
             case Done():
                 self._update_pools(frame.pools)
-                machine.mx, machine.local_address = frame.mx, frame.local_address
-                pending.outcome = frame.outcome
+                if len(frame.outcomes) != len(pending.machines):
+                    raise PipeError(
+                        f"{len(frame.outcomes)} outcomes for {len(pending.machines)} deliveries"
+                    )
+                for machine, done in zip(pending.machines, frame.outcomes, strict=True):
+                    machine.mx, machine.local_address = done.mx, done.local_address
+                pending.outcomes = [done.outcome for done in frame.outcomes]
                 pending.inbox.send_nowait(frame)
 
     def _update_pools(self, figures: PoolCounts) -> None:

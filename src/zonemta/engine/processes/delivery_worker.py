@@ -2,8 +2,9 @@
 the relay.
 
 It owns the connection pools of the zones it was given and runs one
-:class:`~zonemta.engine.delivery.transmit.Sender` attempt per ``Attempt`` frame, forwarding every
-transition of the attempt and then its outcome (``engine/processes/frames.py`` lists the
+:class:`~zonemta.engine.delivery.transmit.Sender` attempt per ``Attempt`` frame (a group of
+deliveries: one transaction), forwarding every transition of each delivery and then their
+outcomes (``engine/processes/frames.py`` lists the
 frames). It touches no store. It ignores SIGINT and SIGTERM — the relay decides when it
 stops, by closing the pipe — and it exits when the pipe closes, the relay's death included.
 """
@@ -41,6 +42,7 @@ from zonemta.engine.processes.frames import (
     Fired,
     More,
     Ready,
+    RowOutcome,
     Stats,
 )
 from zonemta.engine.processes.pipe import Frame, FramedPipe
@@ -73,9 +75,12 @@ class ForwardingMachine(MachineBase):
     """The attempt's state machine on this side: validates each transition against the
     table, and sends it to the relay, which publishes it."""
 
-    def __init__(self, row: Any, rid: int, pipe: FramedPipe, start: DeliveryState) -> None:
+    def __init__(
+        self, row: Any, rid: int, pipe: FramedPipe, start: DeliveryState, index: int = 0
+    ) -> None:
         super().__init__(row, start)
         self.rid = rid
+        self.index = index  # the delivery's place in the attempt's group
         self.pipe = pipe
 
     def publish(
@@ -86,7 +91,9 @@ class ForwardingMachine(MachineBase):
         category: FailureCategory | None = None,
         **details: Any,
     ) -> None:
-        self.pipe.send(Fired(self.rid, row.trigger, self.mx, self.local_address, response, details))
+        self.pipe.send(
+            Fired(self.rid, self.index, row.trigger, self.mx, self.local_address, response, details)
+        )
 
 
 def build_senders(
@@ -155,31 +162,39 @@ class Worker:
                 log.error("unknown frame %s from the relay", type(frame).__name__)
 
     async def _attempt(self, attempt: Attempt) -> None:
-        rid, row, body = attempt.rid, attempt.row, attempt.body
+        rid, body = attempt.rid, attempt.body
         zone = attempt.zone
         sender = self.senders[zone]
-        self.blacklist.update(row.domain, attempt.blacklisted)
-        # The machine starts where the relay's is (leased); only the table moves it.
-        machine = ForwardingMachine(row, rid, self.pipe, attempt.state)
+        for domain, addresses in attempt.blacklisted.items():
+            self.blacklist.update(domain, addresses)
+        # Each machine starts where the relay's is (leased); only the table moves it.
+        machines = [
+            ForwardingMachine(row, rid, self.pipe, state, index)
+            for index, (row, state) in enumerate(zip(attempt.rows, attempt.states, strict=True))
+        ]
         with trio.CancelScope() as scope:
             self._scopes[rid] = scope
             try:
-                outcome = await sender.transmit(
-                    machine,
+                outcomes = await sender.transmit(
+                    machines,
                     attempt.message,
                     (lambda: _one(body)) if body is not None else (lambda: self._pull(rid)),
                 )
             except Exception as exc:  # never lose a delivery to a bug: defer it
+                row = attempt.rows[0]
                 log.exception("delivery %s.%03x failed unexpectedly", row.message_id, row.seq)
-                outcome = sender.temporary(
-                    row, f"internal error: {exc!r}", FailureCategory.INTERNAL
-                )
+                outcomes = [
+                    sender.temporary(m.row, f"internal error: {exc!r}", FailureCategory.INTERNAL)
+                    for m in machines
+                ]
             finally:
                 del self._scopes[rid]
                 self._chunks.pop(rid, None)
-            self.pipe.send(
-                Done(rid, outcome, machine.mx, machine.local_address, {zone: _figures(sender)})
+            done = tuple(
+                RowOutcome(outcome, m.mx, m.local_address)
+                for m, outcome in zip(machines, outcomes, strict=True)
             )
+            self.pipe.send(Done(rid, done, {zone: _figures(sender)}))
 
     async def _pull(self, rid: int) -> AsyncIterator[bytes]:
         """The body from the relay, chunk by chunk; each call starts at the beginning (a

@@ -35,6 +35,7 @@ __all__ = [
     "PoolCounts",
     "Ready",
     "Reply",
+    "RowOutcome",
     "Stats",
     "Stop",
 ]
@@ -65,19 +66,30 @@ class Ready(Frame):
 # -- delivery processes --------------------------------------------------------------------
 
 
+def _group(_inst: object, _attribute: object, value: tuple[Any, ...]) -> None:
+    if not value:
+        raise ValueError("an attempt needs at least one delivery")
+
+
 @attrs.frozen
 class Attempt(Frame):
-    """Relay → delivery process: send a leased delivery. ``body`` is the body when the
-    relay holds it in memory (None: ask for it with :class:`More`); ``blacklisted`` the
-    local addresses disabled for its domain; ``state`` where the relay's machine is."""
+    """Relay → delivery process: send leased deliveries of one message to one destination
+    (a group: one SMTP transaction). ``rows`` and ``states`` (where the relay's machine of
+    each row is) go together, in order; ``body`` is the body when the relay holds it in
+    memory (None: ask for it with :class:`More`); ``blacklisted`` the local addresses
+    disabled for each of their domains."""
 
     rid: int
     zone: str
-    row: Delivery
+    rows: tuple[Delivery, ...] = attrs.field(validator=_group)
     message: MessageRecord
     body: bytes | None
-    blacklisted: frozenset[str]
-    state: DeliveryState
+    blacklisted: Mapping[str, frozenset[str]]
+    states: tuple[DeliveryState, ...]
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.states) != len(self.rows):
+            raise ValueError("an attempt needs one state per delivery")
 
 
 @attrs.frozen
@@ -97,10 +109,11 @@ class Cancel(Frame):
 
 @attrs.frozen
 class Fired(Frame):
-    """Delivery process → relay: a step of the attempt, as it happens (the relay fires it on
-    its own machine)."""
+    """Delivery process → relay: a step of the attempt's delivery number ``index`` (in
+    ``Attempt.rows``), as it happens (the relay fires it on that delivery's machine)."""
 
     rid: int
+    index: int
     trigger: Trigger
     mx: str | None
     local_address: str | None
@@ -118,13 +131,21 @@ class More(Frame):
 
 
 @attrs.frozen
-class Done(Frame):
-    """Delivery process → relay: the attempt's outcome, and the process's pool figures."""
+class RowOutcome:
+    """One delivery's outcome in :class:`Done`, with the host and local address it had."""
 
-    rid: int
     outcome: Outcome
     mx: str | None
     local_address: str | None
+
+
+@attrs.frozen
+class Done(Frame):
+    """Delivery process → relay: the outcome of each delivery of the attempt (in the order
+    of ``Attempt.rows``), and the process's pool figures."""
+
+    rid: int
+    outcomes: tuple[RowOutcome, ...]
     pools: PoolCounts
 
 
