@@ -114,8 +114,9 @@ class ZoneScheduler:
         self._cancel.cancel()
 
     def destination_use(self, destination: str) -> int:
-        """Deliveries to ``destination`` in flight in this zone now (here, and leased by
-        the other instances sharing the store)."""
+        """Attempts to ``destination`` in flight in this zone now (here: each a connection,
+        one transaction of one or more recipients; and the deliveries leased by the other
+        instances sharing the store, counted one each: an over-count when they group)."""
         return self._destinations.get(destination, 0) + self.used_elsewhere(destination)
 
     def used_elsewhere(self, destination: str) -> int:
@@ -133,7 +134,7 @@ class ZoneScheduler:
         return self.domains.site_of(row.domain)
 
     def destination_limit(self, row: Delivery) -> int:
-        """How many deliveries to ``row``'s destination this zone runs at once."""
+        """How many attempts (connections) to ``row``'s destination this zone runs at once."""
         return self._limit(self.destination_of(row))
 
     def _limit(self, domain: str) -> int:
