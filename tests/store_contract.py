@@ -469,6 +469,43 @@ class StoreContract(SuspensionContract):
             "bulk": ZoneCounts(active=1, deferred=0),
         }
 
+    async def test_domain_counts(self, store: Store) -> None:
+        assert await store.domain_counts(100.0) == {}
+        await put(
+            store,
+            "m",
+            rcpts(
+                ("a@x.example", ZONE, 10.0),
+                ("b@x.example", ZONE, 200.0),
+                ("c@y.example", ZONE, 20.0),
+                ("d@x.example", "bulk", 300.0),
+                ("e@x.example", ZONE, 30.0),
+            ),
+        )
+        await put(store, "n", rcpts(("f@y.example", ZONE, 400.0)))
+        assert await store.domain_counts(100.0) == {
+            (ZONE, "x.example"): ZoneCounts(active=2, deferred=1),
+            (ZONE, "y.example"): ZoneCounts(active=1, deferred=1),
+            ("bulk", "x.example"): ZoneCounts(active=0, deferred=1),
+        }
+        assert await store.domain_counts(100.0, zone="bulk") == {
+            ("bulk", "x.example"): ZoneCounts(active=0, deferred=1)
+        }
+        assert await store.domain_counts(100.0, zone="none") == {}
+        # A leased row is active whatever its lease; a deferred one waits.
+        leased = await store.lease(ZONE, owner=OWNER, now=100.0, lease_until=900.0, limit=3)
+        [d] = [row for row in leased if row.domain == "y.example"]
+        await store.defer(d.key, owner=OWNER, now=100.0, next_attempt=250.0, response="451")
+        counts = await store.domain_counts(100.0, zone=ZONE)
+        assert counts == {
+            (ZONE, "x.example"): ZoneCounts(active=2, deferred=1),
+            (ZONE, "y.example"): ZoneCounts(active=0, deferred=2),
+        }
+        # The per-domain counts add up to the zone's.
+        for zone, total in (await store.zone_counts(100.0)).items():
+            parts = [c for (z, _), c in (await store.domain_counts(100.0)).items() if z == zone]
+            assert total == ZoneCounts(sum(c.active for c in parts), sum(c.deferred for c in parts))
+
     async def test_deliveries_of_lists_by_seq(self, store: Store) -> None:
         deliveries = [
             NewDelivery(

@@ -8,6 +8,7 @@ import email
 import email.policy
 import hashlib
 import threading
+import time
 from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.mx import TestMx
 from tests.support.relay import api_url, collect_until, relay_config, running_relay, terminal
 from zonemta.engine.bus import Event
+from zonemta.store import MessageRecord, NewDelivery
 
 
 def smart_host(mx: TestMx, **extra: Any) -> dict[str, Any]:
@@ -370,6 +372,36 @@ async def check_send_now_and_delete(
     assert_error(await client.get(f"/message/{second}"), 404)
     assert_error(await client.delete(f"/message/{second}"), 404)
     assert await relay.store.get_message(second) is None
+
+
+async def test_counter_by_domain_is_exact_past_the_old_row_cap(tmp_path: Path) -> None:
+    """More pending deliveries than the 20,000 the route used to read: every one counted."""
+    config = relay_config(tmp_path / "q", zones={"bulk": {"connections": 1}})
+    async with running_relay(config) as (relay, info):
+        later = time.time() + 3600  # deferred: no scheduler touches them meanwhile
+        domains = [f"d{n}.test" for n in range(7)]
+        for zone, message_id, count in (("default", "m1", 21_000), ("bulk", "m2", 1_500)):
+            body = relay.store.new_body(message_id)
+            await body.write(b"hi\r\n")
+            deliveries = [
+                NewDelivery(seq, f"r{seq}@{domains[seq % 7]}", domains[seq % 7], zone, later)
+                for seq in range(count)
+            ]
+            record = MessageRecord(message_id, "s@o.test", b"Subject: x\r\n", 4, time.time())
+            await relay.store.commit_message(record, body, deliveries)
+        async with httpx.AsyncClient(base_url=api_url(info)) as client:
+            counts = (await client.get("/counter/domain/", params={"limit": 3})).json()
+            bulk = (await client.get("/counter/domain/", params={"zone": "bulk"})).json()
+    assert (counts["scanned"], counts["total"], counts["complete"]) == (22_500, 7, True)
+    assert counts["domains"][0] == {
+        "domain": "d0.test",
+        "active": 0,
+        "deferred": 3000 + 215,
+        "zones": ["bulk", "default"],
+    }
+    assert [d["domain"] for d in counts["domains"]] == ["d0.test", "d1.test", "d2.test"]
+    assert sum(d["deferred"] for d in bulk["domains"]) == bulk["scanned"] == 1_500
+    assert {tuple(d["zones"]) for d in bulk["domains"]} == {("bulk",)}
 
 
 async def test_suppression_list_routes_and_effect(tmp_path: Path, mx: TestMx) -> None:

@@ -15,7 +15,7 @@ from trio.testing import wait_all_tasks_blocked
 
 from tests.store_contract import ZONE, StoreContract, big_body, body_of, put, rcpts, record
 from zonemta.store import FixedRoute, MessageMeta, StoreError
-from zonemta.store.sqlite import GroupCommitWriter, SqliteStore, open_sqlite_store, ops
+from zonemta.store.sqlite import GroupCommitWriter, SqliteStore, open_sqlite_store, ops, readers
 from zonemta.store.sqlite.schema import DB_FILENAME, connect_writer
 
 CHUNK = 16 * 1024
@@ -87,6 +87,36 @@ async def test_meta_is_stored_as_json_and_old_rows_load(store: SqliteStore) -> N
     set_meta(store.path, "{not json")
     with pytest.raises(StoreError, match="meta of m1 is not JSON"):
         await store.get_message("m1")
+
+
+async def test_domain_counts_read_only_the_covering_index(store: SqliteStore) -> None:
+    await put(store, "m1")
+    conn = sqlite3.connect(store.path / DB_FILENAME)
+    try:
+        for zone in (None, ZONE):
+            sql, args = domain_counts_query(zone)
+            plan = " ".join(str(row[-1]) for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+            assert "COVERING INDEX deliveries_by_domain" in plan
+            assert "TEMP B-TREE" not in plan
+    finally:
+        conn.close()
+
+
+def domain_counts_query(zone: str | None) -> tuple[str, tuple[object, ...]]:
+    """The query :func:`readers.domain_counts` runs, captured from a recording connection."""
+    seen: list[tuple[str, tuple[object, ...]]] = []
+
+    class Recorder:
+        def execute(self, sql: str, args: tuple[object, ...]) -> Recorder:
+            seen.append((sql, args))
+            return self
+
+        def fetchall(self) -> list[object]:
+            return []
+
+    readers.domain_counts(100.0, zone, Recorder())  # type: ignore[arg-type]
+    [query] = seen
+    return query
 
 
 def set_meta(path: Path, text: str) -> None:

@@ -151,9 +151,9 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "Pending deliveries per recipient domain, busiest first",
             "description": (
-                "Counted from the zones' listings, at most 20000 deliveries per request: "
-                "'scanned' says how many were read and 'complete' whether that was all. "
-                "A snapshot read in pages: approximate while the queue moves."
+                "Exact: counted by the store in one query per request, per zone and "
+                "recipient domain. 'scanned' is the number of pending deliveries counted; "
+                "'complete' is always true (kept for clients of the earlier, capped count)."
             ),
             "operationId": "countersByDomain",
             "parameters": [
@@ -412,8 +412,8 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
             "total": {"type": "integer", "description": "Domains found"},
-            "scanned": {"type": "integer", "description": "Pending deliveries read"},
-            "complete": {"type": "boolean", "description": "Every pending delivery was read"},
+            "scanned": {"type": "integer", "description": "Pending deliveries counted"},
+            "complete": {"type": "boolean", "description": "Always true: the count is exact"},
         },
     },
     "Listing": {

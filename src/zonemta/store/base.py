@@ -177,6 +177,13 @@ class Store(abc.ABC):
     async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:
         """Pending deliveries per zone."""
 
+    @abc.abstractmethod
+    async def domain_counts(
+        self, now: float, *, zone: str | None = None
+    ) -> dict[tuple[str, str], ZoneCounts]:
+        """Pending deliveries per ``(zone, recipient domain)`` (of one ``zone``, or of every
+        zone when None), split as :meth:`zone_counts` splits them: exact, in one query."""
+
     async def list_deliveries(
         self,
         zone: str,

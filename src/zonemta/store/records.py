@@ -95,8 +95,8 @@ class Delivery:
 
 @attrs.frozen
 class ZoneCounts:
-    """Pending deliveries of a zone: ``active`` are due now (or leased), ``deferred`` wait
-    for a later ``next_attempt``."""
+    """Pending deliveries of a zone (or of a recipient domain in a zone): ``active`` are due
+    now (or leased), ``deferred`` wait for a later ``next_attempt``."""
 
     active: int
     deferred: int

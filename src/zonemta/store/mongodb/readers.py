@@ -113,6 +113,35 @@ def zone_counts(now: float, db: Db) -> dict[str, ZoneCounts]:
     }
 
 
+def domain_counts(now: float, zone: str | None, db: Db) -> dict[tuple[str, str], ZoneCounts]:
+    # One aggregation: held deliveries (no ``due``) are not pending yet; a zone is matched
+    # through the (zone, due, ...) index.
+    match: dict[str, Any] = {"due": {"$exists": True}}
+    if zone is not None:
+        match["zone"] = zone
+    locked = {"$eq": ["$state", LOCKED]}
+    cursor = db[DELIVERIES].aggregate(
+        [
+            {"$match": match},
+            {
+                "$group": {
+                    "_id": {"zone": "$zone", "domain": "$domain"},
+                    "active": {
+                        "$sum": {"$cond": [{"$or": [locked, {"$lte": ["$due", now]}]}, 1, 0]}
+                    },
+                    "total": {"$sum": 1},
+                }
+            },
+        ]
+    )
+    return {
+        (str(doc["_id"]["zone"]), str(doc["_id"]["domain"])): ZoneCounts(
+            active=int(doc["active"]), deferred=int(doc["total"]) - int(doc["active"])
+        )
+        for doc in cursor
+    }
+
+
 def list_deliveries(
     zone: str, deferred: bool, now: float, start: int, limit: int, descending: bool, db: Db
 ) -> list[Delivery]:

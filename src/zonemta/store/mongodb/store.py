@@ -321,6 +321,11 @@ class MongoStore(Store):
     async def zone_counts(self, now: float) -> dict[str, ZoneCounts]:
         return await self._runner.run(partial(readers.zone_counts, now))
 
+    async def domain_counts(
+        self, now: float, *, zone: str | None = None
+    ) -> dict[tuple[str, str], ZoneCounts]:
+        return await self._runner.run(partial(readers.domain_counts, now, zone))
+
     async def _list_deliveries(
         self, zone: str, deferred: bool, now: float, start: int, limit: int, descending: bool
     ) -> list[Delivery]:

@@ -71,6 +71,7 @@ CREATE INDEX IF NOT EXISTS deliveries_by_due ON deliveries (zone, due, state);
 CREATE INDEX IF NOT EXISTS deliveries_by_owner ON deliveries (lease_owner)
     WHERE lease_owner IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_by_created ON deliveries (zone, created, message_id, seq);
+CREATE INDEX IF NOT EXISTS deliveries_by_domain ON deliveries (zone, domain, due, state);
 CREATE TABLE IF NOT EXISTS suppressions (
     id TEXT PRIMARY KEY,
     created REAL NOT NULL,
