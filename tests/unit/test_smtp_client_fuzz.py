@@ -74,7 +74,12 @@ actions = st.lists(st.sampled_from(["tls", "mail", "quit"]), min_size=1, max_siz
 
 
 class Script:
-    """A correct driver: answers the session's events, taking its next action in turn."""
+    """A correct driver: answers the session's events, taking its next action in turn. Like
+    a real one, it has a limited number of messages to send (a transaction the session
+    refuses locally, e.g. too large for the server's SIZE, ends without any reply, so a
+    driver that kept starting them would never stop)."""
+
+    MESSAGES = 8
 
     def __init__(self, session: SMTPClientSession, plan: list[str], envelope: Envelope) -> None:
         self.session = session
@@ -90,7 +95,7 @@ class Script:
         action = next(self.plan)
         if action == "tls" and session.extensions.starttls and not session.tls_active:
             session.start_tls()
-        elif action == "quit":
+        elif action == "quit" or self.started >= self.MESSAGES:
             session.quit()
         else:
             session.start_transaction(self.envelope)
