@@ -322,6 +322,17 @@ def test_refused_data_resets() -> None:
     ]
 
 
+@pytest.mark.parametrize("reply", [b"334 \r\n", b"300 go on\r\n"])
+def test_a_data_reply_in_3xx_other_than_354_breaks_the_session(reply: bytes) -> None:
+    session = ready()
+    session.start_transaction(THREE)
+    with pytest.raises(RemoteProtocolError, match="not 354"):
+        step(session, b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n" + reply)
+    assert session.closed
+    with pytest.raises(RemoteProtocolError):
+        session.next_event()
+
+
 def test_a_refused_rset_closes_the_session() -> None:
     session = ready(EHLO_PLAIN)
     session.start_transaction(THREE)

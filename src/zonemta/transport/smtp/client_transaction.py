@@ -26,13 +26,14 @@ from zonemta.transport.smtp.client_plan import (
     plan_transaction,
 )
 from zonemta.transport.smtp.client_states import ClientTrigger
-from zonemta.transport.smtp.errors import LocalProtocolError
+from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
 
 __all__ = ["CLOSING", "TransactionProgress"]
 
 # RFC 5321 3.8: the server is closing the connection; nothing more will be answered.
 CLOSING = 421
+START_MAIL_INPUT = 354
 
 T = ClientTrigger
 
@@ -125,6 +126,8 @@ class TransactionProgress:
         if stage is Stage.DATA:
             if not reply.is_intermediate:
                 return T.ABANDON
+            if reply.code != START_MAIL_INPUT:  # e.g. a 334: no server means that
+                raise RemoteProtocolError(f"DATA answered with {reply}, not 354")
             return T.GO_AHEAD if self.any_accepted else T.DISCARD
         if self.due:  # pipelined: the rest of the group is answered next
             return T.REPLY
