@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ from tests.support.relay import (
     running_relay,
     submit_async,
 )
+from zonemta.conf import Config
 from zonemta.engine.bus import Event, Subscription
 from zonemta.engine.delivery.scheduler import SHARED_RATE_USED
 from zonemta.engine.why import trio_to_epoch
@@ -36,6 +38,17 @@ MESSAGE = b"From: s@origin.test\r\nSubject: shared rate\r\n\r\nbody\r\n"
 def mongo(tmp_path: Path) -> Iterator[MongoEndpoint]:
     with mongo_endpoint(tmp_path / "mongo") as endpoint:
         yield endpoint
+
+
+def two_relay_configs(
+    tmp_path: Path, mongo: MongoEndpoint, database: str, **sections: Any
+) -> list[Config]:
+    """Relays "a" and "b" on one MongoDB database, with the other ``sections`` alike."""
+    queue = {"backend": "mongodb", "mongodb_uri": mongo.uri, "database": database}
+    return [
+        relay_config(tmp_path / name, queue={**queue, "instance_id": name}, **sections)
+        for name in ("a", "b")
+    ]
 
 
 async def until_refused(subscriptions: list[Subscription]) -> tuple[int, int]:
@@ -62,20 +75,13 @@ async def until_refused(subscriptions: list[Subscription]) -> tuple[int, int]:
 
 async def test_two_relays_share_one_rate(tmp_path: Path, mongo: MongoEndpoint) -> None:
     with TestMx() as mx, mongo.fresh_database() as database:
-        configs = [
-            relay_config(
-                tmp_path / name,
-                queue={
-                    "backend": "mongodb",
-                    "mongodb_uri": mongo.uri,
-                    "database": database,
-                    "instance_id": name,
-                },
-                zones={"default": {"host": "127.0.0.1", "port": mx.port}},
-                domains={"x.test": {"rate": "3/day"}},
-            )
-            for name in ("a", "b")
-        ]
+        configs = two_relay_configs(
+            tmp_path,
+            mongo,
+            database,
+            zones={"default": {"host": "127.0.0.1", "port": mx.port}},
+            domains={"x.test": {"rate": "3/day"}},
+        )
         async with AsyncExitStack() as stack:
             relays = [await stack.enter_async_context(running_relay(c)) for c in configs]
             subscriptions = [relay.bus.subscribe() for relay, _ in relays]
@@ -113,19 +119,12 @@ async def test_a_suspension_made_on_one_relay_holds_on_the_other(
     tmp_path: Path, mongo: MongoEndpoint
 ) -> None:
     with TestMx() as mx, mongo.fresh_database() as database:
-        configs = [
-            relay_config(
-                tmp_path / name,
-                queue={
-                    "backend": "mongodb",
-                    "mongodb_uri": mongo.uri,
-                    "database": database,
-                    "instance_id": name,
-                },
-                zones={"default": {"host": "127.0.0.1", "port": mx.port}},
-            )
-            for name in ("a", "b")
-        ]
+        configs = two_relay_configs(
+            tmp_path,
+            mongo,
+            database,
+            zones={"default": {"host": "127.0.0.1", "port": mx.port}},
+        )
         async with AsyncExitStack() as stack:
             (_relay_a, info_a), (relay_b, info_b) = [
                 await stack.enter_async_context(running_relay(c)) for c in configs
@@ -168,21 +167,14 @@ async def test_two_relays_share_one_connection_limit(tmp_path: Path, mongo: Mong
     with TestMx() as mx, mongo.fresh_database() as database:
         mx.stall_data.set()
         async with run_dns_server(ZONE_FILE) as dns, AsyncExitStack() as stack:
-            configs = [
-                relay_config(
-                    tmp_path / name,
-                    queue={
-                        "backend": "mongodb",
-                        "mongodb_uri": mongo.uri,
-                        "database": database,
-                        "instance_id": name,
-                    },
-                    dns={"nameservers": [f"127.0.0.1:{dns.port}"]},
-                    zones={"default": {"port": mx.port}},  # MX delivery: a smart host has none
-                    domains={"x.test": {"max_connections": 1}},
-                )
-                for name in ("a", "b")
-            ]
+            configs = two_relay_configs(
+                tmp_path,
+                mongo,
+                database,
+                dns={"nameservers": [f"127.0.0.1:{dns.port}"]},
+                zones={"default": {"port": mx.port}},  # MX delivery: a smart host has none
+                domains={"x.test": {"max_connections": 1}},
+            )
             (relay_a, info_a), (relay_b, info_b) = [
                 await stack.enter_async_context(running_relay(c)) for c in configs
             ]
