@@ -17,9 +17,10 @@ from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.delivery.attempt import Deliverer
 from zonemta.engine.delivery.machine import DeliveryMachine, MachineBase
 from zonemta.engine.delivery.messages import MessageCache
+from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.delivery.suspensions import Suspensions
-from zonemta.engine.delivery.transmit import Outcome, ZoneRoute
+from zonemta.engine.delivery.transmit import ZoneRoute
 from zonemta.statemachine import Trigger
 from zonemta.store import MessageRecord, NewDelivery, RowState
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store

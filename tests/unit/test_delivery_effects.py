@@ -13,8 +13,8 @@ from zonemta.engine.bus import EventBus
 from zonemta.engine.delivery.effects import EffectApplier
 from zonemta.engine.delivery.machine import DeliveryMachine
 from zonemta.engine.delivery.messages import MessageCache
+from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.delivery.retry import RetryPolicy
-from zonemta.engine.delivery.transmit import Outcome
 from zonemta.statemachine import DeliveryState, FailureCategory, Trigger, release_trigger
 from zonemta.store import MessageRecord, NewDelivery, RowState
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store

@@ -13,7 +13,7 @@ import trio
 from zonemta.conf import ConfigError
 from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.delivery.machine import DeliveryMachine
-from zonemta.engine.delivery.transmit import Outcome
+from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.processes.delivery_process import (
     DeliveryProcess,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,17 @@ def test_only_the_cli_imports_the_app() -> None:
         if path.name in ("cli.py", "app.py"):
             continue
         assert "zonemta.app" not in imports_of(path), path
+
+
+def test_the_intake_process_does_not_load_the_outbound_stack() -> None:
+    """An intake process only receives and stores mail; each one is a separate process on
+    every core, so what it imports is paid in memory once per core. The outbound SMTP, TLS
+    policy (httpx), DNS and DKIM-signing modules belong to the delivery side."""
+    code = "import sys, zonemta.inbound.intake_worker\nprint('\\n'.join(sorted(sys.modules)))\n"
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        ).stdout.split()
+    )
+    outbound = {"httpx", "dns.resolver", "dkim", "zonemta.transport.outbound"}
+    assert not outbound & loaded, f"the intake process loads {sorted(outbound & loaded)}"

@@ -26,9 +26,10 @@ from zonemta.engine.delivery.blacklist import Blacklist
 from zonemta.engine.delivery.effects import EffectApplier
 from zonemta.engine.delivery.machine import DeliveryMachine
 from zonemta.engine.delivery.messages import MessageCache
+from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.delivery.suspensions import Suspensions, describe
-from zonemta.engine.delivery.transmit import Outcome, Sender
+from zonemta.engine.delivery.transmit import Sender
 from zonemta.engine.delivery.warmup import WarmupCaps
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.processes.delivery_process import DeliveryProcess

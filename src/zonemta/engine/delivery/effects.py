@@ -18,8 +18,8 @@ from zonemta.engine.delivery.backoff import Backoff
 from zonemta.engine.delivery.blacklist import Blacklist
 from zonemta.engine.delivery.machine import MachineBase
 from zonemta.engine.delivery.messages import MessageCache
+from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.delivery.retry import RetryPolicy
-from zonemta.engine.delivery.transmit import Outcome
 from zonemta.engine.hooks import DeliveryReport, Hooks, run_notices
 from zonemta.statemachine import (
     BlacklistSource,

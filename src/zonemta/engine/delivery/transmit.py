@@ -20,6 +20,7 @@ from zonemta.dkim.signer import DkimSigner
 from zonemta.engine.bounces.classifier import BounceClassifier
 from zonemta.engine.delivery.connections import Slot, ZoneConnections
 from zonemta.engine.delivery.machine import MachineBase, MachineGroup
+from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.delivery.pools import PoolAddress
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.delivery.zones import DomainPolicy, SourceAddresses
@@ -71,13 +72,6 @@ class ZoneRoute:
     mta_sts: bool = True  # MX deliveries honour MTA-STS policies
     dane: bool = True  # MX deliveries honour DANE TLSA records
     max_recipients: int = 50  # recipients of one message in one SMTP transaction
-
-
-@attrs.frozen
-class Outcome:
-    trigger: Trigger
-    response: str
-    category: FailureCategory | None = None
 
 
 def failure_category(exc: DeliveryFailure) -> FailureCategory:

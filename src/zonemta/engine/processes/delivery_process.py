@@ -27,7 +27,7 @@ from zonemta.conf import Config, ConfigError
 from zonemta.engine.delivery.blacklist import Blacklist
 from zonemta.engine.delivery.machine import DeliveryMachine
 from zonemta.engine.delivery.messages import MessageCache
-from zonemta.engine.delivery.transmit import Outcome
+from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.hooks import Hooks
 from zonemta.engine.processes.child_process import ChildProcess, StartError
 from zonemta.engine.processes.frames import (

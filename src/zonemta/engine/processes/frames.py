@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from zonemta.engine.bus import Event
-from zonemta.engine.delivery.transmit import Outcome
+from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.processes.pipe import Frame
 from zonemta.statemachine import DeliveryState, Trigger
 from zonemta.store import Delivery, MessageRecord, NewDelivery
