@@ -15,9 +15,12 @@ from typing import Any
 import attrs
 import trio
 
+from zonemta.pickling import pickle_by_fields
+
 log = logging.getLogger(__name__)
 
 
+@pickle_by_fields
 @attrs.frozen
 class Event:
     """One thing that happened. ``type`` is ``delivery`` for state transitions and

@@ -30,11 +30,13 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
+from zonemta.pickling import pickle_by_fields
 from zonemta.store.errors import StoreError
 
 __all__ = ["FixedRoute", "MessageMeta", "meta_from_document", "meta_to_document"]
 
 
+@pickle_by_fields
 @attrs.frozen
 class FixedRoute:
     """Where a ``route`` hook sent one delivery: a fixed ``mx`` (``host`` or ``host:port``)
@@ -56,6 +58,7 @@ def _copy_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
     return dict(extra)
 
 
+@pickle_by_fields
 @attrs.frozen
 class MessageMeta:
     """Facts about a message's submission, kept with the message.

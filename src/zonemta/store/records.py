@@ -9,6 +9,7 @@ import enum
 
 import attrs
 
+from zonemta.pickling import pickle_by_fields
 from zonemta.store.meta import MessageMeta
 
 __all__ = [
@@ -34,6 +35,7 @@ class RowState(enum.Enum):
     LOCKED = "locked"  # leased by an engine instance
 
 
+@pickle_by_fields
 @attrs.frozen
 class DeliveryKey:
     message_id: str
@@ -43,6 +45,7 @@ class DeliveryKey:
         return f"{self.message_id}.{self.seq:03x}"
 
 
+@pickle_by_fields
 @attrs.frozen
 class MessageRecord:
     """A stored message, apart from its body.
@@ -60,6 +63,7 @@ class MessageRecord:
     meta: MessageMeta = attrs.field(factory=MessageMeta)
 
 
+@pickle_by_fields
 @attrs.frozen
 class NewDelivery:
     seq: int
@@ -69,6 +73,7 @@ class NewDelivery:
     next_attempt: float
 
 
+@pickle_by_fields
 @attrs.frozen
 class Delivery:
     """A delivery row as the store returns it."""

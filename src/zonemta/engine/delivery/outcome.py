@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import attrs
 
+from zonemta.pickling import pickle_by_fields
 from zonemta.statemachine import FailureCategory, Trigger
 
 __all__ = ["Outcome"]
 
 
+@pickle_by_fields
 @attrs.frozen
 class Outcome:
     trigger: Trigger

