@@ -52,25 +52,72 @@ async def test_a_misbehaving_mx_defers_then_the_message_arrives_once_intact(
 ) -> None:
     # TRICKLE: one byte every 0.1 s keeps the socket busy but never ends a reply in time.
     with FaultyMx(fault, trickle_delay=0.1) as mx:
+        await defer_then_deliver(tmp_path, mx, f"t-{fault.value}", explanation)
+    if fault is Fault.DROP_MID_DATA:
+        assert mx.dropped == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "command", "explanation"),
+    [
+        (Fault.GARBAGE, "MAIL", "malformed reply line"),
+        (Fault.GARBAGE, "RCPT", "malformed reply line"),
+        (Fault.LONG_LINE, "MAIL", "reply line longer than 4096 octets"),
+        (Fault.LONG_LINE, "RCPT", "reply line longer than 4096 octets"),
+    ],
+)
+async def test_garbage_or_a_long_line_mid_session_defers_then_the_message_arrives_once(
+    tmp_path: Path, fault: Fault, command: str, explanation: str
+) -> None:
+    # The MX greets and answers EHLO properly, then answers MAIL FROM (or RCPT TO) with bytes
+    # that are not SMTP, or with a reply line of 1 MB that never ends.
+    with FaultyMx(fault, fault_at=command) as mx:
+        await defer_then_deliver(tmp_path, mx, f"t-{fault.value}-{command.lower()}", explanation)
+    assert mx.faulted == 1
+
+
+async def test_a_slow_mx_that_answers_in_time_gets_the_message(tmp_path: Path) -> None:
+    # Every reply comes one byte every 30 ms: the longest (EHLO's, 43 bytes) takes about
+    # 1.3 s of the 3 s each reply may take, while the whole session takes longer than 3 s.
+    timeouts = {name: "3s" for name in FAST}
+    with FaultyMx(Fault.TRICKLE, trickle_delay=0.03) as mx:
         target: dict[str, Any] = {"host": "127.0.0.1", "port": mx.port}
         config = relay_config(
             tmp_path / "q",
-            delivery=FAST,
+            delivery=timeouts,
             zones={"default": target, "bounces": {**target, "connections": 1}},
         )
         async with running_relay(config) as (relay, info):
             events = relay.bus.subscribe()
-            message = token_message(f"t-{fault.value}", 20_000)
+            message = token_message("t-slow", 20_000)
             await submit_async(info.smtp_ports["feeder"], "s@origin.test", ["a@one.test"], message)
-            seen = await collect_until(events, outcomes("deferred"), seconds=30)
-            [deferred] = of_state(seen, "deferred")
-            assert explanation in (deferred.response or ""), deferred.response
-            mx.fault = Fault.NONE  # the MX recovers: the retry (1 s later) delivers
-            seen += await collect_until(events, outcomes("delivered"), seconds=30)
+            seen = await collect_until(events, outcomes("delivered"), seconds=60)
+    assert of_state(seen, "deferred") == []  # delivered on the first attempt
+    assert [check_intact(m.content) for m in mx.received()] == ["t-slow"]
+    # The replies to this one transaction, byte by byte, took longer than any one timeout.
+    assert mx.trickled * mx.trickle_delay > 3.0
+
+
+async def defer_then_deliver(tmp_path: Path, mx: FaultyMx, token: str, explanation: str) -> None:
+    """Relay one message to ``mx`` (misbehaving): it must be deferred with ``explanation``
+    in the reply; then the MX recovers and the retry delivers it once, intact."""
+    target: dict[str, Any] = {"host": "127.0.0.1", "port": mx.port}
+    config = relay_config(
+        tmp_path / "q",
+        delivery=FAST,
+        zones={"default": target, "bounces": {**target, "connections": 1}},
+    )
+    async with running_relay(config) as (relay, info):
+        events = relay.bus.subscribe()
+        message = token_message(token, 20_000)
+        await submit_async(info.smtp_ports["feeder"], "s@origin.test", ["a@one.test"], message)
+        seen = await collect_until(events, outcomes("deferred"), seconds=30)
+        [deferred] = of_state(seen, "deferred")
+        assert explanation in (deferred.response or ""), deferred.response
+        mx.fault = Fault.NONE  # the MX recovers: the retry (1 s later) delivers
+        seen += await collect_until(events, outcomes("delivered"), seconds=30)
     assert of_state(seen, "bounced") == []
-    assert [check_intact(m.content) for m in mx.received()] == [f"t-{fault.value}"]
-    if fault is Fault.DROP_MID_DATA:
-        assert mx.dropped == 1
+    assert [check_intact(m.content) for m in mx.received()] == [token]
 
 
 def first_outcome(events: list[Event], recipient: str) -> str | None:

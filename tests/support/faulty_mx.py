@@ -7,10 +7,15 @@ a probe socket and hopes the port stays free. Faults:
 * ``Fault.NONE``: a plain sink; every accepted message is kept in ``messages``.
 * ``Fault.DROP_MID_DATA``: reads part of the message after ``354``, then closes.
 * ``Fault.NO_GREETING``: accepts the connection and never says anything.
-* ``Fault.TRICKLE``: sends its replies one byte at a time, ``trickle_delay`` apart.
+* ``Fault.TRICKLE``: sends its replies one byte at a time, ``trickle_delay`` apart
+  (``trickled`` counts those bytes).
 * ``Fault.GARBAGE``: answers the connection with bytes that are not an SMTP reply.
 * ``Fault.LONG_LINE``: a greeting line far longer than any reply line may be, no CRLF.
 * ``Fault.REFUSE_GREETING``: ``421`` at connect (a busy server), then closes.
+
+``fault_at`` (a command verb such as ``"MAIL"`` or ``"RCPT"``) moves ``GARBAGE`` and
+``LONG_LINE`` from the greeting into the session: the server greets and answers normally
+until that command, then answers it with the garbage or the long line.
 
 ``hold`` (a threading.Event): while it is *clear* the server waits before its greeting, so
 deliveries stay in flight or queued until the test sets it. Set by default.
@@ -41,6 +46,10 @@ class Fault(enum.Enum):
     REFUSE_GREETING = "refuse_greeting"
 
 
+#: The faults that ``fault_at`` can move from the greeting to a command's reply.
+MID_SESSION = frozenset({Fault.GARBAGE, Fault.LONG_LINE})
+
+
 @attrs.frozen
 class Sunk:
     """One message the sink accepted."""
@@ -62,21 +71,32 @@ class _Handler(socketserver.StreamRequestHandler):
             if mx.stopping.is_set():
                 return
         fault = mx.fault
+        if mx.fault_at is not None and fault in MID_SESSION:
+            self._session(mx)
+            return
         if fault is Fault.NO_GREETING:
             mx.stopping.wait()
             return
         if fault is Fault.GARBAGE:
-            self.wfile.write(b"\x00\xff garbage \x16\x03\x01 not smtp\r\n")
-            self.rfile.readline(4096)
+            self._garbage()
             return
         if fault is Fault.LONG_LINE:
-            self.wfile.write(b"220-" + b"x" * LONG_LINE_BYTES)
-            mx.stopping.wait()
+            self._long_line(b"220-")
             return
         if fault is Fault.REFUSE_GREETING:
             self.wfile.write(b"421 4.3.2 too busy, come back later\r\n")
             return
         self._session(mx)
+
+    def _garbage(self) -> None:
+        """Bytes that are not an SMTP reply; then wait for the client's next line (or EOF)."""
+        self.wfile.write(b"\x00\xff garbage \x16\x03\x01 not smtp\r\n")
+        self.rfile.readline(4096)
+
+    def _long_line(self, start: bytes) -> None:
+        """A reply line far too long, never ended; held until the server stops."""
+        self.wfile.write(start + b"x" * LONG_LINE_BYTES)
+        self.server.mx.stopping.wait()
 
     def _reply(self, line: bytes) -> None:
         mx = self.server.mx
@@ -86,6 +106,8 @@ class _Handler(socketserver.StreamRequestHandler):
                     raise ConnectionAbortedError("server stopping")
                 self.wfile.write(line[index : index + 1])
                 self.wfile.flush()
+                with mx.lock:
+                    mx.trickled += 1
         else:
             self.wfile.write(line)
 
@@ -98,6 +120,15 @@ class _Handler(socketserver.StreamRequestHandler):
             if not line:
                 return
             verb = line[:4].upper()
+            fault = mx.fault
+            if mx.fault_at is not None and verb == mx.fault_at and fault in MID_SESSION:
+                with mx.lock:
+                    mx.faulted += 1
+                if fault is Fault.GARBAGE:
+                    self._garbage()
+                else:
+                    self._long_line(b"250-")
+                return
             if verb in (b"EHLO", b"HELO"):
                 self._reply(b"250-sink.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
             elif verb == b"MAIL":
@@ -169,8 +200,14 @@ class FaultyMx:
         host: str = "127.0.0.1",
         port: int = 0,
         trickle_delay: float = 0.1,
+        fault_at: str | None = None,
     ) -> None:
         self.fault = fault
+        self.fault_at = fault_at.upper().encode() if fault_at is not None else None
+        if self.fault_at is not None and fault not in MID_SESSION:
+            raise ValueError(f"{fault} cannot be moved to {fault_at}")
+        self.faulted = 0  # commands answered with the fault (``fault_at``)
+        self.trickled = 0  # reply bytes sent one at a time (``Fault.TRICKLE``)
         self.trickle_delay = trickle_delay
         self.lock = threading.Lock()
         self.messages: list[Sunk] = []
