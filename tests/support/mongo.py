@@ -1,5 +1,5 @@
 """A MongoDB-wire server for tests: SecantusDB (a test-only dependency) in a child process
-on a loopback port it binds itself (port 0; the port is read from its log), or the real
+on a loopback port it binds itself (port 0; the port is read from its output), or the real
 MongoDB that ``ZONEMTA_TEST_MONGODB_URI`` points at.
 
 Test modules wrap these in their own fixtures, e.g.::
@@ -22,11 +22,11 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 from pymongo import MongoClient
@@ -62,49 +62,34 @@ class SecantusServer:
         if self.running:
             return
         self.storage.mkdir(parents=True, exist_ok=True)
-        logged = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "secantus",
-                    "--standalone",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),  # 0 the first time: the system picks a free port
-                    "--storage-path",
-                    str(self.storage),
-                    "--log-level",
-                    "INFO",  # for the "listening on" line
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "secantus",
+                "--standalone",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),  # 0 the first time: the system picks a free port
+                "--storage-path",
+                str(self.storage),
+                "--log-level",
+                "INFO",  # for the "listening on" line
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        listening = _LogCopier(self._process, self.log_path)
         try:
+            port = listening.port(START_SECONDS)
             if not self.port:
-                self.port = self._listening_port(logged)
+                self.port = port
             wait_until_answering(self.uri, START_SECONDS)
         except Exception as exc:
             self.kill()
             log_text = self.log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"secantus did not start on port {self.port}: {log_text}") from exc
-
-    def _listening_port(self, offset: int) -> int:
-        """The port from this start's "secantus listening on HOST:PORT" log line (the log
-        is appended to across restarts: only what follows ``offset`` counts)."""
-        deadline = time.monotonic() + START_SECONDS
-        while time.monotonic() < deadline:
-            with open(self.log_path, "rb") as log:
-                log.seek(offset)
-                found = LISTENING_RE.search(log.read().decode(errors="replace"))
-            if found is not None:
-                return int(found["port"])
-            if self._process is None or self._process.poll() is not None:
-                raise RuntimeError("secantus exited before it listened")
-            time.sleep(0.05)  # a thread of the test's; the server cannot wake us
-        raise RuntimeError(f"secantus did not say where it listens in {START_SECONDS} s")
 
     def kill(self) -> None:
         """SIGKILL: the database disappears at once (an outage or a crash)."""
@@ -124,6 +109,38 @@ class SecantusServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=30)
+
+
+class _LogCopier:
+    """Copies a server's output to its log file (appended to across restarts) in a thread,
+    and tells :meth:`port` the port of its "secantus listening on HOST:PORT" line as soon as
+    that line is read: the reading thread wakes the test, nothing polls."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self._port: int | None = None
+        self._seen = threading.Event()  # the listening line, or the end of the output
+        assert process.stdout is not None
+        thread = threading.Thread(target=self._copy, args=(process.stdout, log_path))
+        thread.daemon = True
+        thread.start()
+
+    def _copy(self, output: IO[bytes], log_path: Path) -> None:
+        with output, open(log_path, "ab") as log:
+            for line in output:
+                log.write(line)
+                log.flush()
+                found = LISTENING_RE.search(line.decode(errors="replace"))
+                if found is not None and not self._seen.is_set():
+                    self._port = int(found["port"])
+                    self._seen.set()
+        self._seen.set()  # the server exited (or closed its output) without the line
+
+    def port(self, seconds: float) -> int:
+        if not self._seen.wait(seconds):
+            raise RuntimeError(f"secantus did not say where it listens in {seconds} s")
+        if self._port is None:
+            raise RuntimeError("secantus exited before it listened")
+        return self._port
 
 
 def wait_until_answering(uri: str, seconds: float) -> None:
