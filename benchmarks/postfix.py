@@ -18,7 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks import procstat
+from benchmarks import ports, procstat
 
 POSTFIX = "/usr/sbin/postfix"
 #: How long ``postfix stop`` and the master's exit may take before the master is killed.
@@ -89,6 +89,10 @@ class PostfixError(Exception):
     """Postfix is not installed, or the private instance would not start."""
 
 
+class PostfixPortInUse(PostfixError, ports.PortInUse):
+    """The instance's master could not bind its smtpd port: another process has it."""
+
+
 def postfix_available() -> bool:
     """True when Debian's postfix binaries are installed (see install-postfix.sh)."""
     return os.access(POSTFIX, os.X_OK)
@@ -155,16 +159,20 @@ class PostfixInstance:
         )
 
     def start(self) -> None:
-        """Write the config, create the queue, check and start; raises PostfixError."""
+        """Write the config, create the queue, check and start; raises PostfixError, and
+        PostfixPortInUse when the master could not bind ``port`` (``postfix start`` waits
+        for the master's initialisation, so that failure is its exit status)."""
         if not postfix_available():
             raise PostfixError("postfix is not installed: run benchmarks/install-postfix.sh")
         self.write_config()
         for args in (("set-permissions",), ("check",), ("start",)):
             done = self._postfix(*args)
             if done.returncode != 0:
-                raise PostfixError(
-                    f"postfix {' '.join(args)} failed: {done.stderr.strip()} {self._log_tail()}"
-                )
+                problem = f"postfix {' '.join(args)} failed: {done.stderr.strip()} "
+                problem += self._log_tail()
+                if "Address already in use" in problem:
+                    raise PostfixPortInUse(problem)
+                raise PostfixError(problem)
         deadline = time.monotonic() + 10
         while self.master_pid() is None:
             if time.monotonic() > deadline:

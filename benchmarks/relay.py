@@ -303,15 +303,23 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
         host, port, root_pid = ports.LOOPBACK, sink_port, None
         backend_pid: int | None = None
         if system == "postfix":
-            port = ports.free_port()
-            instance = PostfixInstance(
-                workdir,
-                port=port,
-                relay_port=sink_port,
-                message_size_limit=max(10_240_000, params.size * 2 + 1024 * 1024),
-            )
+            size_limit = max(10_240_000, params.size * 2 + 1024 * 1024)
+
+            def start_postfix(picked: int) -> PostfixInstance:
+                instance = PostfixInstance(
+                    workdir, port=picked, relay_port=sink_port, message_size_limit=size_limit
+                )
+                try:
+                    instance.start()
+                except BaseException:
+                    instance.stop()  # nothing of a failed start is left for the next try
+                    raise
+                return instance
+
+            # Postfix must be told its port in master.cf: a picked one, again if taken.
+            instance = ports.start_on_a_picked_port(start_postfix)
             stack.callback(instance.stop)
-            instance.start()
+            port = instance.port
             ports.wait_for_greeting(host, port, READY_TIMEOUT_S)
             root_pid = instance.master_pid()
             notes.append(f"postfix {postfix_version()}")
@@ -320,7 +328,6 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
             root_pid = params.target_pid
             notes.append(f"running relay at {params.target}; it must deliver to the sink port")
         elif system == "zonemta":
-            port = ports.free_port()
             extra = load_toml(params.config) if params.config is not None else None
             mongodb_uri = None
             if params.backend == "mongodb":
@@ -331,7 +338,7 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
                 notes.append(EMULATOR_NOTE)
             config = build_config(
                 queue_dir=workdir / "queue",
-                port=port,
+                port=0,  # the relay binds a port the kernel picks and logs which
                 sink_port=sink_port,
                 delivery_processes=params.delivery_processes,
                 intake_processes=params.intake_processes,
@@ -341,6 +348,7 @@ def run_system(system: str, params: Params, workdir: Path) -> tuple[report.RunRe
             relay = ZonemtaRelay(workdir, config, profile=params.profile)
             stack.callback(relay.stop)
             relay.start()
+            port = relay.wait_ready(READY_TIMEOUT_S)
             ports.wait_for_greeting(host, port, READY_TIMEOUT_S, check=relay.check_running)
             root_pid = relay.pid
         try:

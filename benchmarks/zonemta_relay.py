@@ -1,8 +1,11 @@
 """The relay under test: ``zonemta run -c FILE`` as a subprocess with a generated config.
 
-The harness writes a TOML config that listens on a free loopback port, keeps its queue in the
-run's temp directory and sends everything to the sink through the ``default`` zone (the sink
-is its smart host), merged with the user's ``--config`` file (its tables override). The relay
+The harness writes a TOML config that listens on loopback port 0 (the relay binds a port the
+kernel picks and names it in its ``zonemta ready`` log line, which :meth:`ZonemtaRelay.wait_ready`
+reads), keeps its queue in the run's temp directory and sends everything to the sink through
+the ``default`` zone (the sink is its smart host, an address: no DNS lookup), with ``[dns]``
+pointed at a loopback port where nothing answers so the relay never reads the machine's
+``resolv.conf``; merged with the user's ``--config`` file (its tables override). The relay
 runs in its own process group; :meth:`ZonemtaRelay.stop` sends SIGTERM, waits up to 15 s,
 then kills the group.
 
@@ -15,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +33,11 @@ from typing import Any
 STOP_GRACE_S = 15.0
 #: The database of the ``--backend mongodb`` queue (the server is the run's own).
 MONGODB_DATABASE = "zonemta_bench"
+#: Where the generated config sends DNS queries: a loopback port where nothing answers (the
+#: sink is an address, so no lookup is needed; one that happens fails at once).
+NO_DNS = {"nameservers": ["127.0.0.1:1"], "timeout": "1s"}
+#: The relay's INFO line once every interface listens: ``SMTP name=port, ...; HTTP API ...``.
+READY_RE = re.compile(r"zonemta ready: SMTP (?P<smtp>[^;]*);")
 
 _LAUNCHER = """\
 import signal, sys
@@ -70,8 +80,11 @@ def build_config(
 ) -> dict[str, Any]:
     """The relay config for one run, with ``extra`` (a parsed TOML file) merged over it.
 
-    ``[intake] processes`` is written only when ``intake_processes`` is given, so the
-    harness also runs a zonemta that does not know the setting. With ``mongodb_uri`` the
+    ``port`` 0 lets the relay bind a port the kernel picks (see :meth:`ZonemtaRelay.wait_ready`).
+    ``[dns]`` goes to a loopback port where nothing answers: a ``--config`` that routes by
+    host name must give its own. ``[intake] processes`` is written only when
+    ``intake_processes`` is given, so the harness also runs a zonemta that does not know the
+    setting. With ``mongodb_uri`` the
     queue is ``backend = "mongodb"`` in the database ``zonemta_bench`` of that server.
     """
     queue: dict[str, Any] = {"path": str(queue_dir)}
@@ -83,6 +96,7 @@ def build_config(
         "api": {"host": "127.0.0.1", "port": 0},
         "queue": queue,
         "delivery": {"processes": delivery_processes},
+        "dns": dict(NO_DNS),
         "zones": {
             "default": {"host": "127.0.0.1", "port": sink_port, "connections": 20},
         },
@@ -222,6 +236,34 @@ class ZonemtaRelay:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
+
+    def wait_ready(self, timeout: float) -> int:
+        """Block until the relay logs ``zonemta ready``; returns the port of its ``feeder``
+        interface as that line names it (the generated config asks for port 0).
+
+        A configured non-zero ``[smtp.feeder] port`` is returned as it is, without the line
+        (a ``--config`` whose ``[log] level`` hides INFO lines must name its port).
+        Raises ZonemtaError when the relay exits first or has no ``feeder``, TimeoutError
+        after ``timeout`` seconds.
+        """
+        feeder = self.config.get("smtp", {}).get("feeder", {})
+        if feeder.get("port"):
+            return int(feeder["port"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_running()
+            try:
+                found = READY_RE.search(self.log_path.read_text(errors="replace"))
+            except OSError:
+                found = None
+            if found is not None:
+                items = (item.partition("=") for item in found["smtp"].split(", "))
+                ports = {name.strip(): port for name, _, port in items}
+                if not ports.get("feeder", "").strip().isdigit():
+                    raise ZonemtaError(f"no feeder port in {found[0]!r}")
+                return int(ports["feeder"])
+            time.sleep(0.05)  # the relay's log: nothing here can wake us
+        raise TimeoutError(f"zonemta did not log 'zonemta ready' within {timeout} s")
 
     def check_running(self) -> None:
         """Raise ZonemtaError (with the log's tail) when the relay has exited."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # benchmarks/ is a top-level package beside src/
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import procstat, relay, report  # noqa: E402
+from benchmarks import ports, procstat, relay, report  # noqa: E402
 from benchmarks.inject import LINE, Injector, LoadPlan, iter_body, message_head  # noqa: E402
 from benchmarks.sink import find_bench_id, handle_session, recipient_id, serve_sink  # noqa: E402
 from benchmarks.sinkctl import SinkProcess  # noqa: E402
@@ -369,6 +370,63 @@ def test_zonemta_accepts_the_generated_mongodb_config() -> None:
     )
     assert config.queue.backend is QueueBackend.MONGODB
     assert config.queue.mongodb_uri == uri
+
+
+def test_the_generated_config_never_reads_the_machines_resolver() -> None:
+    from zonemta.conf import config_from_dict
+
+    config = config_from_dict(build_config(queue_dir=Path("/q"), port=0, sink_port=2))
+    assert config.dns.parsed_nameservers()  # none would mean /etc/resolv.conf
+    assert all(host.startswith("127.") for host, _port in config.dns.parsed_nameservers())
+    assert config.smtp["feeder"].port == 0  # the relay picks its port and logs it
+
+
+def test_a_server_told_its_port_gets_another_when_the_port_was_taken() -> None:
+    sockets: list[socket.socket] = []
+    tried: list[int] = []
+
+    def start(port: int) -> socket.socket:
+        tried.append(port)
+        if len(tried) == 1:  # another process binds the picked port first
+            thief = socket.socket()
+            sockets.append(thief)
+            thief.bind((ports.LOOPBACK, port))
+        server = socket.socket()
+        sockets.append(server)
+        try:
+            server.bind((ports.LOOPBACK, port))
+        except OSError as exc:
+            raise ports.PortInUse(f"port {port}: {exc}") from exc
+        return server
+
+    try:
+        server = ports.start_on_a_picked_port(start)
+        assert len(tried) == 2
+        assert server.getsockname() == (ports.LOOPBACK, tried[1]) != (ports.LOOPBACK, tried[0])
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_picking_ports_gives_up_and_lets_other_errors_through() -> None:
+    calls: list[int] = []
+
+    def always_taken(port: int) -> None:
+        calls.append(port)
+        raise ports.PortInUse(f"port {port} taken")
+
+    with pytest.raises(ports.PortInUse, match="3 tries"):
+        ports.start_on_a_picked_port(always_taken, attempts=3)
+    assert len(calls) == 3
+
+    def broken(port: int) -> None:
+        calls.append(port)
+        raise RuntimeError("no such tool")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="no such tool"):
+        ports.start_on_a_picked_port(broken)
+    assert len(calls) == 1
 
 
 _TREE_HELPER = textwrap.dedent(
