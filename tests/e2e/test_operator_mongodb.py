@@ -28,7 +28,7 @@ from tests.support.relay import (
 )
 from zonemta.conf import Config
 from zonemta.engine.bus import Event, Subscription
-from zonemta.engine.delivery.scheduler import SHARED_RATE_USED
+from zonemta.engine.delivery.shared_rate import SHARED_RATE_USED
 from zonemta.engine.why import trio_to_epoch
 
 MESSAGE = b"From: s@origin.test\r\nSubject: shared rate\r\n\r\nbody\r\n"
@@ -61,7 +61,10 @@ async def until_refused(subscriptions: list[Subscription]) -> tuple[int, int]:
         nonlocal delivered
         async for event in subscription.receive:
             delivered += event.to_state == "delivered"
-            if event.to_state == "queued" and event.response == SHARED_RATE_USED:
+            if event.to_state == "queued" and (event.details or {}).get("release") == (
+                "shared_rate"
+            ):
+                assert event.response == SHARED_RATE_USED
                 refused.append(index)
             if delivered >= 3 and refused:
                 nursery.cancel_scope.cancel()

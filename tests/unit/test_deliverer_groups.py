@@ -95,6 +95,8 @@ async def test_checked_rows_leave_the_group_and_each_row_has_its_outcome(
     final = {e.recipient: (e.to_state, e.response) for e in events if e.type == "delivery"}
     held_state, held_reason = final.pop("a@held.test")
     assert held_state == "queued" and "held by suspension" in (held_reason or "")
+    releases = [e.details for e in events if e.details and "release" in e.details]
+    assert releases == [{"trigger": "release", "release": "suspended"}]  # only the release's
     assert final == {
         "b@x.test": ("delivered", "250 ok"),
         "gone@x.test": ("bounced", "recipient is on the suppression list"),

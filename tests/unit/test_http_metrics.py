@@ -8,10 +8,8 @@ import attrs
 from prometheus_client.parser import text_string_to_metric_families
 
 from zonemta.engine.bus import Event, EventBus
-from zonemta.engine.delivery.attempt import WARMUP_USED
 from zonemta.engine.delivery.connections import ZoneConnections
-from zonemta.engine.delivery.scheduler import SHARED_RATE_USED
-from zonemta.engine.delivery.shared_connections import SHARED_CONNECTIONS_USED
+from zonemta.engine.delivery.outcome import ReleaseReason
 from zonemta.engine.ids import QueueIdGenerator
 from zonemta.http.metrics import Metrics, queued_at
 from zonemta.store import ZoneCounts
@@ -111,32 +109,29 @@ def test_a_lease_given_back_is_no_outcome_whichever_state_it_returns_to() -> Non
         assert sample(metrics, "zonemta_delivery_status_total", result=result, zone="default") == 0
 
 
-def test_releases_are_counted_by_their_reason() -> None:
+def test_releases_are_counted_by_the_code_their_event_carries() -> None:
+    """The label is the event's ``release`` detail (the Deliverer's ReleaseReason), never
+    read from the response: a release without a known code (a plugin's) is ``other``."""
     metrics = Metrics(zones=["default"], pools={})
     mid = QueueIdGenerator(lambda: 1000.0).next_id()
-    responses = [
-        SHARED_RATE_USED,
-        SHARED_CONNECTIONS_USED,
-        SHARED_CONNECTIONS_USED,
-        WARMUP_USED,
-        "held by suspension 0a1b: domain x.test; by ops",
-        "released at shutdown",
-        "something new",
+    releases: list[tuple[str | None, str]] = [
+        ("shared_rate", "any text"),
+        ("shared_connections", "any text"),
+        ("shared_connections", "released at shutdown"),  # the code wins over the text
+        ("warmup", ""),
+        ("suspended", "held by suspension 0a1b: domain x.test; by ops"),
+        ("shutdown", "released at shutdown"),
+        (None, "released at shutdown"),  # no code: not guessed from the text
+        ("something new", "x"),
     ]
-    for seq, response in enumerate(responses):
+    for seq, (code, response) in enumerate(releases):
         metrics.on_event(delivery(mid, seq, "queued", "locked", 1000.0))
+        details = {"trigger": "release"} | ({} if code is None else {"release": code})
         released = delivery(mid, seq, "locked", "queued", 1001.0)
-        metrics.on_event(attrs.evolve(released, response=response, details={"trigger": "release"}))
+        metrics.on_event(attrs.evolve(released, response=response, details=details))
     counted = {
         reason: sample(metrics, "zonemta_deliveries_released_total", zone="default", reason=reason)
-        for reason in (
-            "shared_rate",
-            "shared_connections",
-            "warmup",
-            "suspended",
-            "shutdown",
-            "other",
-        )
+        for reason in [*ReleaseReason, "other"]
     }
     assert counted == {
         "shared_rate": 1,
@@ -144,5 +139,9 @@ def test_releases_are_counted_by_their_reason() -> None:
         "warmup": 1,
         "suspended": 1,
         "shutdown": 1,
-        "other": 1,
+        "other": 2,
     }
+    assert (
+        sample(metrics, "zonemta_deliveries_released_total", zone="default", reason="something new")
+        is None
+    )

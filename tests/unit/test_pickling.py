@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 from zonemta.engine.bus import Event
-from zonemta.engine.delivery.outcome import Outcome
+from zonemta.engine.delivery.outcome import Outcome, ReleaseReason
 from zonemta.engine.processes import frames
 from zonemta.engine.processes.pipe import Frame
 from zonemta.pickling import pickle_by_fields
@@ -78,7 +78,8 @@ def test_a_commit_and_its_records_survive_the_pipe() -> None:
     commit = frames.Commit(1, record, (NewDelivery(2, "u@d.test", "d.test", "z", 2.0),), b"t")
     row = Delivery("m1", 2, "u@d.test", "d.test", "z", RowState.LOCKED, 1, 1.0, 2.0, None, "x")
     outcome = Outcome(Trigger.TRANSIENT_FAILURE, "451 later", FailureCategory.NETWORK)
-    for obj in (commit, row, outcome, Event("delivery", "m1", 3.0, seq=2)):
+    released = Outcome(Trigger.RELEASE, "held by suspension 0a1b", None, ReleaseReason.SUSPENDED)
+    for obj in (commit, row, outcome, released, Event("delivery", "m1", 3.0, seq=2)):
         copy = pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
         assert copy == obj
     assert isinstance(commit, Frame)

@@ -17,6 +17,7 @@ import trio.testing
 from zonemta.conf import config_from_dict
 from zonemta.engine.bus import EventBus
 from zonemta.engine.delivery.machine import DeliveryMachine
+from zonemta.engine.delivery.outcome import ReleaseReason
 from zonemta.engine.delivery.scheduler import ZoneScheduler
 from zonemta.engine.delivery.transmit import ZoneRoute
 from zonemta.engine.delivery.zones import DomainPolicy
@@ -76,7 +77,9 @@ class RecordingDeliverer:
         for machine in machines:
             await self.store.complete(machine.row.key, owner=OWNER)
 
-    async def release(self, machine: DeliveryMachine, reason: str = "") -> None:
+    async def release(
+        self, machine: DeliveryMachine, reason: ReleaseReason, text: str | None = None
+    ) -> None:
         await self.store.release(
             machine.row.key, owner=OWNER, next_attempt=0.0, state=RowState.QUEUED
         )

@@ -22,9 +22,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from zonemta.engine.bus import Event
-from zonemta.engine.delivery.attempt import WARMUP_USED
-from zonemta.engine.delivery.scheduler import SHARED_RATE_USED
-from zonemta.engine.delivery.shared_connections import SHARED_CONNECTIONS_USED
+from zonemta.engine.delivery.outcome import ReleaseReason
 from zonemta.store import ZoneCounts
 
 #: Delivery states that end an attempt, and the ``result`` label they count as.
@@ -49,23 +47,16 @@ QUEUE_TIME_BUCKETS = (
 ATTEMPT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # An attempt starts when the delivery leaves ``locked`` towards the network.
 _ATTEMPT_STARTS = {"resolving", "sending"}
-#: Why a lease was given back without an attempt (the ``reason`` label), by the release's
-#: response: exact texts, then prefixes.
-_RELEASE_REASONS = {
-    SHARED_RATE_USED: "shared_rate",
-    SHARED_CONNECTIONS_USED: "shared_connections",
-    WARMUP_USED: "warmup",
-}
-_RELEASE_PREFIXES = (("held by suspension", "suspended"), ("released at shutdown", "shutdown"))
+#: The ``reason`` labels a release may carry (its event's ``release`` detail); any other
+#: (an event without one, e.g. from a plugin) counts as ``other``.
+_RELEASE_REASONS = frozenset(reason.value for reason in ReleaseReason)
 
 
-def release_reason(response: str | None) -> str:
-    """The ``reason`` label of a release whose event carries ``response``."""
-    text = response or ""
-    found = _RELEASE_REASONS.get(text)
-    if found is not None:
-        return found
-    return next((label for prefix, label in _RELEASE_PREFIXES if text.startswith(prefix)), "other")
+def release_reason(details: Mapping[str, object] | None) -> str:
+    """The ``reason`` label of a release whose event carries ``details``: the code the
+    Deliverer published as ``release`` (``ReleaseReason``), else ``other``."""
+    code = details.get("release") if details else None
+    return code if isinstance(code, str) and code in _RELEASE_REASONS else "other"
 
 
 def queued_at(message_id: str) -> float | None:
@@ -257,7 +248,7 @@ class Metrics:
             if state in ("queued", "deferred"):  # released unattempted: no outcome
                 self._attempts.pop(key, None)
                 if trigger in _RELEASES:
-                    self.released.labels(event.zone or "", release_reason(event.response)).inc()
+                    self.released.labels(event.zone or "", release_reason(event.details)).inc()
             return
         zone = event.zone or ""
         self.delivery_status.labels(result, zone).inc()

@@ -26,8 +26,10 @@ from zonemta.engine.delivery.blacklist import Blacklist
 from zonemta.engine.delivery.effects import EffectApplier
 from zonemta.engine.delivery.machine import DeliveryMachine
 from zonemta.engine.delivery.messages import MessageCache
-from zonemta.engine.delivery.outcome import Outcome
+from zonemta.engine.delivery.outcome import Outcome, ReleaseReason
 from zonemta.engine.delivery.retry import RetryPolicy
+from zonemta.engine.delivery.shared_connections import SHARED_CONNECTIONS_USED
+from zonemta.engine.delivery.shared_rate import SHARED_RATE_USED
 from zonemta.engine.delivery.suspensions import Suspensions, describe
 from zonemta.engine.delivery.transmit import Sender
 from zonemta.engine.delivery.warmup import WarmupCaps
@@ -41,6 +43,15 @@ log = logging.getLogger(__name__)
 
 PROCESS_LOST = "delivery process exited during the attempt"
 WARMUP_USED = "every source address has used its warm-up cap today"
+RELEASED_AT_SHUTDOWN = "released at shutdown"
+#: The response of a release, by its reason (a suspension's names the suspension).
+RELEASE_TEXTS = {
+    ReleaseReason.SHUTDOWN: RELEASED_AT_SHUTDOWN,
+    ReleaseReason.SUSPENDED: "held by suspension",
+    ReleaseReason.WARMUP: WARMUP_USED,
+    ReleaseReason.SHARED_RATE: SHARED_RATE_USED,
+    ReleaseReason.SHARED_CONNECTIONS: SHARED_CONNECTIONS_USED,
+}
 
 
 class Deliverer:
@@ -97,10 +108,14 @@ class Deliverer:
     def destination_of(self, row: Delivery) -> str:
         return self.sender.destination_of(row)
 
-    async def release(self, machine: DeliveryMachine, reason: str = "released at shutdown") -> None:
+    async def release(
+        self, machine: DeliveryMachine, reason: ReleaseReason, text: str | None = None
+    ) -> None:
         """Give the lease back without an attempt (cancelled before the attempt began, or
-        held back by a limit)."""
-        await self._finish(machine, released(machine.row, reason))
+        held back by a limit): ``reason`` is why (the event's ``release`` detail), ``text``
+        its response (by default the reason's, ``RELEASE_TEXTS``)."""
+        response = RELEASE_TEXTS[reason] if text is None else text
+        await self._finish(machine, released(machine.row, reason, response))
 
     async def deliver(self, machines: Sequence[DeliveryMachine]) -> None:
         """Attempt the leased deliveries (one message, one destination: one transaction)
@@ -115,7 +130,8 @@ class Deliverer:
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
                 for machine in machines:
-                    await self._finish(machine, released(machine.row, "released at shutdown"))
+                    outcome = released(machine.row, ReleaseReason.SHUTDOWN, RELEASED_AT_SHUTDOWN)
+                    await self._finish(machine, outcome)
             raise
         except Exception as exc:  # never lose a delivery to a bug: defer it
             row = machines[0].row
@@ -135,8 +151,8 @@ class Deliverer:
         for index, machine in enumerate(machines):
             held = self.suspensions.holding(machine.row) if self.suspensions is not None else None
             if held is not None:  # suspended after it was leased: wait, nothing counted
-                reason = f"held by suspension {held.id}: {describe(held)}"
-                outcomes[index] = released(machine.row, reason)
+                text = f"held by suspension {held.id}: {describe(held)}"
+                outcomes[index] = released(machine.row, ReleaseReason.SUSPENDED, text)
         if len(outcomes) == len(machines):
             return [outcomes[index] for index in range(len(machines))]
         message = await self.messages.get(machines[0].row.message_id)
@@ -148,7 +164,9 @@ class Deliverer:
         going = [index for index in range(len(machines)) if index not in outcomes]
         ramps = self.warmup is not None and self.warmup.ramps
         if going and ramps and not await self._count_warmup([machines[i].row for i in going]):
-            outcomes.update((i, released(machines[i].row, WARMUP_USED)) for i in going)
+            outcomes.update(
+                (i, released(machines[i].row, ReleaseReason.WARMUP, WARMUP_USED)) for i in going
+            )
             going = []  # they wait for the next day
         if going:
             assert message is not None
@@ -206,14 +224,23 @@ class Deliverer:
         row_transition: Transition = machine.advance(outcome.trigger)
         await self.effects.apply(machine, row_transition, outcome)
         self.messages.attempted(machine.row.message_id)
-        machine.publish(row_transition, response=outcome.response, category=outcome.category)
+        if outcome.release is None:
+            machine.publish(row_transition, response=outcome.response, category=outcome.category)
+        else:  # why the lease was given back (the metrics' reason label)
+            machine.publish(
+                row_transition,
+                response=outcome.response,
+                category=outcome.category,
+                release=outcome.release.value,
+            )
         log_outcome(machine.row, machine, outcome)
 
 
-def released(row: Delivery, reason: str) -> Outcome:
-    """The outcome of a lease given back without an attempt: the table returns the row to
-    the state it waited in (``release_trigger``)."""
-    return Outcome(release_trigger(row.attempts), reason)
+def released(row: Delivery, reason_code: ReleaseReason, text: str) -> Outcome:
+    """The outcome of a lease given back without an attempt, for ``reason_code`` (``text``
+    is its response): the table returns the row to the state it waited in
+    (``release_trigger``)."""
+    return Outcome(release_trigger(row.attempts), text, release=reason_code)
 
 
 def log_outcome(row: Delivery, machine: DeliveryMachine, outcome: Outcome) -> None:

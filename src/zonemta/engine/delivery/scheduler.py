@@ -28,7 +28,8 @@ import trio
 from zonemta.engine.bus import EventBus
 from zonemta.engine.delivery.attempt import Deliverer
 from zonemta.engine.delivery.machine import DeliveryMachine
-from zonemta.engine.delivery.shared_connections import SHARED_CONNECTIONS_USED, SharedConnections
+from zonemta.engine.delivery.outcome import ReleaseReason
+from zonemta.engine.delivery.shared_connections import SharedConnections
 from zonemta.engine.delivery.shared_rate import SharedRates
 from zonemta.engine.delivery.suspensions import Suspensions
 from zonemta.engine.delivery.warmup import WarmupCaps
@@ -39,7 +40,6 @@ from zonemta.store import Delivery, DeliveryKey, Store, StoreError
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 5.0
-SHARED_RATE_USED = "the rate's window is used up by the instances sharing the store"
 STORE_ERROR_BACKOFF = 1.0
 
 
@@ -335,7 +335,9 @@ class ZoneScheduler:
                     cool = SharedConnections.cool_down()
                     self._cooling[destination] = trio.current_time() + cool
                     while waiting:
-                        await self.deliverer.release(waiting.pop(0), SHARED_CONNECTIONS_USED)
+                        await self.deliverer.release(
+                            waiting.pop(0), ReleaseReason.SHARED_CONNECTIONS
+                        )
                     return
                 started = True
                 self._sending[destination] = self._sending.get(destination, 0) + 1
@@ -351,7 +353,7 @@ class ZoneScheduler:
             if not started:  # deliver() releases its own leases when cancelled
                 with trio.CancelScope(shield=True):
                     for machine in waiting:
-                        await self.deliverer.release(machine)
+                        await self.deliverer.release(machine, ReleaseReason.SHUTDOWN)
             raise
         finally:
             for machine in machines:
@@ -384,7 +386,7 @@ class ZoneScheduler:
                 bucket.give_back()  # used up across instances: wait
                 used_up.add(rate_key)
             waiting.remove(machine)
-            await self.deliverer.release(machine, SHARED_RATE_USED)
+            await self.deliverer.release(machine, ReleaseReason.SHARED_RATE)
 
     def _over_shared_limit(self, destination: str) -> bool:
         """Whether one more attempt to ``destination`` here would take its deliveries here

@@ -21,6 +21,8 @@ from zonemta.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
+SHARED_RATE_USED = "the rate's window is used up by the instances sharing the store"
+
 
 class SharedRates:
     def __init__(self, store: Store, *, clock: Callable[[], float]) -> None:
