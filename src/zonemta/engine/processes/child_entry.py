@@ -7,6 +7,7 @@ the relay goes away.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -51,6 +52,10 @@ def child_main(argv: list[str], run: Callable[[int], Awaitable[None]], module: s
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the relay stops us through the pipe
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # As in the relay's process (cli.py): what is imported now lives as long as the
+    # process, and a message's many short-lived objects are almost never in cycles.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     try:
         trio.run(run, int(argv[1]))
     except (trio.BrokenResourceError, ConnectionError):
