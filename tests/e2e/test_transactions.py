@@ -133,3 +133,45 @@ async def test_refused_recipients_get_their_own_outcomes(tmp_path: Path, process
     assert asked.count("later@one.test") == 2 and asked.count("nobody@one.test") == 1
     (dsn,) = [m for m in mx.received() if m.recipients == ("s@origin.test",)]
     assert b"nobody@one.test" in dsn.content and b"a@one.test" not in dsn.content
+
+
+@PROCESSES
+async def test_parts_for_different_hosts_go_at_once_each_reading_the_whole_body(
+    tmp_path: Path, mx: TestMx, processes: int
+) -> None:
+    """A route hook sends b's delivery to a slow fixed MX; c's, of the same message and the
+    same lease, goes to the zone's smart host. c must not wait for b's transaction, and
+    both get the whole body, which is too large to be kept in memory (with a delivery
+    process it is pulled from the relay as two body streams at the same time)."""
+    body = b"".join(b"line %06d of a body streamed from the store\r\n" % i for i in range(4000))
+    content = MESSAGE.replace(b"one body for every recipient\r\n", body)
+    assert len(content) > 64 * 1024  # larger than what the intake keeps in memory
+    with TestMx(data_delay=lambda recipient: 2.0) as slow:
+        config = relay_config(
+            tmp_path / "q",
+            delivery={"processes": processes},
+            zones={"default": {"host": "127.0.0.1", "port": mx.port}},
+            plugins={
+                "route": {
+                    "module": "tests.support.route_plugin",
+                    "domain": "slow.test",
+                    "mx": f"127.0.0.1:{slow.port}",
+                }
+            },
+        )
+        async with running_relay(config) as (relay, info):
+            events = relay.bus.subscribe()
+            recipients = ["b@slow.test", "c@fast.test"]
+            message_id = await submit_async(
+                info.smtp_ports["feeder"], "s@origin.test", recipients, content
+            )
+            seen = await collect_until(events, lambda got: len(of(got, message_id)) == 2)
+    assert {e.to_state for e in of(seen, message_id).values()} == {"delivered"}
+    leased = [e for e in seen if e.id == message_id and e.to_state == "locked"]
+    assert len(leased) == 2  # one lease each, no retry
+    (fast,), (late,) = mx.received(), slow.received()
+    assert (fast.recipients, late.recipients) == (("c@fast.test",), ("b@slow.test",))
+    assert fast.content.endswith(body) and late.content.endswith(body)
+    # The slow MX takes b's message 2 s after its DATA began; c's was taken before that
+    # (one after the other, c would have started only once b's transaction had ended).
+    assert fast.time < late.time - 1.0

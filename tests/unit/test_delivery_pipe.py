@@ -85,8 +85,8 @@ FRAMES: list[Frame] = [
         ),
         {},
     ),
-    Chunk(7, None),
-    More(7, True),
+    Chunk(7, 2, None),
+    More(7, 2),
     Admit(3, "feeder", "127.0.0.1"),
     Reply(3, None),
 ]
@@ -127,7 +127,7 @@ async def test_framed_pipe_over_a_socket_pair_sends_in_order_then_eof() -> None:
     left, right = trio.socket.socketpair()
     sender = FramedPipe(trio.SocketStream(left))
     receiver = FramedPipe(trio.SocketStream(right))
-    big = Chunk(1, b"y" * (1 << 20))  # larger than one read
+    big = Chunk(1, 0, b"y" * (1 << 20))  # larger than one read
     received = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender.run_writer)
@@ -205,7 +205,7 @@ async def test_the_relay_fires_reported_steps_and_takes_the_outcome() -> None:
         {"trigger": "resolve", "hosts": ["a"]},
         0,
     )
-    process.dispatch(More(1, True))
+    process.dispatch(More(1, 0))
     outcome = Outcome(Trigger.TRANSIENT_FAILURE, "451 later", FailureCategory.GREYLIST)
     accepted = Outcome(Trigger.ACCEPTED, "250 ok")
     done = (RowOutcome(outcome, "mx.test", "10.0.0.1"), RowOutcome(accepted, "mx.test", None))

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Protocol
 
 import attrs
+import trio
 
 from zonemta.dkim.signer import DkimSigner
 from zonemta.engine.bounces.classifier import BounceClassifier
@@ -22,6 +21,7 @@ from zonemta.engine.delivery.connections import Slot, ZoneConnections
 from zonemta.engine.delivery.machine import MachineBase, MachineGroup
 from zonemta.engine.delivery.outcome import Outcome
 from zonemta.engine.delivery.pools import PoolAddress
+from zonemta.engine.delivery.received import received_header
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.delivery.zones import DomainPolicy, SourceAddresses
 from zonemta.engine.hooks import (
@@ -90,24 +90,13 @@ class BlacklistView(Protocol):
     def disabled_for(self, domain: str) -> frozenset[str]: ...
 
 
-def received_header(
-    message: MessageRecord, row: Delivery, hostname: str, *, single: bool = True
-) -> bytes:
-    """The Received trace field for this delivery (RFC 5321 4.4), never stored. The FOR
-    clause names the recipient only when the transaction has one (``single``); the id is
-    the (first) delivery's."""
-    meta = message.meta
-    helo = meta.helo or "unknown"
-    client = meta.client_address
-    transtype = meta.transtype or "ESMTP"
-    user = meta.user
-    when = format_datetime(datetime.fromtimestamp(message.received_at, UTC))
-    parts = [f"Received: from {helo} ([{client}])" if client else f"Received: from {helo}"]
-    if user:
-        parts.append(f"\t(Authenticated sender: {user})")
-    by = f"\tby {hostname} (zonemta) with {transtype} id {message.id}.{row.seq:03x}"
-    parts += [by, f"\tfor <{row.recipient}>; {when}"] if single else [f"{by}; {when}"]
-    return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a (nested) group: a nursery's cancellation, re-raised as the
+    plain ``trio.Cancelled`` the callers handle."""
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 class Sender:
@@ -180,9 +169,11 @@ class Sender:
         machine, in order. The recipients that leave from the same local address to the
         same host go in one SMTP transaction; a plugin's routing (``fetch``,
         ``before_connect``) can part them, and ``send_headers`` hooks (which edit the
-        headers per delivery) give each its own. Failures of DNS and SMTP become outcomes;
-        anything else (a plugin's exception, a bug) propagates, and the caller defers the
-        deliveries."""
+        headers per delivery) give each its own; parts for different hosts are sent at the
+        same time. Failures of DNS and SMTP become outcomes, and so does anything else raised
+        while a part is sent (a plugin's exception, a bug: that part is deferred as an
+        internal error); an exception of the ``fetch`` or ``before_connect`` hooks
+        propagates, and the caller defers the deliveries."""
         rows = [machine.row for machine in machines]
         outcomes: dict[int, Outcome] = {}
         # (local address, fixed MX) -> the deliveries that go that way, in one transaction
@@ -194,10 +185,36 @@ class Sender:
                 continue
             part = index if self.hooks.send_headers else prepared
             parts.setdefault(part, (prepared, []))[1].append(index)
+        # Parts for different hosts go at the same time (a slow or stalled host must not
+        # hold the others back); parts for the same host one after another, as the
+        # scheduler counted one connection to it for the group.
+        by_host: dict[str, list[tuple[PoolAddress, str | None, list[int]]]] = {}
         for (source, fixed_mx), indexes in parts.values():
-            group = MachineGroup([machines[i] for i in indexes], rows)
-            sent = await self._transmit_on(group, message, body, source, fixed_mx)
-            outcomes.update(zip(indexes, sent, strict=True))
+            host = fixed_mx or self.destination_of(rows[indexes[0]])
+            by_host.setdefault(host, []).append((source, fixed_mx, indexes))
+
+        async def send_parts(host_parts: list[tuple[PoolAddress, str | None, list[int]]]) -> None:
+            for source, fixed_mx, indexes in host_parts:
+                group = MachineGroup([machines[i] for i in indexes], rows)
+                try:
+                    sent = await self._transmit_on(group, message, body, source, fixed_mx)
+                except Exception as exc:  # a plugin's or our bug: this part only is deferred
+                    log.exception("delivery %s.%03x failed unexpectedly", message.id, group.row.seq)
+                    error = f"internal error: {exc!r}"
+                    sent = [
+                        self.temporary(rows[i], error, FailureCategory.INTERNAL) for i in indexes
+                    ]
+                outcomes.update(zip(indexes, sent, strict=True))
+
+        if len(by_host) == 1:
+            await send_parts(next(iter(by_host.values())))
+        else:
+            try:
+                async with trio.open_nursery() as nursery:
+                    for host_parts in by_host.values():
+                        nursery.start_soon(send_parts, host_parts)
+            except BaseExceptionGroup as group:  # only cancellation gets out of send_parts
+                raise _first_leaf(group) from None
         return [outcomes[index] for index in range(len(machines))]
 
     async def _prepare(

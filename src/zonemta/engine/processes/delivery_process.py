@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from itertools import count
 
 import attrs
@@ -128,26 +128,26 @@ class DeliveryProcess(ChildProcess):
         disabled = {row.domain: self.blacklist.disabled_for(row.domain) for row in rows}
         states = tuple(machine.state for machine in machines)
         pipe.send(Attempt(rid, rows[0].zone, rows, message, body, disabled, states))
-        chunks = None
+        streams: dict[int, AsyncGenerator[bytes, None]] = {}  # body readers, by stream
         try:
             async for frame in receive:
                 if not isinstance(frame, More):  # Done or _Lost
                     break
-                if frame.first and chunks is not None:  # from the start again
-                    await chunks.aclose()
-                    chunks = None
+                chunks = streams.get(frame.stream)
                 if chunks is None:
-                    chunks = messages.body(message)
+                    chunks = streams[frame.stream] = messages.body(message)
                 chunk = await anext(chunks, None)
+                if chunk is None:
+                    await streams.pop(frame.stream).aclose()
                 if self.pipe is pipe:
-                    pipe.send(Chunk(rid, chunk))
+                    pipe.send(Chunk(rid, frame.stream, chunk))
         except BaseException:
             if self._pending.pop(rid, None) is not None and self.pipe is pipe:
                 pipe.send(Cancel(rid))
             raise
         finally:
             self._pending.pop(rid, None)
-            if chunks is not None:
+            for chunks in streams.values():
                 await chunks.aclose()
         return pending.outcomes
 

@@ -16,6 +16,7 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator
+from itertools import count
 from typing import Any
 
 import trio
@@ -132,7 +133,9 @@ class Worker:
         self.senders = senders
         self.blacklist = blacklist
         self._scopes: dict[int, trio.CancelScope] = {}
-        self._chunks: dict[int, trio.MemorySendChannel[bytes | None]] = {}
+        # the body streams being read from the relay, by (attempt, stream)
+        self._chunks: dict[tuple[int, int], trio.MemorySendChannel[bytes | None]] = {}
+        self._streams = count()
 
     async def serve(self, frames: AsyncIterator[Frame]) -> None:
         async with trio.open_nursery() as services:
@@ -150,8 +153,8 @@ class Worker:
         match frame:
             case Attempt():
                 attempts.start_soon(self._attempt, frame)
-            case Chunk(rid=rid, data=data):
-                channel = self._chunks.get(rid)
+            case Chunk(rid=rid, stream=stream, data=data):
+                channel = self._chunks.get((rid, stream))
                 if channel is not None:
                     channel.send_nowait(data)
             case Cancel(rid=rid):
@@ -189,7 +192,6 @@ class Worker:
                 ]
             finally:
                 del self._scopes[rid]
-                self._chunks.pop(rid, None)
             done = tuple(
                 RowOutcome(outcome, m.mx, m.local_address)
                 for m, outcome in zip(machines, outcomes, strict=True)
@@ -197,18 +199,21 @@ class Worker:
             self.pipe.send(Done(rid, done, {zone: _figures(sender)}))
 
     async def _pull(self, rid: int) -> AsyncIterator[bytes]:
-        """The body from the relay, chunk by chunk; each call starts at the beginning (a
-        transaction retried on a fresh connection sends the body again)."""
+        """The body from the relay, chunk by chunk. Each call is a stream of its own that
+        starts at the beginning (a transaction retried on a fresh connection sends the body
+        again; parts of a group going to different hosts send it at the same time)."""
+        key = (rid, next(self._streams))
         send, receive = trio.open_memory_channel[bytes | None](math.inf)
-        self._chunks[rid] = send
-        first = True
-        while True:
-            self.pipe.send(More(rid, first))
-            first = False
-            chunk = await receive.receive()
-            if chunk is None:
-                return
-            yield chunk
+        self._chunks[key] = send
+        try:
+            while True:
+                self.pipe.send(More(rid, key[1]))
+                chunk = await receive.receive()
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            self._chunks.pop(key, None)
 
     async def _report_stats(self) -> None:
         last: dict[str, tuple[int, int]] = {}

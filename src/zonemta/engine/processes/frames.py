@@ -99,9 +99,11 @@ class Attempt(Frame):
 @pickle_by_fields
 @attrs.frozen
 class Chunk(Frame):
-    """Relay → delivery process: the next piece of the body (None: the end)."""
+    """Relay → delivery process: the next piece of body stream ``stream`` (None: the
+    end)."""
 
     rid: int
+    stream: int
     data: bytes | None
 
 
@@ -131,11 +133,12 @@ class Fired(Frame):
 @pickle_by_fields
 @attrs.frozen
 class More(Frame):
-    """Delivery process → relay: the next body chunk; ``first``: from the beginning again
-    (a transaction retried on a fresh connection)."""
+    """Delivery process → relay: the next body chunk of ``stream``. Each stream reads the
+    body from its beginning: one per transaction that sends it (a group's parts going to
+    different hosts at the same time, or a transaction retried on a fresh connection)."""
 
     rid: int
-    first: bool
+    stream: int
 
 
 @pickle_by_fields
