@@ -105,3 +105,14 @@ async def test_a_slow_rule_slows_the_domain_to_one_at_a_time(store: SqliteStore)
     assert suspensions.slowed("default", "x.test") == entry
     assert suspensions.slowed("other", "x.test") is None
     assert await backoff.consider("default", "x.test", "421 busy") is None  # one at a time
+
+
+def test_operator_rules_come_first_and_an_unreadable_file_is_named(tmp_path: Path) -> None:
+    rules_file = tmp_path / "backoff.txt"
+    rules_file.write_text("# ours\n\nslow 10m /try again later/ ours\n")
+    rules = load_backoff_rules(rules_file)
+    assert (rules[0].name, rules[0].source) == ("ours", f"{rules_file}:3")
+    assert rules[1:] == load_backoff_rules()
+    missing = tmp_path / "missing.txt"
+    with pytest.raises(BackoffRulesError, match=f"{missing}: cannot read backoff rules"):
+        load_backoff_rules(missing)

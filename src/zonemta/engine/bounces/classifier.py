@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
-from importlib import resources
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 
+from zonemta.engine.rule_files import load_rule_files, rule_lines
 from zonemta.statemachine import REPLY_CATEGORIES, FailureCategory
 
 __all__ = [
@@ -129,11 +129,7 @@ def parse_rules(text: str, source: str) -> list[BounceRule]:
     :class:`RulesError` naming ``source:line`` for any bad line (unknown action or
     category, missing slashes, invalid regex, empty message)."""
     rules: list[BounceRule] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{source}:{number}"
+    for where, line in rule_lines(text, source):
         head = _RULE_HEAD.match(line)
         if head is None:
             raise RulesError(f"{where}: expected 'ACTION CATEGORY /PATTERN/ MESSAGE'")
@@ -160,8 +156,7 @@ def parse_rules(text: str, source: str) -> list[BounceRule]:
 
 def builtin_rules() -> list[BounceRule]:
     """The rules shipped with zonemta."""
-    text = resources.files("zonemta").joinpath("data", _BUILTIN).read_text("utf-8")
-    return parse_rules(text, _BUILTIN)
+    return load_rule_files(parse_rules, None, _BUILTIN, RulesError, "bounce rules")
 
 
 class BounceClassifier:
@@ -174,15 +169,7 @@ class BounceClassifier:
     def load(cls, extra_file: str | Path | None = None) -> BounceClassifier:
         """The built-in rules, preceded by the operator's ``extra_file`` when given.
         Raises :class:`RulesError` (unreadable file or bad rule)."""
-        extra: Iterable[BounceRule] = ()
-        if extra_file:
-            path = Path(extra_file)
-            try:
-                text = path.read_text("utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise RulesError(f"{path}: cannot read bounce rules: {exc}") from exc
-            extra = parse_rules(text, str(path))
-        return cls([*extra, *builtin_rules()])
+        return cls(load_rule_files(parse_rules, extra_file, _BUILTIN, RulesError, "bounce rules"))
 
     def classify(self, response: str) -> Classification:
         """What ``response`` (one or more reply lines) means. An empty reply or one that no

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-from importlib import resources
 from pathlib import Path
 
 import attrs
@@ -24,6 +23,7 @@ import attrs
 from zonemta.conf.units import parse_duration
 from zonemta.engine.bounces.classifier import normalize_response
 from zonemta.engine.delivery.suspensions import Suspensions
+from zonemta.engine.rule_files import load_rule_files, rule_lines
 from zonemta.store import StoreError, Suspension
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,7 @@ def parse_backoff_rules(text: str, source: str) -> list[BackoffRule]:
     """Parse a rules file (blank lines and ``#`` comments skipped). Raises
     :class:`BackoffRulesError` naming ``source:line`` for a bad line."""
     rules: list[BackoffRule] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{source}:{number}"
+    for where, line in rule_lines(text, source):
         match = _RULE.fullmatch(line)
         if match is None:
             raise BackoffRulesError(f"{where}: expected 'suspend|slow DURATION /PATTERN/ NAME'")
@@ -80,16 +76,7 @@ def parse_backoff_rules(text: str, source: str) -> list[BackoffRule]:
 def load_backoff_rules(extra: str | Path | None = None) -> list[BackoffRule]:
     """The operator's rules (``extra``, tried first) and the built-in ones. Raises
     :class:`BackoffRulesError`."""
-    rules: list[BackoffRule] = []
-    if extra:
-        path = Path(extra)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise BackoffRulesError(f"cannot read backoff rules {path}: {exc}") from None
-        rules += parse_backoff_rules(text, str(path))
-    builtin = resources.files("zonemta.data").joinpath(_BUILTIN).read_text(encoding="utf-8")
-    return rules + parse_backoff_rules(builtin, _BUILTIN)
+    return load_rule_files(parse_backoff_rules, extra, _BUILTIN, BackoffRulesError, "backoff rules")
 
 
 class Backoff:
