@@ -64,6 +64,20 @@ async def test_settings_say_when_no_token_is_needed(tmp_path: Path) -> None:
         assert (await client.get("/ui/settings.json")).json() == {"token_required": False}
 
 
+async def test_ui_off_serves_no_dashboard_and_makes_nothing_public(tmp_path: Path) -> None:
+    config = relay_config(tmp_path / "q", api={"port": 0, "token": TOKEN, "ui": False})
+    async with (
+        running_relay(config) as (_relay, info),
+        httpx.AsyncClient(base_url=api_url(info)) as client,
+    ):
+        for path in ("/ui", "/ui/", "/ui/settings.json", "/ui/app.js"):
+            refused = await client.get(path)
+            assert refused.status_code == 401, path  # no longer public
+            missing = await client.get(path, headers=AUTH)
+            assert missing.status_code == 404 and "error" in missing.json(), path
+        assert (await client.get("/zones", headers=AUTH)).status_code == 200
+
+
 async def test_websocket_takes_the_token_as_a_subprotocol(tmp_path: Path, mx: TestMx) -> None:
     async with running_relay(dashboard_config(tmp_path / "q", mx)) as (_relay, info):
         url = api_url(info, "ws") + "/events"

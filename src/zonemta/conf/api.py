@@ -77,6 +77,8 @@ class ApiConfig:
     heartbeat: timedelta = attrs.field(default=timedelta(seconds=15), validator=_positive)
     # Events one /events subscriber may fall behind before it is disconnected.
     event_buffer: int = attrs.field(default=1000, validator=[v.ge(1), v.le(1_000_000)])
+    # The web dashboard at /ui (its files are served without the token; off: no /ui at all).
+    ui: bool = True
 
     def __attrs_post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:

@@ -48,7 +48,8 @@ def create_app(ctx: ApiContext, metrics: Metrics, events: EventStream) -> Any:
     app.config["RESPONSE_TIMEOUT"] = None  # /fetch streams large messages
     if isinstance(app.json, DefaultJSONProvider):
         app.json.sort_keys = False
-    public = frozenset(api.public) | UI_PATHS  # the dashboard's files hold no data
+    # The dashboard's files hold no data: public, when the dashboard is served at all.
+    public = frozenset(api.public) | (UI_PATHS if api.ui else frozenset())
 
     def check_token(path: str, header: str | None) -> Response | None:
         if not api.token or path in public or _authorized(api.token, header):
@@ -107,6 +108,7 @@ def create_app(ctx: ApiContext, metrics: Metrics, events: EventStream) -> Any:
     SuspendRoutes(ctx).register(app)
     WhyRoutes(ctx).register(app)
     SendRoutes(ctx).register(app)
-    UiRoutes(ctx).register(app)
+    if api.ui:
+        UiRoutes(ctx).register(app)
     events.register(app)
     return app
