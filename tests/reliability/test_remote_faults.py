@@ -81,12 +81,7 @@ async def test_a_slow_mx_that_answers_in_time_gets_the_message(tmp_path: Path) -
     # 1.3 s of the 3 s each reply may take, while the whole session takes longer than 3 s.
     timeouts = {name: "3s" for name in FAST}
     with FaultyMx(Fault.TRICKLE, trickle_delay=0.03) as mx:
-        target: dict[str, Any] = {"host": "127.0.0.1", "port": mx.port}
-        config = relay_config(
-            tmp_path / "q",
-            delivery=timeouts,
-            zones={"default": target, "bounces": {**target, "connections": 1}},
-        )
+        config = config_for(tmp_path, mx, timeouts)
         async with running_relay(config) as (relay, info):
             events = relay.bus.subscribe()
             message = token_message("t-slow", 20_000)
@@ -98,15 +93,20 @@ async def test_a_slow_mx_that_answers_in_time_gets_the_message(tmp_path: Path) -
     assert mx.trickled * mx.trickle_delay > 3.0
 
 
+def config_for(tmp_path: Path, mx: FaultyMx, delivery: dict[str, Any]) -> Any:
+    """A relay whose zones (bounces too) send to ``mx`` with these ``[delivery]`` settings."""
+    target: dict[str, Any] = {"host": "127.0.0.1", "port": mx.port}
+    return relay_config(
+        tmp_path / "q",
+        delivery=delivery,
+        zones={"default": target, "bounces": {**target, "connections": 1}},
+    )
+
+
 async def defer_then_deliver(tmp_path: Path, mx: FaultyMx, token: str, explanation: str) -> None:
     """Relay one message to ``mx`` (misbehaving): it must be deferred with ``explanation``
     in the reply; then the MX recovers and the retry delivers it once, intact."""
-    target: dict[str, Any] = {"host": "127.0.0.1", "port": mx.port}
-    config = relay_config(
-        tmp_path / "q",
-        delivery=FAST,
-        zones={"default": target, "bounces": {**target, "connections": 1}},
-    )
+    config = config_for(tmp_path, mx, FAST)
     async with running_relay(config) as (relay, info):
         events = relay.bus.subscribe()
         message = token_message(token, 20_000)

@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.support.queue import queue
 from zonemta.conf import config_from_dict
 from zonemta.conf.zones import Warmup
 from zonemta.engine.bounces.suppression import SuppressionList
@@ -35,7 +36,7 @@ from zonemta.engine.delivery.warmup import WarmupCaps
 from zonemta.engine.delivery.zones import DomainPolicy
 from zonemta.http.metrics import Metrics
 from zonemta.statemachine import Trigger
-from zonemta.store import Delivery, MessageRecord, NewDelivery, RowState
+from zonemta.store import Delivery, MessageRecord, RowState
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store
 from zonemta.transport.outbound import TlsPolicy
 
@@ -144,29 +145,18 @@ class Relay:
         assert self.counted() == {reason.value: count}
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    async with open_sqlite_store(tmp_path / "q") as opened:
-        yield opened
-
-
-async def queue(store: SqliteStore, message_id: str, recipients: list[str]) -> None:
-    body = store.new_body(message_id)
-    await body.write(b"x\r\n")
-    deliveries = [
-        NewDelivery(n, r, r.rpartition("@")[2], "default", next_attempt=0.0)
-        for n, r in enumerate(recipients, start=1)
-    ]
-    record = MessageRecord(message_id, "s@x.test", b"Subject: x\r\n", 3, 0.0)
-    await store.commit_message(record, body, deliveries)
-
-
 async def run_until_released(relay: Relay, scheduler: ZoneScheduler) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.run)
         with trio.fail_after(30):
             await relay.released.wait()
         await scheduler.stop(0)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    async with open_sqlite_store(tmp_path / "q") as opened:
+        yield opened
 
 
 async def test_a_suspension_put_in_force_after_the_lease(store: SqliteStore) -> None:

@@ -16,13 +16,14 @@ import pytest
 import trio
 import trio.testing
 
+from tests.support.queue import queue
 from tests.unit.test_scheduler import OWNER, RecordingDeliverer, jump_when_idle
 from zonemta.conf import config_from_dict
 from zonemta.engine.bus import EventBus
 from zonemta.engine.delivery.scheduler import ZoneScheduler
 from zonemta.engine.delivery.suspensions import Suspensions
 from zonemta.engine.delivery.zones import DomainPolicy
-from zonemta.store import Delivery, MessageRecord, NewDelivery, RowState
+from zonemta.store import Delivery, RowState
 from zonemta.store.sqlite import SqliteStore, open_sqlite_store
 
 
@@ -30,17 +31,6 @@ from zonemta.store.sqlite import SqliteStore, open_sqlite_store
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     async with open_sqlite_store(tmp_path / "q") as opened:
         yield opened
-
-
-async def queue(store: SqliteStore, message_id: str, recipients: list[str]) -> None:
-    body = store.new_body(message_id)
-    await body.write(b"x\r\n")
-    deliveries = [
-        NewDelivery(n, r, r.rpartition("@")[2], "default", next_attempt=0.0)
-        for n, r in enumerate(recipients, start=1)
-    ]
-    record = MessageRecord(message_id, "s@x.test", b"Subject: x\r\n", 3, 0.0)
-    await store.commit_message(record, body, deliveries)
 
 
 def scheduler_for(
