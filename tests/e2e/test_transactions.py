@@ -150,6 +150,7 @@ async def test_parts_for_different_hosts_go_at_once_each_reading_the_whole_body(
         config = relay_config(
             tmp_path / "q",
             delivery={"processes": processes},
+            intake={"processes": 0},  # the route hook is an intake hook
             zones={"default": {"host": "127.0.0.1", "port": mx.port}},
             plugins={
                 "route": {
