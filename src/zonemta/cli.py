@@ -4,7 +4,6 @@ why``."""
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -40,16 +39,13 @@ def _setup_logging(config: Config) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from zonemta.app import Relay
+    from zonemta.engine.processes.child_entry import tune_gc
     from zonemta.engine.processes.delivery_process import StartError
 
     config = _load(args.config)
     _setup_logging(config)
     relay = Relay(config)
-    # Everything imported and built so far lives as long as the process: keep it out of the
-    # cyclic collector's generations, and let young collections run less often (a message
-    # makes many short-lived objects, almost none of them in cycles).
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    tune_gc()
     try:
         trio.run(relay.run_until_signalled)
     except (OSError, StartError) as exc:

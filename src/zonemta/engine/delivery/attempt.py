@@ -114,8 +114,7 @@ class Deliverer:
         """Give the lease back without an attempt (cancelled before the attempt began, or
         held back by a limit): ``reason`` is why (the event's ``release`` detail), ``text``
         its response (by default the reason's, ``RELEASE_TEXTS``)."""
-        response = RELEASE_TEXTS[reason] if text is None else text
-        await self._finish(machine, released(machine.row, reason, response))
+        await self._finish(machine, released(machine.row, reason, text))
 
     async def deliver(self, machines: Sequence[DeliveryMachine]) -> None:
         """Attempt the leased deliveries (one message, one destination: one transaction)
@@ -130,8 +129,7 @@ class Deliverer:
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
                 for machine in machines:
-                    outcome = released(machine.row, ReleaseReason.SHUTDOWN, RELEASED_AT_SHUTDOWN)
-                    await self._finish(machine, outcome)
+                    await self._finish(machine, released(machine.row, ReleaseReason.SHUTDOWN))
             raise
         except Exception as exc:  # never lose a delivery to a bug: defer it
             row = machines[0].row
@@ -164,9 +162,7 @@ class Deliverer:
         going = [index for index in range(len(machines)) if index not in outcomes]
         ramps = self.warmup is not None and self.warmup.ramps
         if going and ramps and not await self._count_warmup([machines[i].row for i in going]):
-            outcomes.update(
-                (i, released(machines[i].row, ReleaseReason.WARMUP, WARMUP_USED)) for i in going
-            )
+            outcomes.update((i, released(machines[i].row, ReleaseReason.WARMUP)) for i in going)
             going = []  # they wait for the next day
         if going:
             assert message is not None
@@ -224,23 +220,18 @@ class Deliverer:
         row_transition: Transition = machine.advance(outcome.trigger)
         await self.effects.apply(machine, row_transition, outcome)
         self.messages.attempted(machine.row.message_id)
-        if outcome.release is None:
-            machine.publish(row_transition, response=outcome.response, category=outcome.category)
-        else:  # why the lease was given back (the metrics' reason label)
-            machine.publish(
-                row_transition,
-                response=outcome.response,
-                category=outcome.category,
-                release=outcome.release.value,
-            )
+        # A release says why the lease was given back (the metrics' reason label).
+        why = {} if outcome.release is None else {"release": outcome.release.value}
+        machine.publish(row_transition, response=outcome.response, category=outcome.category, **why)
         log_outcome(machine.row, machine, outcome)
 
 
-def released(row: Delivery, reason_code: ReleaseReason, text: str) -> Outcome:
+def released(row: Delivery, reason_code: ReleaseReason, text: str | None = None) -> Outcome:
     """The outcome of a lease given back without an attempt, for ``reason_code`` (``text``
-    is its response): the table returns the row to the state it waited in
-    (``release_trigger``)."""
-    return Outcome(release_trigger(row.attempts), text, release=reason_code)
+    is its response, by default the reason's in ``RELEASE_TEXTS``): the table returns the
+    row to the state it waited in (``release_trigger``)."""
+    response = RELEASE_TEXTS[reason_code] if text is None else text
+    return Outcome(release_trigger(row.attempts), response, release=reason_code)
 
 
 def log_outcome(row: Delivery, machine: DeliveryMachine, outcome: Outcome) -> None:

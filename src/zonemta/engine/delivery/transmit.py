@@ -24,6 +24,7 @@ from zonemta.engine.delivery.pools import PoolAddress
 from zonemta.engine.delivery.received import received_header
 from zonemta.engine.delivery.retry import RetryPolicy
 from zonemta.engine.delivery.zones import DomainPolicy, SourceAddresses
+from zonemta.engine.exception_groups import first_leaf
 from zonemta.engine.hooks import (
     ConnectTarget,
     DeliveryReport,
@@ -88,15 +89,6 @@ def failure_category(exc: DeliveryFailure) -> FailureCategory:
 
 class BlacklistView(Protocol):
     def disabled_for(self, domain: str) -> frozenset[str]: ...
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception of a (nested) group: a nursery's cancellation, re-raised as the
-    plain ``trio.Cancelled`` the callers handle."""
-    first = group.exceptions[0]
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
 
 
 class Sender:
@@ -214,7 +206,7 @@ class Sender:
                     for host_parts in by_host.values():
                         nursery.start_soon(send_parts, host_parts)
             except BaseExceptionGroup as group:  # only cancellation gets out of send_parts
-                raise _first_leaf(group) from None
+                raise first_leaf(group) from None  # the plain trio.Cancelled callers handle
         return [outcomes[index] for index in range(len(machines))]
 
     async def _prepare(

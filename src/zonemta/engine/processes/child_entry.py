@@ -20,7 +20,7 @@ import trio
 from zonemta.engine.processes.frames import Init
 from zonemta.engine.processes.pipe import Frame, FramedPipe
 
-__all__ = ["RelayPipe", "child_main", "connect_to_relay"]
+__all__ = ["RelayPipe", "child_main", "connect_to_relay", "tune_gc"]
 
 
 RelayPipe = tuple[FramedPipe, AsyncIterator[Frame], Any, Any]
@@ -44,6 +44,15 @@ async def connect_to_relay(fd: int, kind: str) -> RelayPipe:
     return pipe, frames, init.config, init.given
 
 
+def tune_gc() -> None:
+    """For every zonemta process once it has started: everything imported and built so far
+    lives as long as the process, so keep it out of the cyclic collector's generations, and
+    let young collections run less often (a message makes many short-lived objects, almost
+    none of them in cycles)."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def child_main(argv: list[str], run: Callable[[int], Awaitable[None]], module: str) -> int:
     """``python -m MODULE FD [FD...]``: run ``run(FD)`` (the pipe; further descriptors are
     inherited sockets the init frame names). Returns the exit status."""
@@ -52,10 +61,7 @@ def child_main(argv: list[str], run: Callable[[int], Awaitable[None]], module: s
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the relay stops us through the pipe
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # As in the relay's process (cli.py): what is imported now lives as long as the
-    # process, and a message's many short-lived objects are almost never in cycles.
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    tune_gc()
     try:
         trio.run(run, int(argv[1]))
     except (trio.BrokenResourceError, ConnectionError):

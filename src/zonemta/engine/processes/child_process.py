@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from zonemta.engine.exception_groups import first_leaf
 from zonemta.engine.processes.frames import Init, Ready
 from zonemta.engine.processes.pipe import Frame, FramedPipe, PipeError
 
@@ -37,10 +38,7 @@ def process_failure(exc: BaseException) -> BaseException:
     failures, others = exc.split(PROCESS_FAILURES)
     if others is not None or failures is None:
         raise exc
-    first: BaseException = failures
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
+    return first_leaf(failures)
 
 
 class StartError(Exception):
