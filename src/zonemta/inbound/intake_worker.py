@@ -201,10 +201,8 @@ def build_intake(config: Config, link: RelayLink) -> Intake:
     )
 
 
-def _listeners(fds: list[int]) -> list[trio.SocketListener]:
-    return [
-        trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd))) for fd in fds
-    ]
+def _listening_sockets(fds: list[int]) -> list[socket.socket]:
+    return [socket.socket(fileno=fd) for fd in fds]
 
 
 async def run(fd: int) -> None:
@@ -236,7 +234,7 @@ async def run(fd: int) -> None:
         nursery.start_soon(read_frames, nursery.cancel_scope)
         async with trio.open_nursery() as serving:
             for service, settings in services:
-                await serving.start(service.run, _listeners(sockets[settings.name]))
+                await serving.start(service.run, _listening_sockets(sockets[settings.name]))
             pipe.send(Ready())
         # Every interface stopped and its sessions ended: we are done.
         pipe.close_after_sending()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from functools import partial
 
 import trio
 
@@ -28,6 +27,7 @@ from zonemta.inbound.session import (
     SmtpSession,
 )
 from zonemta.transport.admission import Admission, ClientCounts
+from zonemta.transport.direct_stream import accept_loop, close_stream
 from zonemta.transport.interface import (
     LOOPBACK_NETWORKS,
     Authenticator,
@@ -37,6 +37,7 @@ from zonemta.transport.interface import (
 )
 from zonemta.transport.proxy import NEED_DATA, ProxyHeaderParser, ProxyProtocolError
 from zonemta.transport.smtp.reply import Reply
+from zonemta.transport.timers import TimerWheel
 from zonemta.transport.tls import TlsHandshakeFailed, start_server_tls
 
 __all__ = [
@@ -48,7 +49,7 @@ __all__ = [
     "SmtpInterfaceService",
     "SmtpSession",
     "in_networks",
-    "open_interface_listeners",
+    "open_interface_sockets",
     "open_reuseport_sockets",
     "read_proxy_header",
 ]
@@ -114,6 +115,7 @@ class SmtpInterfaceService:
         self._accepting = trio.CancelScope()
         self._sessions_nursery: trio.Nursery | None = None
         self._live: set[SmtpSession] = set()
+        self.timers = TimerWheel()  # the sessions' idle and data timeouts
 
     @property
     def active(self) -> int:
@@ -125,27 +127,31 @@ class SmtpInterfaceService:
 
     async def run(
         self,
-        listeners: list[trio.SocketListener] | None = None,
+        sockets: list[socket.socket] | None = None,
         *,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until :meth:`stop` on ``listeners`` (by default, ones it opens on the
-        interface's address). Reports the bound port through ``task_status``."""
-        if listeners is None:
-            listeners = await open_interface_listeners(self.settings)
-        port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as sessions:
-            self._sessions_nursery = sessions
-            with self._accepting:
-                async with trio.open_nursery() as accepting:  # cancelled by stop()
-                    serve = partial(
-                        trio.serve_listeners, self._handle, listeners, handler_nursery=sessions
-                    )
-                    await accepting.start(serve)
-                    task_status.started(port)
-            # No longer accepting; sessions end by themselves (see stop()).
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+        """Serve until :meth:`stop` on the listening ``sockets`` (by default, ones it binds
+        on the interface's address); closes them when it stops accepting. Reports the
+        bound port through ``task_status``."""
+        if sockets is None:
+            sockets = open_interface_sockets(self.settings)
+        port = sockets[0].getsockname()[1]
+        try:
+            async with trio.open_nursery() as service:
+                await service.start(self.timers.run)
+                async with trio.open_nursery() as sessions:
+                    self._sessions_nursery = sessions
+                    with self._accepting:  # cancelled by stop()
+                        async with trio.open_nursery() as accepting:
+                            for sock in sockets:
+                                accepting.start_soon(accept_loop, sock, self._handle, sessions)
+                            task_status.started(port)
+                    # No longer accepting; sessions end by themselves (see stop()).
+                    _close_sockets(sockets)
+                service.cancel_scope.cancel()  # the timer wheel
+        finally:
+            _close_sockets(sockets)
 
     async def stop(self, grace: float) -> None:
         """Stop accepting; idle sessions get 421 at once, a session receiving a message
@@ -157,9 +163,9 @@ class SmtpInterfaceService:
         if self._sessions_nursery is not None:
             self._sessions_nursery.cancel_scope.deadline = trio.current_time() + grace
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.abc.Stream, peer: str | None = None) -> None:
         settings = self.settings
-        address = peer = _peer(stream)
+        address = peer = _peer(stream) if peer is None else peer
         counted = False
         try:
             if settings.proxy_protocol:
@@ -181,7 +187,7 @@ class SmtpInterfaceService:
         finally:
             if counted:
                 self.admission.leave(address)
-            await trio.aclose_forcefully(stream)
+            await close_stream(stream)
 
     async def _refuse(self, stream: trio.abc.Stream, reply: Reply) -> None:
         log.info("%s: connection refused: %s", self.settings.name, reply)
@@ -228,15 +234,15 @@ class SmtpInterfaceService:
             log.exception("SMTP session on %s failed", settings.name)
         finally:
             self._live.discard(session)
-            await trio.aclose_forcefully(session.stream)
+            if session.stream is not stream:  # TLS over it
+                await close_stream(session.stream)
 
 
-async def open_interface_listeners(settings: InterfaceSettings) -> list[trio.SocketListener]:
-    """Bind and listen on the interface's address (port 0: any free port)."""
-    listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
-    port = listeners[0].socket.getsockname()[1]
-    log.info("SMTP interface %s listening on %s:%s", settings.name, settings.host, port)
-    return listeners
+def open_interface_sockets(settings: InterfaceSettings) -> list[socket.socket]:
+    """Bind and listen on the interface's address (port 0: any free port; every address
+    the host name has gets the same port)."""
+    (sockets,) = _open_sockets(settings, 1, reuse_port=False)
+    return sockets
 
 
 def open_reuseport_sockets(settings: InterfaceSettings, count: int) -> list[list[socket.socket]]:
@@ -244,6 +250,12 @@ def open_reuseport_sockets(settings: InterfaceSettings, count: int) -> list[list
     ``SO_REUSEPORT``: each intake process gets a set of its own, and the kernel spreads new
     connections over the sets (no process is woken for a connection another one takes).
     Port 0 binds a free port for the first socket and that same port for the others."""
+    return _open_sockets(settings, count, reuse_port=True)
+
+
+def _open_sockets(
+    settings: InterfaceSettings, count: int, *, reuse_port: bool
+) -> list[list[socket.socket]]:
     infos = socket.getaddrinfo(
         settings.host, settings.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -255,7 +267,8 @@ def open_reuseport_sockets(settings: InterfaceSettings, count: int) -> list[list
                 sock = socket.socket(family, kind, proto)
                 group.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((address[0], port, *address[2:]))
@@ -268,6 +281,13 @@ def open_reuseport_sockets(settings: InterfaceSettings, count: int) -> list[list
         raise
     log.info("SMTP interface %s listening on %s:%s", settings.name, settings.host, port)
     return sets
+
+
+def _close_sockets(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        if sock.fileno() != -1:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
 
 
 def _peer(stream: trio.abc.Stream) -> str:

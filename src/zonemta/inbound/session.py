@@ -66,7 +66,8 @@ class SmtpSession:
         self.recipients: list[str] = []
         self.reception: Reception | None = None
         self._data_deadline = float("inf")
-        self._read_scope: trio.CancelScope | None = None
+        self.timer = service.timers.timer()  # the idle and data timeouts
+        self._reading = False  # waiting for the client (what a shutdown interrupts)
         self._data_reply: Reply | None = None  # a data hook refused: the answer at DataEnd
         self.hooks = service.intake.hooks
 
@@ -83,8 +84,8 @@ class SmtpSession:
 
     def interrupt_idle(self) -> None:
         """Shutdown: a session waiting for a command stops waiting (and gets 421)."""
-        if self.reception is None and self._read_scope is not None:
-            self._read_scope.cancel()
+        if self.reception is None and self._reading:
+            self.timer.cancel()
 
     @property
     def transtype(self) -> str:
@@ -95,14 +96,18 @@ class SmtpSession:
 
     async def serve(self) -> None:
         try:
-            while not self.protocol.closed:
-                event = self.protocol.next_event()
-                if event is smtp.NEED_DATA:
-                    if not await self._receive():
-                        break
-                    continue
-                await self._dispatch(event)
-            await self._flush()
+            with self.timer:
+                while not self.protocol.closed:
+                    event = self.protocol.next_event()
+                    if event is smtp.NEED_DATA:
+                        if not await self._receive():
+                            break
+                        continue
+                    await self._dispatch(event)
+                await self._flush()
+            if self.timer.cancelled_caught:  # timed out, or interrupted by a shutdown
+                self._close_with(REPLY_SHUTDOWN if self.service._closing else REPLY_IDLE_TIMEOUT)
+                await self._flush()
         except RemoteProtocolError as exc:
             log.info("SMTP protocol error from %s: %s", self.client_address, exc)
             if exc.reply is not None:
@@ -121,23 +126,23 @@ class SmtpSession:
             await self.stream.send_all(out)
 
     async def _receive(self) -> bool:
-        """Send what is queued, then read more. False when the session is over."""
+        """Send what is queued, then read more (within the idle and data timeouts: the
+        timer cancels the session's loop). False when the session is over."""
         await self._flush()
         if self.service._closing and self.reception is None:
             self._close_with(REPLY_SHUTDOWN)
             await self._flush()
             return False
-        deadline = trio.current_time() + self.settings.idle_timeout
-        deadline = min(deadline, self._data_deadline)
-        with trio.CancelScope(deadline=deadline) as scope:
-            self._read_scope = scope
+        timer = self.timer
+        timer.arm_at(min(trio.current_time() + self.settings.idle_timeout, self._data_deadline))
+        self._reading = True
+        try:
             data = await self.stream.receive_some(RECEIVE_SIZE)
-            self.protocol.receive_data(bytes(data))
-            return True
-        self._read_scope = None
-        self._close_with(REPLY_SHUTDOWN if self.service._closing else REPLY_IDLE_TIMEOUT)
-        await self._flush()
-        return False
+        finally:
+            self._reading = False
+        timer.disarm()
+        self.protocol.receive_data(data if type(data) is bytes else bytes(data))
+        return True
 
     def _close_with(self, reply: Reply) -> None:
         if not self.protocol.closed:

@@ -14,10 +14,12 @@ text.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterable
 
 import trio
 
+from zonemta.transport.direct_stream import DirectSocketStream
 from zonemta.transport.outbound_values import DeliveryFailure, Timeouts, Transaction
 from zonemta.transport.smtp import client as smtp
 from zonemta.transport.smtp.client_events import (
@@ -169,7 +171,8 @@ class OutboundConnection:
     ) -> OutboundConnection:
         try:
             with trio.fail_after(timeouts.connect):
-                stream = await trio.open_tcp_stream(address, port, local_address=local_address)
+                opened = await trio.open_tcp_stream(address, port, local_address=local_address)
+            stream = DirectSocketStream(socket.socket(fileno=opened.socket.detach()))
         except trio.TooSlowError:
             raise DeliveryFailure(
                 Stage.CONNECT, f"connection to {address}:{port} timed out"

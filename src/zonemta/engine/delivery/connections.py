@@ -16,6 +16,7 @@ import trio
 
 from zonemta.conf.rates import Rate
 from zonemta.engine.delivery.ratelimit import Throttle
+from zonemta.transport.direct_stream import DirectSocketStream
 from zonemta.transport.outbound import OutboundConnection
 
 log = logging.getLogger(__name__)
@@ -156,5 +157,7 @@ def _close_now(stream: trio.abc.Stream) -> None:
     """Close a socket stream at once, without awaiting (no task to do it in)."""
     while isinstance(stream, trio.SSLStream):
         stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
+    if isinstance(stream, DirectSocketStream):
+        stream.close()
+    elif isinstance(stream, trio.SocketStream):
         stream.socket.close()

@@ -19,6 +19,7 @@ import trio
 
 from zonemta.engine.processes.frames import Init
 from zonemta.engine.processes.pipe import Frame, FramedPipe
+from zonemta.transport.direct_stream import DirectSocketStream
 
 __all__ = ["RelayPipe", "child_main", "connect_to_relay", "tune_gc"]
 
@@ -30,8 +31,7 @@ async def connect_to_relay(fd: int, kind: str) -> RelayPipe:
     """Open the pipe on ``fd``, read the :class:`~zonemta.engine.processes.frames.Init` frame
     and set up logging as ``[kind-index]``. Returns the pipe, the frames that follow, the
     config and what the relay gave this kind of process (its zones, its sockets)."""
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
-    pipe = FramedPipe(stream)
+    pipe = FramedPipe(DirectSocketStream(socket.socket(fileno=fd)))
     frames = pipe.frames()
     init = await anext(frames, None)
     if not isinstance(init, Init):

@@ -19,6 +19,7 @@ import trio
 from zonemta.engine.exception_groups import first_leaf
 from zonemta.engine.processes.frames import Init, Ready
 from zonemta.engine.processes.pipe import Frame, FramedPipe, PipeError
+from zonemta.transport.direct_stream import DirectSocketStream
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,7 @@ class ChildProcess:
             finally:
                 theirs.close()
             self.pid = process.pid
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-            pipe = FramedPipe(stream)
+            pipe = FramedPipe(DirectSocketStream(ours))
             pipe.send(self.init_frame())
             try:
                 async with trio.open_nursery() as nursery:
@@ -137,7 +137,7 @@ class ChildProcess:
                 self.ready = trio.Event()
                 self.lost()
                 with trio.CancelScope(shield=True):
-                    await stream.aclose()  # the process sees the pipe close and exits
+                    await pipe.stream.aclose()  # the process sees the pipe close and exits
                     with trio.move_on_after(STOP_TIMEOUT):
                         await process.wait()
                     if process.returncode is None:

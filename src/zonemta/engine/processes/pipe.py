@@ -100,7 +100,7 @@ class FramedPipe:
                 except trio.BrokenResourceError:
                     return  # the other end died; the reader sees the end of the frames
             if self._closing and not self._queue:
-                if isinstance(self.stream, trio.SocketStream):
+                if isinstance(self.stream, trio.abc.HalfCloseableStream):
                     await self.stream.send_eof()
                 return
 
