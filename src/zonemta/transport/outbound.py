@@ -19,7 +19,7 @@ from collections.abc import AsyncIterable
 
 import trio
 
-from zonemta.transport.direct_stream import DirectSocketStream
+from zonemta.transport.direct_stream import DirectSocketStream, close_stream
 from zonemta.transport.outbound_values import DeliveryFailure, Timeouts, Transaction
 from zonemta.transport.smtp import client as smtp
 from zonemta.transport.smtp.client_events import (
@@ -40,6 +40,7 @@ from zonemta.transport.smtp.client_session import NEED_DATA, SMTPClientSession
 from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.starttls import TlsUpgradeFailed, start_client_tls
+from zonemta.transport.timers import TimerWheel
 from zonemta.transport.tls_policy import HostTls, TlsPolicy
 
 __all__ = [
@@ -64,6 +65,8 @@ COALESCE_BYTES = 64 * 1024
 # How long QUIT may take when closing politely.
 QUIT_SECONDS = 2.0
 DEFAULT_TIMEOUTS = Timeouts()
+# Connections made without a running wheel: their timers set their own scope deadlines.
+NO_WHEEL = TimerWheel()
 
 
 class OutboundConnection:
@@ -85,6 +88,7 @@ class OutboundConnection:
         local_address: str | None,
         timeouts: Timeouts,
         ehlo_name: str = "localhost",
+        timers: TimerWheel = NO_WHEEL,
     ) -> None:
         if not isinstance(protocol, SMTPClientSession):
             protocol = SMTPClientSession(ehlo_name, connection=protocol)
@@ -96,6 +100,7 @@ class OutboundConnection:
         self.mx = mx
         self.local_address = local_address
         self.timeouts = timeouts
+        self.timers = timers  # runs the deadlines of every wait (timers.py)
         self.extensions = smtp.Extensions()
         self.tls = False
         self.tls_version = ""  # e.g. "TLSv1.3" once TLS is up
@@ -118,13 +123,14 @@ class OutboundConnection:
         local_address: str | None = None,
         tls: TlsPolicy | HostTls = TlsPolicy.OPPORTUNISTIC,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        timers: TimerWheel = NO_WHEEL,
     ) -> OutboundConnection:
         """Connect, read the greeting, EHLO (HELO when EHLO is not recognised) and STARTTLS
         as ``tls`` says: when opportunistic STARTTLS is refused or its handshake fails, the
         session goes on in plaintext (on a new connection after a failed handshake); when
         TLS is required, the attempt fails. Raises :class:`DeliveryFailure`."""
         need = tls if isinstance(tls, HostTls) else HostTls.for_mode(tls)
-        connection = await cls._open(address, port, mx, ehlo_name, local_address, timeouts)
+        connection = await cls._open(address, port, mx, ehlo_name, local_address, timeouts, timers)
         connection.tls_source = need.source
         if not need.starttls:
             return connection
@@ -156,7 +162,7 @@ class OutboundConnection:
             if refusal is not None or need.required or exc.reply is not None:
                 raise
             log.info("TLS with %s failed (%s); retrying without TLS", address, exc)
-            return await cls._open(address, port, mx, ehlo_name, local_address, timeouts)
+            return await cls._open(address, port, mx, ehlo_name, local_address, timeouts, timers)
         return connection
 
     @classmethod
@@ -168,6 +174,7 @@ class OutboundConnection:
         ehlo_name: str,
         local_address: str | None,
         timeouts: Timeouts,
+        timers: TimerWheel,
     ) -> OutboundConnection:
         try:
             with trio.fail_after(timeouts.connect):
@@ -189,6 +196,7 @@ class OutboundConnection:
             ehlo_name=ehlo_name,
             local_address=local_address,
             timeouts=timeouts,
+            timers=timers,
         )
 
     @classmethod
@@ -202,6 +210,7 @@ class OutboundConnection:
         ehlo_name: str,
         local_address: str | None = None,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        timers: TimerWheel = NO_WHEEL,
     ) -> OutboundConnection:
         """Start a session over an open ``stream``: read the greeting, EHLO (HELO when EHLO
         is not recognised). No STARTTLS (see :meth:`connect`). Raises
@@ -209,7 +218,7 @@ class OutboundConnection:
         try:
             session = SMTPClientSession(ehlo_name)
         except LocalProtocolError:
-            await trio.aclose_forcefully(stream)
+            await close_stream(stream)
             raise
         connection = cls(
             stream,
@@ -219,6 +228,7 @@ class OutboundConnection:
             mx=mx,
             local_address=local_address,
             timeouts=timeouts,
+            timers=timers,
         )
         connection.ehlo_name = ehlo_name
         try:
@@ -281,15 +291,15 @@ class OutboundConnection:
         seen = -1
         stage = session.stage or Stage.FINAL
         sending = False
-        scope = trio.CancelScope()
+        timer = self.timers.timer()
         try:
-            with scope:
+            with timer:
                 while True:
                     event = session.next_event()
                     stage = session.stage or stage
                     if session.reply_count != seen:  # a reply came: the next one's deadline
                         seen = session.reply_count
-                        scope.deadline = trio.current_time() + self.timeouts.of(session.wait)
+                        timer.arm(self.timeouts.of(session.wait))
                     out = session.data_to_send()
                     if out:
                         sending = True
@@ -369,8 +379,10 @@ class OutboundConnection:
         pending = 0
         # Until the terminator is sent, any failure leaves the session unusable.
         self.broken = True
+        timer = self.timers.timer()
         try:
-            with trio.fail_after(self.timeouts.data):
+            with timer:
+                timer.arm(self.timeouts.data)
                 async for chunk in content:
                     session.send_body(chunk)
                     pending += len(chunk)
@@ -379,10 +391,10 @@ class OutboundConnection:
                         pending = 0
                 session.end_body()
                 await self.stream.send_all(session.data_to_send())
-        except trio.TooSlowError:
-            raise DeliveryFailure(Stage.BODY, "timeout while sending the body") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise DeliveryFailure(Stage.BODY, "connection lost while sending the body") from exc
+        if timer.cancelled_caught:
+            raise DeliveryFailure(Stage.BODY, "timeout while sending the body")
         self.broken = False
 
     async def aclose(self, *, polite: bool = True) -> None:
@@ -395,4 +407,4 @@ class OutboundConnection:
                 except DeliveryFailure:
                     pass
         self.broken = True
-        await trio.aclose_forcefully(self.stream)
+        await close_stream(self.stream)

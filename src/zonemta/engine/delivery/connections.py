@@ -18,6 +18,7 @@ from zonemta.conf.rates import Rate
 from zonemta.engine.delivery.ratelimit import Throttle
 from zonemta.transport.direct_stream import DirectSocketStream
 from zonemta.transport.outbound import OutboundConnection
+from zonemta.transport.timers import TimerWheel
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class ZoneConnections:
         self._idle: OrderedDict[int, _Idle] = OrderedDict()
         self._changed = trio.Event()
         self._closer: trio.Nursery | None = None
+        self.timers = TimerWheel()  # the reply and data timeouts of the zone's connections
 
     @property
     def open_connections(self) -> int:
@@ -68,6 +70,7 @@ class ZoneConnections:
         """Closes idle connections after ``idle_ttl``; connections are closed in here."""
         async with trio.open_nursery() as nursery:
             self._closer = nursery
+            await nursery.start(self.timers.run)
             task_status.started()
             try:
                 while True:

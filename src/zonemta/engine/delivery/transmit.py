@@ -446,6 +446,7 @@ class Sender:
                         local_address=local.address or None,
                         tls=need,
                         timeouts=self.timeouts,
+                        timers=self.connections.timers,
                     )
                 except DeliveryFailure as exc:
                     log.info("%s [%s]:%s: %s", host.name, address, port, exc)
