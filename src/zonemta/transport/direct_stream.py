@@ -139,6 +139,20 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
                     raise _stream_error(exc) from exc
         return waited
 
+    def send_nowait(self, data: bytes) -> int:
+        """Send what the kernel takes now, without waiting: returns how many bytes of
+        ``data`` went (0 when the call would block). Raises like :meth:`send_all`."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        if self._shut_wr or self._closed:
+            raise trio.ClosedResourceError("the stream is closed for sending")
+        try:
+            return self.socket.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the stream was closed")

@@ -6,8 +6,10 @@ children itself and hands each one end of a socket pair), so a frame is the pick
 ``engine/processes/frames.py`` (those of the delivery processes and of the intake
 processes), matched by its class on the receiving side.
 
-:class:`FrameDecoder` is sans-IO; :class:`FramedPipe` drives a trio stream with one writer
-task that sends everything queued so far in one ``send_all``.
+:class:`FrameDecoder` is sans-IO; :class:`FramedPipe` drives a trio stream: over a
+:class:`~zonemta.transport.direct_stream.DirectSocketStream` a frame goes to the kernel
+when it is sent, if nothing is queued before it and the kernel takes it all (no task
+switch); otherwise one writer task sends everything queued so far in one ``send_all``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import struct
 from collections.abc import AsyncIterator
 
 import trio
+
+from zonemta.transport.direct_stream import DirectSocketStream
 
 
 class Frame:
@@ -76,12 +80,24 @@ class FramedPipe:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
+        self._direct = stream if isinstance(stream, DirectSocketStream) else None
         self._queue: list[bytes] = []
         self._wake = trio.Event()
         self._closing = False
+        self._writing = False  # the writer holds bytes it has not sent yet
 
     def send(self, frame: Frame) -> None:
-        self._queue.append(encode(frame))
+        data = encode(frame)
+        direct = self._direct
+        if direct is not None and not self._queue and not self._writing and not self._closing:
+            try:
+                sent = direct.send_nowait(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the other end died; the reader sees the end of the frames
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._queue.append(data)
         self._wake.set()
 
     def close_after_sending(self) -> None:
@@ -95,10 +111,13 @@ class FramedPipe:
             self._wake = trio.Event()
             if self._queue:
                 data, self._queue = b"".join(self._queue), []
+                self._writing = True
                 try:
                     await self.stream.send_all(data)
                 except trio.BrokenResourceError:
                     return  # the other end died; the reader sees the end of the frames
+                finally:
+                    self._writing = False
             if self._closing and not self._queue:
                 if isinstance(self.stream, trio.abc.HalfCloseableStream):
                     await self.stream.send_eof()
