@@ -28,6 +28,7 @@ from zonemta.plugins import PluginHost
 from zonemta.store import Store
 from zonemta.store.mongodb import MongoStore
 from zonemta.store.sqlite import SqliteStore
+from zonemta.transport.admission import held_places
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,10 @@ class Relay:
                     name: [s.fileno() for s in groups[index]] for name, groups in sets.items()
                 },
                 counts=counts,
+                places={
+                    service.settings.name: held_places(service.settings.max_clients, count)
+                    for service in self.interfaces
+                },
                 intake=self.intake,
                 store=self.store,
             )

@@ -287,3 +287,67 @@ async def test_a_store_failure_is_a_451_from_the_child_and_keeps_nothing(
         relay.request_stop()
     [event] = [e for e in seen if e.type == "message.rejected"]
     assert event.details is not None and "disk full" in event.details["reason"]
+
+
+async def wait_for_counts(relay: Relay, active: int) -> None:
+    """Until the relay has taken in the children's frames (Joined, Leave: no replies)."""
+    with trio.fail_after(10):
+        while relay.interfaces[0].active != active:  # noqa: ASYNC110 - set by the children's frames
+            await trio.sleep(0.01)
+
+
+async def test_trusted_clients_join_on_held_places_and_max_clients_holds(
+    tmp_path: Path, mx: TestMx
+) -> None:
+    # max_clients 8 over 2 children: the relay holds 8 // (4 * 2) = 1 place for each.
+    feeder = {"host": "127.0.0.1", "port": 0, "max_clients": 8}
+    config = relay_config(tmp_path / "q", zones=smart_host(mx), intake=TWO, smtp={"feeder": feeder})
+    async with running_relay(config) as (relay, info):
+        counts = relay.interfaces[0].counts
+        assert (counts.active, counts.held) == (0, 2)
+        port = info.smtp_ports["feeder"]
+        held: list[trio.SocketStream] = []
+        while True:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            reply = await read_reply(stream)
+            if not reply.startswith(b"220"):
+                assert reply.startswith(b"421 4.7.0 too many connections")
+                await stream.aclose()
+                break
+            held.append(stream)
+            await wait_for_counts(relay, len(held))
+            assert counts.active + counts.held <= 8
+        # Never more than max_clients; refused early by at most the places held unused.
+        assert 6 <= len(held) <= 8
+        assert counts.active == len(held)
+        for stream in held:
+            await stream.aclose()
+        await wait_for_counts(relay, 0)
+        assert counts.held == 2  # every place given back
+        await submit_async(port, "s@origin.test", ["after@one.test"], MESSAGE)
+        await wait_for_counts(relay, 0)
+        assert counts.held == 2
+
+
+async def test_a_killed_child_gives_back_its_held_places(tmp_path: Path, mx: TestMx) -> None:
+    feeder = {"host": "127.0.0.1", "port": 0, "max_clients": 8}
+    config = relay_config(tmp_path / "q", zones=smart_host(mx), intake=TWO, smtp={"feeder": feeder})
+    async with running_relay(config) as (relay, info):
+        counts = relay.interfaces[0].counts
+        port = info.smtp_ports["feeder"]
+        clients = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        for stream in clients:
+            assert (await read_reply(stream)).startswith(b"220")
+        await wait_for_counts(relay, 3)
+        assert counts.held < 2  # at least one client is on a held place
+        first_pids = [process.pid for process in relay.intake_processes]
+        for pid in first_pids:
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+        with trio.fail_after(20):
+            for stream in clients:
+                assert await closed_by_peer(stream)
+            while not all(p.restarts == 1 and p.ready.is_set() for p in relay.intake_processes):  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        assert (counts.active, counts.held) == (0, 2)  # the new children hold theirs again
+        await submit_async(port, "s@origin.test", ["after@one.test"], MESSAGE)

@@ -15,6 +15,7 @@ import logging
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
 from itertools import count
@@ -35,6 +36,8 @@ from zonemta.engine.processes.frames import (
     Body,
     Commit,
     Forward,
+    IntakeGrant,
+    Joined,
     Leave,
     Ready,
     Reply,
@@ -45,6 +48,8 @@ from zonemta.headers import HeaderPolicy
 from zonemta.inbound.interfaces import enabled_interfaces
 from zonemta.inbound.listener import SmtpInterfaceService
 from zonemta.store import BodyWriter, MessageRecord, NewDelivery, StoreError
+from zonemta.transport.admission import without_address_limit
+from zonemta.transport.interface import InterfaceSettings
 from zonemta.transport.smtp.reply import Reply as SmtpReply
 
 log = logging.getLogger(__name__)
@@ -104,21 +109,39 @@ class RelayLink:
 
 
 class RelayAdmission:
-    """The client limits of one interface, counted by the relay for all its children."""
+    """The client limits of one interface, counted by the relay for all its children. A
+    client without a per-address limit joins on one of the ``places`` the relay holds for
+    this process, without a round trip, while one is free (``transport/admission.py``)."""
 
-    def __init__(self, link: RelayLink, interface: str) -> None:
+    def __init__(self, link: RelayLink, settings: InterfaceSettings, places: int) -> None:
         self.link = link
-        self.interface = interface
+        self.settings = settings
+        self.interface = settings.name
+        self.free_places = places
+        self._on_held: Counter[str] = Counter()  # address -> clients on held places
 
     async def admit(self, address: str) -> SmtpReply | None:
+        if self.free_places > 0 and without_address_limit(self.settings, address):
+            self.free_places -= 1
+            self._on_held[address] += 1
+            self.link.pipe.send(Joined(self.interface, address))
+            return None
         refusal: SmtpReply | None = await self.link.call(
             partial(Admit, interface=self.interface, address=address)
         )
         return refusal
 
     def leave(self, address: str) -> None:
+        held = self._on_held[address] > 0
+        if held:
+            self._on_held[address] -= 1
+            if not self._on_held[address]:
+                del self._on_held[address]
+            self.free_places += 1
+        else:
+            self._on_held.pop(address, None)
         if not self.link.closed:
-            self.link.pipe.send(Leave(self.interface, address))
+            self.link.pipe.send(Leave(self.interface, address, held))
 
 
 class RelayBody(BodyWriter):
@@ -206,11 +229,17 @@ def _listening_sockets(fds: list[int]) -> list[socket.socket]:
 
 
 async def run(fd: int) -> None:
-    pipe, frames, config, sockets = await connect_to_relay(fd, "intake")
+    pipe, frames, config, grant = await connect_to_relay(fd, "intake")
+    assert isinstance(grant, IntakeGrant)
     link = RelayLink(pipe)
     intake = build_intake(config, link)
     services = [
-        (SmtpInterfaceService(settings, intake, RelayAdmission(link, settings.name)), settings)
+        (
+            SmtpInterfaceService(
+                settings, intake, RelayAdmission(link, settings, grant.places.get(settings.name, 0))
+            ),
+            settings,
+        )
         for settings in enabled_interfaces(config)
     ]
 
@@ -234,7 +263,7 @@ async def run(fd: int) -> None:
         nursery.start_soon(read_frames, nursery.cancel_scope)
         async with trio.open_nursery() as serving:
             for service, settings in services:
-                await serving.start(service.run, _listening_sockets(sockets[settings.name]))
+                await serving.start(service.run, _listening_sockets(grant.sockets[settings.name]))
             pipe.send(Ready())
         # Every interface stopped and its sessions ended: we are done.
         pipe.close_after_sending()

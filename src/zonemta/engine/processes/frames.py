@@ -31,6 +31,8 @@ __all__ = [
     "Fired",
     "Forward",
     "Init",
+    "IntakeGrant",
+    "Joined",
     "Leave",
     "More",
     "PoolCounts",
@@ -186,10 +188,33 @@ class Admit(Frame):
 @pickle_by_fields
 @attrs.frozen
 class Leave(Frame):
-    """Intake process → relay: a counted client has gone."""
+    """Intake process → relay: a counted client has gone (``held``: one it had let in on a
+    place held for it, :class:`Joined`)."""
 
     interface: str
     address: str
+    held: bool = False
+
+
+@pickle_by_fields
+@attrs.frozen
+class Joined(Frame):
+    """Intake process → relay: a client it let in on one of the places the relay holds
+    for it (no reply: the place was already counted)."""
+
+    interface: str
+    address: str
+
+
+@pickle_by_fields
+@attrs.frozen
+class IntakeGrant:
+    """What an intake process is given in its :class:`Init`: the listening sockets of each
+    interface (descriptors it inherits) and how many places of each interface's
+    ``max_clients`` the relay holds for it (see ``transport/admission.py``)."""
+
+    sockets: dict[str, list[int]]
+    places: dict[str, int]
 
 
 @pickle_by_fields

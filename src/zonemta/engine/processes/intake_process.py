@@ -14,8 +14,10 @@ answers with ``Reply(rid, value)``:
 
 ``Admit(rid, interface, address)``
     count a new client in; the value is None or the refusal (a Reply).
-``Leave(interface, address)``
-    a counted client has gone.
+``Joined(interface, address)``
+    a client let in on a place the relay holds for this process (``transport/admission.py``).
+``Leave(interface, address, held)``
+    a counted client has gone (``held``: one that had joined on a held place).
 ``Body(rid, message_id, data)``
     the next piece of a body being received (value: None, or the StoreError).
 ``Abort(message_id)``
@@ -25,7 +27,7 @@ answers with ``Reply(rid, value)``:
 ``Forward(event)``
     ``message.rejected`` / ``message.dropped``, published on the relay's bus.
 
-Relay → child: ``Init(config, sockets, log_level, index)``, the replies, and
+Relay → child: ``Init(config, IntakeGrant(sockets, places), log_level, index)``, the replies, and
 ``Stop(grace)``: stop accepting, finish the sessions within ``grace``, then exit.
 
 A child that dies is started again; the clients it had counted are released and the bodies
@@ -56,6 +58,8 @@ from zonemta.engine.processes.frames import (
     Commit,
     Forward,
     Init,
+    IntakeGrant,
+    Joined,
     Leave,
     Reply,
     Stop,
@@ -137,6 +141,7 @@ class IntakeProcess(ChildProcess):
         *,
         sockets: dict[str, list[int]],
         counts: dict[str, ClientCounts],
+        places: dict[str, int],
         intake: Intake,
         store: Store,
     ) -> None:
@@ -144,9 +149,12 @@ class IntakeProcess(ChildProcess):
         self.config = config
         self.sockets = sockets  # interface name → listening socket descriptors
         self.counts = counts  # interface name → client counts (shared by all children)
+        self.places = places  # interface name → places of max_clients held for the child
         self.intake = intake
         self.store = store
         self._clients: Counter[tuple[str, str]] = Counter()  # counted in by this process
+        self._on_held: Counter[tuple[str, str]] = Counter()  # of those, joined on held places
+        self._held: dict[str, int] = {}  # interface → held places not in use
         self._receiving: dict[str, _Receiving] = {}
         self._tasks: trio.Nursery | None = None
 
@@ -158,8 +166,12 @@ class IntakeProcess(ChildProcess):
             await super().run(task_status=task_status)
 
     def init_frame(self) -> Init:
+        """The child's Init; the places it is given are held from now until it is lost."""
+        for interface, places in self.places.items():
+            self.counts[interface].held += places
+            self._held[interface] = places
         level = logging.getLogger("zonemta").getEffectiveLevel()
-        return Init(self.config, self.sockets, level, self.index)
+        return Init(self.config, IntakeGrant(self.sockets, self.places), level, self.index)
 
     def inherited_fds(self) -> tuple[int, ...]:
         return tuple(fd for fds in self.sockets.values() for fd in fds)
@@ -173,6 +185,10 @@ class IntakeProcess(ChildProcess):
             for _ in range(count):
                 self.counts[interface].leave(address)
         self._clients.clear()
+        self._on_held.clear()
+        for interface, unused in self._held.items():
+            self.counts[interface].held -= unused
+        self._held.clear()
         receiving, self._receiving = self._receiving, {}
         assert self._tasks is not None
         for item in receiving.values():
@@ -187,14 +203,23 @@ class IntakeProcess(ChildProcess):
                 if refusal is None:
                     self._clients[interface, address] += 1
                 self._reply(rid, refusal)
-            case Leave(interface=interface, address=address):
+            case Joined(interface=interface, address=address):
+                if self._held.get(interface, 0) <= 0:
+                    raise PipeError(f"joined on no held place: {interface}")
+                self._held[interface] -= 1
+                self.counts[interface].join_held(address)
+                self._clients[interface, address] += 1
+                self._on_held[interface, address] += 1
+            case Leave(interface=interface, address=address, held=held):
                 key = (interface, address)
-                if self._clients[key] <= 0:
+                if self._clients[key] <= 0 or (held and self._on_held[key] <= 0):
                     raise PipeError(f"leave without admit: {key}")
-                self._clients[key] -= 1
-                if not self._clients[key]:
-                    del self._clients[key]
+                _take_one(self._clients, key)
                 self.counts[interface].leave(address)
+                if held:
+                    _take_one(self._on_held, key)
+                    self.counts[interface].held += 1
+                    self._held[interface] += 1
             case Forward(event=event):
                 self.intake.bus.publish(event)
             case Body(rid=rid, message_id=message_id, data=data):
@@ -258,6 +283,12 @@ class IntakeProcess(ChildProcess):
             self.intake.announce(record, small, [d.zone for d in deliveries])
         except Exception:  # stored all the same: the scheduler's poll finds it
             log.exception("announcing message %s failed", record.id)
+
+
+def _take_one(counter: Counter[tuple[str, str]], key: tuple[str, str]) -> None:
+    counter[key] -= 1
+    if not counter[key]:
+        del counter[key]
 
 
 def _as_store_error(exc: Exception) -> StoreError:
