@@ -502,10 +502,7 @@ async def test_trio_conformance_with_every_call_yielding(
     here with FAIR_RUN = 1: every call yields, everything else is the module's own."""
     monkeypatch.setattr(direct_stream, "FAIR_RUN", 1)
     with trio.fail_after(GUARD):
-        await trio.testing.check_half_closeable_stream(socketpair_maker, None)
-        # The clogged checks of the two-way suite (the half-closeable clogged ones: see
-        # test_BUG_send_eof_does_not_conflict_with_a_blocked_send below).
-        await trio.testing.check_two_way_stream(socketpair_maker, clogged_socketpair_maker)
+        await trio.testing.check_half_closeable_stream(socketpair_maker, clogged_socketpair_maker)
 
 
 async def test_trio_conformance_flags_the_documented_missing_schedule_point() -> None:
@@ -519,8 +516,8 @@ async def test_trio_conformance_flags_the_documented_missing_schedule_point() ->
 
 
 @pytest.mark.parametrize("blocked", ["send_all", "wait_send_all_might_not_block"])
-async def test_BUG_send_eof_does_not_conflict_with_a_blocked_send(pair: Pair, blocked: str) -> None:
-    """BUG (left failing on purpose): trio's HalfCloseableStream contract (and its
+async def test_regression_send_eof_conflicts_with_a_blocked_send(pair: Pair, blocked: str) -> None:
+    """Regression (fixed): trio's HalfCloseableStream contract (and its
     ``check_half_closeable_stream`` with a clogged stream) wants ``send_eof`` to raise
     BusyResourceError while another task is in ``send_all`` or
     ``wait_send_all_might_not_block``. DirectSocketStream.send_eof does not look at

@@ -224,7 +224,7 @@ async def test_many_timers_each_expire_at_their_own_time(
     autojump_clock: trio.testing.MockClock, wheel: TimerWheel
 ) -> None:
     # Deadlines on a 0.25 s grid (many shared): the wheel never wakes within
-    # MIN_SCAN_INTERVAL of its last scan here (that case: the BUG test at the end).
+    # MIN_SCAN_INTERVAL of its last scan here (that case: the regression test at the end).
     rng = random.Random(1)
     deadlines = [rng.randrange(1, 400) * 0.25 for _ in range(300)]
     fired: list[tuple[float, float, bool]] = []
@@ -365,10 +365,10 @@ async def test_a_timer_leaves_the_wheel_with_its_block(
 # ---- found while writing these tests: the fallback's `expired` is not the wheel's ----
 
 
-async def test_BUG_expired_survives_a_disarm_after_expiry(
+async def test_regression_expired_survives_a_disarm_after_expiry(
     autojump_clock: trio.testing.MockClock, wheel: TimerWheel
 ) -> None:
-    """BUG (left failing on purpose, fallback only): without a running wheel, ``expired``
+    """Regression (fixed): without a running wheel, ``expired``
     is computed when read, from the scope's *current* deadline
     (``scope.cancel_called and scope.deadline <= now``). Disarming after the deadline has
     passed - the natural ``try: ... finally: timer.disarm()`` around an operation - sets
@@ -385,10 +385,10 @@ async def test_BUG_expired_survives_a_disarm_after_expiry(
     assert timer.expired
 
 
-async def test_BUG_a_cancelled_timer_does_not_become_expired_later(
+async def test_regression_a_cancelled_timer_does_not_become_expired_later(
     autojump_clock: trio.testing.MockClock, wheel: TimerWheel
 ) -> None:
-    """BUG (left failing on purpose, fallback only): a timer ended by :meth:`Timer.cancel`
+    """Regression (fixed): a timer ended by :meth:`Timer.cancel`
     reads ``expired`` False at first, but without a running wheel it turns True once the
     deadline it was armed with goes by (``cancel_called`` is true and the scope's deadline
     is now in the past), though the deadline never ended anything. With a running wheel it
@@ -404,10 +404,10 @@ async def test_BUG_a_cancelled_timer_does_not_become_expired_later(
     assert not timer.expired
 
 
-async def test_BUG_the_wheel_spins_when_woken_inside_the_scan_interval(
+async def test_regression_the_wheel_spins_when_woken_inside_the_scan_interval(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """BUG (left failing on purpose): when the wheel wakes less than MIN_SCAN_INTERVAL
+    """Regression (fixed): when the wheel wakes less than MIN_SCAN_INTERVAL
     after its last scan it sleeps until ``last_scan + MIN_SCAN_INTERVAL``, but on waking
     it tests ``now - last_scan < MIN_SCAN_INTERVAL``: with floats, ``(t + 0.05) - t`` is
     often a hair below 0.05 (here 0.04999999999999716; for about three in four trio times

@@ -154,11 +154,19 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             raise _stream_error(exc) from exc
 
     async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
         if self._closed:
             raise trio.ClosedResourceError("the stream was closed")
-        await trio.lowlevel.wait_writable(self.socket)
+        self._sending = True
+        try:
+            await trio.lowlevel.wait_writable(self.socket)
+        finally:
+            self._sending = False
 
     async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this stream")
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("the stream was closed")

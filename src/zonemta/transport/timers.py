@@ -34,13 +34,14 @@ class Timer:
     passes, the ``with`` block is cancelled (and absorbs the cancellation) and
     :attr:`expired` is true."""
 
-    __slots__ = ("_expired", "_wheel", "deadline", "scope")
+    __slots__ = ("_cancelled", "_expired", "_wheel", "deadline", "scope")
 
     def __init__(self, wheel: TimerWheel) -> None:
         self._wheel = wheel
         self.scope = trio.CancelScope()
         self.deadline = math.inf
         self._expired = False
+        self._cancelled = False
 
     def __enter__(self) -> Timer:
         self.scope.__enter__()
@@ -54,7 +55,14 @@ class Timer:
         traceback: TracebackType | None,
     ) -> bool:
         self._wheel._timers.discard(self)
+        self._note_own_deadline()
         return self.scope.__exit__(exc_type, exc, traceback)
+
+    def _note_own_deadline(self) -> None:
+        """Without a wheel: record that the scope's own deadline has cancelled it."""
+        scope = self.scope
+        if not self._cancelled and scope.cancel_called and scope.deadline <= trio.current_time():
+            self._expired = True
 
     def arm(self, seconds: float) -> None:
         """Expire ``seconds`` from now (trio time) unless re-armed or disarmed first."""
@@ -75,6 +83,7 @@ class Timer:
     def disarm(self) -> None:
         self.deadline = math.inf
         if self.scope.deadline != math.inf:
+            self._note_own_deadline()
             self.scope.deadline = math.inf
 
     def expire(self) -> None:
@@ -84,11 +93,9 @@ class Timer:
 
     @property
     def expired(self) -> bool:
-        """The deadline passed (by the wheel, or by the scope's own deadline without one)."""
-        if self._expired:
-            return True
-        scope = self.scope
-        return scope.cancel_called and scope.deadline <= trio.current_time()
+        """The deadline ended the block (by the wheel, or by the scope's own deadline
+        without one; recorded when the block ends or the timer is disarmed)."""
+        return self._expired
 
     @property
     def cancelled_caught(self) -> bool:
@@ -97,6 +104,8 @@ class Timer:
 
     def cancel(self) -> None:
         """Cancel the ``with`` block for another reason than the deadline."""
+        if not self.scope.cancel_called:
+            self._cancelled = True
         self.scope.cancel()
 
 
@@ -130,7 +139,7 @@ class TimerWheel:
                     await trio.sleep_forever()
                 self._sleep = None
                 now = trio.current_time()
-                if now - last_scan < MIN_SCAN_INTERVAL:
+                if now < last_scan + MIN_SCAN_INTERVAL:  # the sum the deadline was set to
                     self._next = last_scan + MIN_SCAN_INTERVAL
                     continue
                 last_scan = now
