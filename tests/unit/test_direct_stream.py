@@ -430,10 +430,9 @@ async def test_a_cancelled_send_eof_raises_and_does_not_shut_down(pair: Pair) ->
     assert await receive_exactly(right, 10) == b"still open"
 
 
-async def test_receive_some_yields_after_fair_run_calls_that_did_not_wait(pair: Pair) -> None:
-    left, right = pair
-    calls = 3 * FAIR_RUN
-    await left.send_all(b"x" * calls)  # always data waiting: no call has to wait
+async def calls_seen_by_another_task(calls: int, call: Callable[[], Awaitable[None]]) -> list[int]:
+    """Run ``call`` ``calls`` times beside a task that counts its turns; after each call,
+    how many turns the other task had had."""
     ran = 0
     seen: list[int] = []
 
@@ -446,38 +445,35 @@ async def test_receive_some_yields_after_fair_run_calls_that_did_not_wait(pair: 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(other)
         for _ in range(calls):
-            assert await right.receive_some(1) == b"x"
+            await call()
             seen.append(ran)
         nursery.cancel_scope.cancel()
+    return seen
+
+
+@pytest.mark.parametrize("direction", ["receive_some", "send_all"])
+async def test_calls_yield_after_fair_run_calls_that_did_not_wait(
+    pair: Pair, direction: str
+) -> None:
+    left, right = pair
+    calls = 3 * FAIR_RUN
+
+    async def receive() -> None:
+        assert await right.receive_some(1) == b"x"
+
+    async def send() -> None:
+        await left.send_all(b"x")  # the kernel buffer never fills
+
+    if direction == "receive_some":
+        await left.send_all(b"x" * calls)  # always data waiting: no call has to wait
+    seen = await calls_seen_by_another_task(calls, receive if direction == "receive_some" else send)
     # The calls the kernel completed at once did not yield ...
     assert seen[: FAIR_RUN - 1] == [0] * (FAIR_RUN - 1)
     # ... but the loop could not hold the event loop: the other task ran in it.
     assert seen[2 * FAIR_RUN - 1] >= 1
     assert seen[-1] >= 2
-
-
-async def test_send_all_yields_after_fair_run_calls_that_did_not_wait(pair: Pair) -> None:
-    left, right = pair
-    calls = 3 * FAIR_RUN
-    ran = 0
-    seen: list[int] = []
-
-    async def other() -> None:
-        nonlocal ran
-        while True:
-            ran += 1
-            await trio.lowlevel.checkpoint()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other)
-        for _ in range(calls):
-            await left.send_all(b"x")  # the kernel buffer never fills
-            seen.append(ran)
-        nursery.cancel_scope.cancel()
-    assert seen[: FAIR_RUN - 1] == [0] * (FAIR_RUN - 1)
-    assert seen[2 * FAIR_RUN - 1] >= 1
-    assert seen[-1] >= 2
-    assert await receive_exactly(right, calls) == b"x" * calls
+    if direction == "send_all":
+        assert await receive_exactly(right, calls) == b"x" * calls
 
 
 # ---- trio's generic stream checks ----
