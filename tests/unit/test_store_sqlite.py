@@ -193,6 +193,17 @@ async def test_failing_op_fails_only_its_caller(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_savepoint_journals_of_a_group_commit_stay_in_memory(tmp_path: Path) -> None:
+    # Each op of a batch runs in a savepoint; with temp_store=FILE sqlite spills its statement
+    # journal to a temporary file (about 15 extra writes per message under load).
+    conn = connect_writer(tmp_path / "w.sqlite3", "full")
+    try:
+        assert conn.execute("PRAGMA temp_store").fetchone() == (2,)  # 2 = MEMORY
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
 async def test_writes_wait_for_the_writer_to_start(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     await store.open()

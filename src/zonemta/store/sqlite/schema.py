@@ -145,6 +145,11 @@ def connect_writer(db_path: Path, durability: Durability) -> sqlite3.Connection:
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(f"could not enable WAL on {db_path} (got {mode!r})")
         conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
+        # Each op of a group commit runs in its own savepoint, so sqlite keeps a statement
+        # journal of the pages the op changes; on disk it spills to a temporary file after
+        # 64 KiB and costs about 15 writes per message. In memory it costs a page copy. (The
+        # WAL is untouched: durability is the same.)
+        conn.execute("PRAGMA temp_store=MEMORY")
         conn.executescript(SCHEMA)
         _add_missing_columns(conn)
     except BaseException:
