@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import trio
 
 from benchmarks.smtp_source import HELO_NAME, SMTP_SOURCE
-from zonemta.transport.direct_stream import DirectSocketStream
+from zonemta.transport.direct_stream import DirectSocketStream, accept_loop
 
 BANNER = b"220 floor.test ESMTP\r\n"
 REPLIES: dict[bytes, bytes] = {
@@ -73,7 +73,7 @@ def answer(buffer: bytearray, in_data: bool) -> tuple[bytes, bool, bool]:
             in_data = True
 
 
-async def serve_session(stream: DirectSocketStream) -> None:
+async def serve_session(stream: DirectSocketStream, _client: str = "") -> None:
     """One session: banner, canned replies, close after QUIT or EOF."""
     buffer = bytearray()
     in_data = False
@@ -96,17 +96,9 @@ async def serve_session(stream: DirectSocketStream) -> None:
 
 
 async def serve(listener: socket.socket) -> None:
+    """Accept on ``listener`` as zonemta's listener does (:func:`accept_loop`), for ever."""
     async with trio.open_nursery() as nursery:
-        while True:
-            await trio.lowlevel.wait_readable(listener)
-            while True:
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    break
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(serve_session, DirectSocketStream(conn))
+        await accept_loop(listener, serve_session, nursery)
 
 
 def _child(listener: socket.socket, report: int) -> None:
@@ -127,7 +119,6 @@ def measure(processes: int, messages: int, sessions: int, size: int) -> dict[str
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
-    listener.setblocking(False)
     port = listener.getsockname()[1]
     read_end, write_end = os.pipe()
     children = []
