@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import trio
 
-from benchmarks.smtp_source import HELO_NAME, SMTP_SOURCE
+from benchmarks.smtp_source import SourceRun, command, find_smtp_source
 from zonemta.transport.direct_stream import DirectSocketStream, accept_loop
 
 BANNER = b"220 floor.test ESMTP\r\n"
@@ -114,8 +114,9 @@ def _child(listener: socket.socket, report: int) -> None:
 def measure(processes: int, messages: int, sessions: int, size: int) -> dict[str, float]:
     """Run the responder in ``processes`` forked processes sharing one listening socket,
     load it with smtp-source and return the figures."""
-    if not SMTP_SOURCE.exists():
-        raise SystemExit(f"{SMTP_SOURCE} is missing: run benchmarks/install-postfix.sh")
+    executable = find_smtp_source()
+    if executable is None:
+        raise SystemExit("smtp-source is missing: run benchmarks/install-postfix.sh")
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1024)
@@ -132,10 +133,10 @@ def measure(processes: int, messages: int, sessions: int, size: int) -> dict[str
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     try:
-        command = [str(SMTP_SOURCE), "-s", str(sessions), "-m", str(messages)]
-        command += ["-l", str(size), "-f", "bench@sender.test", "-t", "user@sink.test"]
-        command += ["-M", HELO_NAME, f"127.0.0.1:{port}"]
-        subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+        # the harness's smtp-source command line for a new session per message
+        run = SourceRun(sessions, messages, keep_open=False, recipient="user@sink.test")
+        argv = command(executable, "127.0.0.1", port, run, size=size, sender="bench@sender.test")
+        subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
         elapsed = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     finally:
