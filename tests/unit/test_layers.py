@@ -30,7 +30,7 @@ def modules(*parts: str) -> list[Path]:
     return found
 
 
-PURE = modules("conf", "statemachine", "transport/smtp", "dkim", "headers.py")
+PURE = modules("conf", "statemachine", "transport/smtp", "dkim", "headers.py", "identity_enum.py")
 BELOW_ENGINE = modules("conf", "statemachine", "transport", "store")
 
 

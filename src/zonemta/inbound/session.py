@@ -40,6 +40,8 @@ REPLY_RELAY_DENIED = Reply(554, ("relay access denied",), "5.7.1")
 REPLY_AUTH_OK = Reply(235, ("Authentication successful",), "2.7.0")
 REPLY_AUTH_FAILED = Reply(535, ("Authentication credentials invalid",), "5.7.8")
 REPLY_AUTH_UNAVAILABLE = Reply(454, ("Temporary authentication failure",), "4.7.0")
+REPLY_SENDER_OK = Reply(250, ("sender ok",), "2.1.0")
+REPLY_RECIPIENT_OK = Reply(250, ("recipient ok",), "2.1.5")
 
 
 class _SessionOver(Exception):
@@ -162,7 +164,7 @@ class SmtpSession:
                         return
                 self.mail_from = address
                 self.mail_params = dict(params)
-                self.protocol.respond(Reply(250, ("sender ok",), "2.1.0"))
+                self.protocol.respond(REPLY_SENDER_OK)
             case smtp.RcptTo(address=address):
                 if self.user is None and not self.relay_allowed:
                     log.info("relay denied: %s -> <%s>", self.client_address, address)
@@ -174,7 +176,7 @@ class SmtpSession:
                         self.protocol.respond(refusal)
                         return
                 self.recipients.append(address)
-                self.protocol.respond(Reply(250, ("recipient ok",), "2.1.5"))
+                self.protocol.respond(REPLY_RECIPIENT_OK)
             case smtp.Auth(username=username, password=password):
                 await self._authenticate(username, password)
             case smtp.StartTLS():

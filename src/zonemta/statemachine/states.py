@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import enum
+from zonemta.identity_enum import IdentityEnum
 
 
-class DeliveryState(enum.Enum):
+class DeliveryState(IdentityEnum):
     QUEUED = "queued"
     LOCKED = "locked"
     RESOLVING = "resolving"
@@ -23,7 +23,7 @@ class DeliveryState(enum.Enum):
 TERMINAL_STATES = frozenset({DeliveryState.DELIVERED, DeliveryState.BOUNCED})
 
 
-class Trigger(enum.Enum):
+class Trigger(IdentityEnum):
     LEASE = "lease"  # the scheduler claimed the delivery
     RESOLVE = "resolve"  # start looking up where to send
     RESOLVED = "resolved"  # MX hosts known, now connecting

@@ -3,6 +3,7 @@ listener and its sessions share."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import ssl
 from typing import Protocol
@@ -40,13 +41,21 @@ class FailureDelays(Protocol):
 def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
     """True when the IP literal ``address`` lies in one of ``networks`` (IPv4-mapped IPv6
     addresses count as IPv4). False for anything that is not an IP address."""
+    ip = _client_ip(address)
+    return ip is not None and any(ip in network for network in networks)
+
+
+@functools.lru_cache(maxsize=4096)
+def _client_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``address`` parsed (an IPv4-mapped IPv6 address as IPv4), None when it is none.
+    Cached: each session asks about its client more than once, and clients come back."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in networks)
+        return ip.ipv4_mapped
+    return ip
 
 
 @attrs.frozen

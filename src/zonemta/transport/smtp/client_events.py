@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from zonemta.identity_enum import IdentityEnum
 from zonemta.transport.smtp.client_plan import Extensions
 from zonemta.transport.smtp.errors import LocalProtocolError
 from zonemta.transport.smtp.reply import Reply
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class Stage(enum.Enum):
+class Stage(IdentityEnum):
     """The step of a session a reply or a failure belongs to (``CONNECT``: the driver's)."""
 
     CONNECT = "connect"
@@ -51,7 +52,7 @@ class Stage(enum.Enum):
     FINAL = "final"  # the reply to the end of data (and to QUIT)
 
 
-class Wait(enum.Enum):
+class Wait(IdentityEnum):
     """Which timeout applies to what the session waits for (RFC 5321 4.5.3.2)."""
 
     GREETING = "greeting"  # 4.5.3.2.1 initial 220

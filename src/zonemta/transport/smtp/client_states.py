@@ -10,14 +10,14 @@ reply, which timeout applies and which stage a failure there belongs to.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 
+from zonemta.identity_enum import IdentityEnum
 from zonemta.transport.smtp.client_events import Stage, Wait
 from zonemta.transport.smtp.errors import LocalProtocolError
 
 
-class ClientState(enum.Enum):
+class ClientState(IdentityEnum):
     """Where an SMTP client session is."""
 
     GREETING = "greeting"  # waiting for the 220
@@ -35,7 +35,7 @@ class ClientState(enum.Enum):
     CLOSED = "closed"  # QUIT answered, 421, EOF, refused session or RSET, or a protocol error
 
 
-class ClientTrigger(enum.Enum):
+class ClientTrigger(IdentityEnum):
     """What happened, classified before the transition lookup."""
 
     GREETED = "greeted"  # 2xx greeting

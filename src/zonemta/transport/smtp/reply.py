@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -73,6 +74,11 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """The reply as it goes on the wire, every line ending in CRLF."""
+        return self._wire
+
+    @functools.cached_property
+    def _wire(self) -> bytes:
+        # Built once per reply: the server sends the same few constants in every session.
         out: list[str] = []
         last = len(self.lines) - 1
         for index, line in enumerate(self.lines):

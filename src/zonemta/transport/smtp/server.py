@@ -61,9 +61,9 @@ from zonemta.transport.smtp.server_parse import Refusal
 from zonemta.transport.smtp.server_settings import ServerSettings
 from zonemta.transport.smtp.server_states import (
     NOT_IMPLEMENTED_VERBS,
+    VERBS,
     SessionState,
     Trigger,
-    Verb,
     sequence_refusal,
     transition,
 )
@@ -308,9 +308,8 @@ class SMTPServerConnection(CommandHandlers):
             return None
         word, _, arg = text.partition(" ")
         name = word.upper() if word.isascii() else ""
-        try:
-            verb = Verb(name)
-        except ValueError:
+        verb = VERBS.get(name)
+        if verb is None:
             refusal = (
                 replies.NOT_IMPLEMENTED
                 if name in NOT_IMPLEMENTED_VERBS

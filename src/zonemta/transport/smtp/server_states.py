@@ -11,15 +11,15 @@ run (``None``) or which bad-sequence reply the peer gets instead.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 
+from zonemta.identity_enum import IdentityEnum
 from zonemta.transport.smtp import server_replies as replies
 from zonemta.transport.smtp.errors import LocalProtocolError
 from zonemta.transport.smtp.reply import Reply
 
 
-class SessionState(enum.Enum):
+class SessionState(IdentityEnum):
     """Where an SMTP server session is."""
 
     CONNECTED = "connected"  # greeting queued; HELO/EHLO required (also right after STARTTLS)
@@ -32,7 +32,7 @@ class SessionState(enum.Enum):
     CLOSED = "closed"  # QUIT answered, close_with(), EOF or a fatal peer error
 
 
-class Trigger(enum.Enum):
+class Trigger(IdentityEnum):
     """What happened, classified before the transition lookup."""
 
     HELLO = "hello"  # HELO/EHLO answered (also resets a transaction, RFC 5321 4.1.4)
@@ -99,7 +99,7 @@ def transition(state: SessionState, trigger: Trigger) -> SessionState:
         ) from None
 
 
-class Verb(enum.Enum):
+class Verb(IdentityEnum):
     """The commands the server implements."""
 
     HELO = "HELO"
@@ -115,6 +115,10 @@ class Verb(enum.Enum):
     STARTTLS = "STARTTLS"
     AUTH = "AUTH"
 
+
+# A dict lookup: ``Verb(name)`` goes through the enum metaclass (and raises for a word that
+# is no verb), several times the price.
+VERBS: dict[str, Verb] = {verb.value: verb for verb in Verb}
 
 # Known commands we deliberately do not implement: 502 rather than 500 (RFC 5321 4.2.4).
 NOT_IMPLEMENTED_VERBS = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "BDAT", "SEND", "SOML"})
