@@ -61,6 +61,7 @@ from zonemta.transport.smtp.server_parse import Refusal
 from zonemta.transport.smtp.server_settings import ServerSettings
 from zonemta.transport.smtp.server_states import (
     NOT_IMPLEMENTED_VERBS,
+    TRANSITIONS,
     VERBS,
     SessionState,
     Trigger,
@@ -105,9 +106,7 @@ class SMTPServerConnection(CommandHandlers):
         self._scanned = 0  # bytes of _line_buf already searched for LF
         self._discarding = False  # inside an over-long command line
         self._eof = False
-        self._out: list[bytes] = [
-            Reply(220, (f"{settings.hostname} {settings.banner}".strip(),)).to_bytes()
-        ]
+        self._out: list[bytes] = [settings.greeting]
         self._pending: Event | None = None
         self._pending_utf8 = False
         self._smtputf8 = False
@@ -199,26 +198,28 @@ class SMTPServerConnection(CommandHandlers):
         pending = self._pending
         if pending is None:
             raise LocalProtocolError("respond() without a pending policy event")
-        if reply.is_intermediate:
+        code = reply.code
+        if 300 <= code < 400:
             raise LocalProtocolError(f"a policy answer cannot be intermediate: {reply}")
         self._pending = None
         self._reply(reply)
+        positive = 200 <= code < 300
         if isinstance(pending, MailFrom):
-            if reply.is_positive:
+            if positive:
                 self._smtputf8 = self._pending_utf8
-            self._move(Trigger.MAIL_ACCEPTED if reply.is_positive else Trigger.MAIL_REFUSED)
+            self._move(Trigger.MAIL_ACCEPTED if positive else Trigger.MAIL_REFUSED)
         elif isinstance(pending, RcptTo):
-            self._recipients += reply.is_positive
-            self._move(Trigger.RCPT_ACCEPTED if reply.is_positive else Trigger.RCPT_REFUSED)
+            self._recipients += positive
+            self._move(Trigger.RCPT_ACCEPTED if positive else Trigger.RCPT_REFUSED)
         elif isinstance(pending, Auth):
-            self._authenticated = reply.is_positive
+            self._authenticated = positive
             self._move(Trigger.AUTH_DONE)
         else:
-            if reply.is_positive:
+            if positive:
                 self._errors = 0  # the cap counts errors "without delivering mail"
             self._end_transaction()
             self._move(Trigger.DATA_DONE)
-        if reply.code == 421:
+        if code == 421:
             self._move(Trigger.CLOSE)
 
     def close_with(self, reply: Reply) -> None:
@@ -250,7 +251,8 @@ class SMTPServerConnection(CommandHandlers):
     # ------------------------------------------------------------------ internals
 
     def _move(self, trigger: Trigger) -> None:
-        self._state = transition(self._state, trigger)
+        state = TRANSITIONS.get((self._state, trigger))
+        self._state = state if state is not None else transition(self._state, trigger)
 
     def _close(self) -> None:
         self._pending = None
@@ -273,6 +275,13 @@ class SMTPServerConnection(CommandHandlers):
         """The next command line with its line ending, ``_TOO_LONG``, or None (need bytes)."""
         limit = self._settings.max_line_length
         buf = self._line_buf
+        inbox = self._inbox
+        if not buf and inbox and not self._discarding:
+            # The usual case: the next chunk received is one whole command line.
+            chunk = inbox[0]
+            if chunk.find(b"\n") == len(chunk) - 1:
+                inbox.popleft()
+                return chunk if len(chunk) <= limit else _TOO_LONG
         while True:
             newline = buf.find(b"\n", self._scanned)
             if newline >= 0:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from zonemta.transport.smtp import server_replies as replies
 from zonemta.transport.smtp.errors import RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
-from zonemta.transport.smtp.server_auth import MECHANISMS, Challenge, Credentials, SaslExchange
+from zonemta.transport.smtp.server_auth import Challenge, Credentials, SaslExchange
 from zonemta.transport.smtp.server_data import DataDecoder
 from zonemta.transport.smtp.server_events import (
     Auth,
@@ -67,7 +67,7 @@ class CommandHandlers:
             return None
         self._end_transaction()
         self._move(Trigger.HELLO)
-        self._reply(Reply(250, (self._settings.hostname,)))
+        self._out.append(self._settings.helo_reply)
         return Helo(arg, extended=False)
 
     def _on_ehlo(self, arg: str, _crlf: bool) -> Event | None:
@@ -76,16 +76,9 @@ class CommandHandlers:
             return None
         self._end_transaction()
         self._move(Trigger.HELLO)
-        settings = self._settings
-        lines = [settings.hostname, "PIPELINING"]
-        lines.append(f"SIZE {settings.max_size}" if settings.max_size else "SIZE")
-        lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
-        if settings.starttls_available and not self._tls_active:
-            lines.append("STARTTLS")
-        if self._auth_offered:
-            lines.append(" ".join(("AUTH", *MECHANISMS)))
-        lines.append("HELP")
-        self._reply(Reply(250, tuple(lines)))
+        self._out.append(
+            self._settings.ehlo_reply(tls_active=self._tls_active, auth_offered=self._auth_offered)
+        )
         return Helo(arg, extended=True)
 
     def _on_mail(self, arg: str, _crlf: bool) -> Event | None:

@@ -26,6 +26,8 @@ MAX_LABEL = 63
 MAX_SIZE_DIGITS = 20
 
 _ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
+# A dot-atom local part of ASCII characters only: one set check instead of one per character.
+_LOCAL_ASCII = _ATEXT | {"."}
 _LABEL = frozenset(string.ascii_letters + string.digits + "-_")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}\Z")
@@ -160,7 +162,7 @@ def _check_mailbox(path: str, *, utf8: bool, bad: Reply, postmaster: bool = Fals
             if postmaster and path.lower() == "postmaster":
                 return path
             raise Refusal(bad)
-        local_ok = bool(local) and all(_atext(c) for c in local)
+        local_ok = bool(local) and (_LOCAL_ASCII.issuperset(local) or all(_atext(c) for c in local))
     if not local_ok or not _domain_ok(domain):
         raise Refusal(bad)
     if len(local.encode()) > MAX_LOCAL_PART or len(domain.encode()) > MAX_DOMAIN:
@@ -208,6 +210,8 @@ def _domain_ok(domain: str) -> bool:
     for label in domain.split("."):
         if not label or len(label.encode()) > MAX_LABEL:
             return False
+        if _LABEL.issuperset(label):
+            continue
         for char in label:
             if char not in _LABEL and not (char > "\x7f" and char.isalnum()):
                 return False

@@ -2,14 +2,20 @@
 
 The settings are checked in their constructor against the RFC 5321 minimums named here
 (a command line of at least 512 octets, at least 100 recipients per transaction), so the
-protocol object never runs with limits the RFC forbids.
+protocol object never runs with limits the RFC forbids. The replies that depend only on
+the settings (the greeting, the answers to HELO and EHLO) are built once per settings
+object and reused by every session.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import attrs
+
+from zonemta.transport.smtp.reply import Reply
+from zonemta.transport.smtp.server_auth import MECHANISMS
 
 __all__ = ["MIN_LINE_LENGTH", "MIN_RECIPIENTS", "ServerSettings"]
 
@@ -54,3 +60,37 @@ class ServerSettings:
     auth_available: bool = False
     allow_insecure_auth: bool = False
     max_errors: int = attrs.field(default=0, validator=_positive(0))
+
+    @functools.cached_property
+    def greeting(self) -> bytes:
+        """The 220 greeting as it goes on the wire."""
+        return Reply(220, (f"{self.hostname} {self.banner}".strip(),)).to_bytes()
+
+    @functools.cached_property
+    def helo_reply(self) -> bytes:
+        """The 250 answer to HELO as it goes on the wire."""
+        return Reply(250, (self.hostname,)).to_bytes()
+
+    def ehlo_reply(self, *, tls_active: bool, auth_offered: bool) -> bytes:
+        """The 250 answer to EHLO as it goes on the wire: what the session offers (STARTTLS
+        outside TLS when available, AUTH when offered)."""
+        key = (tls_active, auth_offered)
+        wire = self._ehlo_replies.get(key)
+        if wire is None:
+            wire = self._ehlo_replies[key] = self._ehlo(tls_active, auth_offered).to_bytes()
+        return wire
+
+    @functools.cached_property
+    def _ehlo_replies(self) -> dict[tuple[bool, bool], bytes]:
+        return {}
+
+    def _ehlo(self, tls_active: bool, auth_offered: bool) -> Reply:
+        lines = [self.hostname, "PIPELINING"]
+        lines.append(f"SIZE {self.max_size}" if self.max_size else "SIZE")
+        lines += ["8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+        if self.starttls_available and not tls_active:
+            lines.append("STARTTLS")
+        if auth_offered:
+            lines.append(" ".join(("AUTH", *MECHANISMS)))
+        lines.append("HELP")
+        return Reply(250, tuple(lines))
