@@ -8,6 +8,7 @@ compared case-insensitively.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterator
@@ -155,7 +156,17 @@ class HeaderPolicy:
         return headers + b"".join(added)
 
 
+_COLON_AFTER_NAME = re.compile(rb"[ \t]*:")
+
+
 def _has_field(lowered: bytes, name: bytes) -> bool:
-    if lowered.startswith(name) and re.match(rb"[ \t]*:", lowered[len(name) :]):
+    if lowered.startswith(name) and _COLON_AFTER_NAME.match(lowered, len(name)):
         return True
-    return re.search(rb"\r\n" + re.escape(name) + rb"[ \t]*:", lowered) is not None
+    return _field_after_line_break(name).search(lowered) is not None
+
+
+@functools.cache
+def _field_after_line_break(name: bytes) -> re.Pattern[bytes]:
+    """The pattern of field ``name`` starting a line after the first (compiled once per
+    name: the intake asks about the same two names for every message)."""
+    return re.compile(rb"\r\n" + re.escape(name) + rb"[ \t]*:")

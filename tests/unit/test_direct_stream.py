@@ -177,6 +177,33 @@ async def test_a_large_send_all_waits_for_the_reader_and_arrives_intact(
     assert got == payload
 
 
+async def test_send_all_leaves_no_view_of_a_bytearray_behind(any_pair: Pair) -> None:
+    # Sent in one go (no memoryview taken) or in parts after a wait (a view, released):
+    # either way the caller may resize its buffer as soon as send_all returns.
+    left, right = any_pair
+    small = bytearray(b"250 ok\r\n")
+    await left.send_all(small)
+    small += b"more"  # BufferError if a view were still exported
+    assert await receive_exactly(right, 8) == b"250 ok\r\n"
+    filled = clog(left)
+    large = bytearray(b"x" * 100_000)
+
+    async def drain() -> None:
+        await receive_exactly(right, filled + len(large))
+
+    with trio.fail_after(GUARD):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await left.send_all(large)
+    large += b"more"
+
+
+async def test_an_empty_send_all_makes_no_system_call(pair: Pair) -> None:
+    left, _right = pair
+    left.socket.close()  # any send() would fail now; the stream still thinks it is open
+    await left.send_all(b"")
+
+
 # ---- end of stream and half-close ----
 
 

@@ -130,7 +130,9 @@ class SmtpSession:
     async def _receive(self) -> bool:
         """Send what is queued, then read more (within the idle and data timeouts: the
         timer cancels the session's loop). False when the session is over."""
-        await self._flush()
+        out = self.protocol.data_to_send()  # _flush(), without a coroutine call
+        if out:
+            await self.stream.send_all(out)
         if self.service._closing and self.reception is None:
             self._close_with(REPLY_SHUTDOWN)
             await self._flush()

@@ -74,15 +74,11 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         self._shut_wr = False
         self._closed = False
 
-    async def _settle(self, waited: bool) -> None:
-        """Count a completed call; yield after FAIR_RUN calls that did not wait."""
-        if waited:
-            self._run = 0
-            return
-        self._run += 1
-        if self._run >= FAIR_RUN:
-            self._run = 0
-            await trio.lowlevel.cancel_shielded_checkpoint()
+    async def _yield_after_run(self) -> None:
+        """FAIR_RUN calls in a row did not wait: yield once. (Every call counts itself in
+        ``_run`` inline, no coroutine call: 0 when it waited, else one more.)"""
+        self._run = 0
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
@@ -104,7 +100,12 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise _stream_error(exc) from exc
             break
-        await self._settle(waited)
+        if waited:
+            self._run = 0
+        else:
+            self._run += 1
+            if self._run >= FAIR_RUN:
+                await self._yield_after_run()
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -117,18 +118,31 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint_if_cancelled()
             if self._closed:
                 raise trio.ClosedResourceError("the stream was closed")
-            waited = await self._send(data)
+            # Usually the kernel takes it all at once: no memoryview, no _send coroutine.
+            sent = 0
+            if data:
+                try:
+                    sent = self.socket.send(data)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise _stream_error(exc) from exc
+            waited = sent < len(data) and await self._send(data, sent)
         finally:
             self._sending = False
-        await self._settle(waited)
+        if waited:
+            self._run = 0
+        else:
+            self._run += 1
+            if self._run >= FAIR_RUN:
+                await self._yield_after_run()
 
-    async def _send(self, data: bytes | bytearray | memoryview) -> bool:
-        """Send every byte; True when it had to wait."""
+    async def _send(self, data: bytes | bytearray | memoryview, sent: int = 0) -> bool:
+        """Send every byte from offset ``sent`` on; True when it had to wait."""
         sock = self.socket
         waited = False
         with memoryview(data) as view:
             total = len(view)
-            sent = 0
             while sent < total:
                 try:
                     sent += sock.send(view[sent:] if sent else view)
