@@ -221,6 +221,7 @@ def build_intake(config: Config, link: RelayLink) -> Intake:
         ids=QueueIdGenerator(time.time),
         clock=time.time,
         headers=HeaderPolicy.from_config(config.headers, config.hostname),
+        announces=False,  # the relay announces (message.queued) what it commits for us
     )
 
 

@@ -106,7 +106,9 @@ class Reception:
         self._body_8bit = envelope.body_8bit
         self._failed: StoreError | None = None
         self._done = False
-        self._small: list[bytes] | None = []
+        # The body kept in memory while small, for the delivery engine (only when this
+        # intake announces its messages itself).
+        self._small: list[bytes] | None = [] if intake.announces else None
         self._small_size = 0
         self._bodyhash = RelaxedBodyHasher()  # DKIM bh=, computed as the body streams in
         self._hook_reply: Reply | None = None  # a body hook failed
@@ -279,6 +281,7 @@ class Intake:
         on_stored: Callable[[MessageRecord, bytes | None, int], None] = lambda *_: None,
         headers: HeaderPolicy | None = None,
         hooks: Hooks | None = None,
+        announces: bool = True,
     ) -> None:
         self.store = store
         self.router = router
@@ -289,6 +292,9 @@ class Intake:
         self.on_stored = on_stored
         self.headers = headers  # Message-ID/Date when missing, hop limit
         self.hooks = hooks if hooks is not None else Hooks()  # plugins (engine/hooks.py)
+        # False in an intake process: the relay announces what it commits for it (with the
+        # body it received), so this intake neither announces nor keeps small bodies.
+        self.announces = announces
 
     def publish_dropped(self, reception: Reception, reason: str) -> None:
         """A hook dropped the message: accepted, nothing stored."""
@@ -375,12 +381,13 @@ class Intake:
             meta=meta,
         )
         await self.store.commit_message(record, body, deliveries)
-        small = reception._small
-        self.announce(
-            record,
-            b"".join(small) if small is not None else None,
-            [r.zone for r in routes],
-        )
+        if self.announces:
+            small = reception._small
+            self.announce(
+                record,
+                b"".join(small) if small is not None else None,
+                [r.zone for r in routes],
+            )
         return reception.id
 
     def announce(self, record: MessageRecord, small_body: bytes | None, zones: list[str]) -> None:
