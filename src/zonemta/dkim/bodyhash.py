@@ -31,6 +31,10 @@ _UNSETTLED = b"\t \r"
 
 def _relax_lines(data: bytes) -> bytes:
     """Relaxed canonicalisation of whole lines (``data`` ends with CRLF)."""
+    if b" " not in data and b"\t" not in data:
+        # No blanks at all (base64 parts, for one): nothing to relax. Two one-byte scans
+        # (memchr) instead of the three multi-byte searches below, several times slower.
+        return data
     if b" \r\n" in data or b"\t\r\n" in data:
         data = _TRAILING_WSP.sub(_CRLF, data)
     if b"  " in data or b"\t" in data:
