@@ -40,7 +40,7 @@ from zonemta.transport.smtp.client_session import NEED_DATA, SMTPClientSession
 from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.starttls import TlsUpgradeFailed, start_client_tls
-from zonemta.transport.timers import TimerWheel
+from zonemta.transport.timers import Timer, TimerWheel
 from zonemta.transport.tls_policy import HostTls, TlsPolicy
 
 __all__ = [
@@ -111,6 +111,10 @@ class OutboundConnection:
         self.transactions = 0  # transactions started
         self.broken = False
         self.ehlo_name = ""  # the name this side greeted with (for Received headers)
+        # What the last wait cut short by a cancellation was (the failure if it was the
+        # timer's): a timeout text, or None for "waiting for the reply" (_timed_out).
+        self._timeout: str | None = None
+        self._timeout_stage = Stage.FINAL
 
     @classmethod
     async def connect(
@@ -283,33 +287,41 @@ class OutboundConnection:
         }
 
     async def _next_event(self) -> ClientEvent:
+        """Write what the session queued and read until it has an event, under a timer of
+        its own (see :meth:`_wait_event`). Raises :class:`DeliveryFailure` (no reply) for a
+        timeout, a lost connection or a protocol error; the connection is then ``broken``."""
+        timer = self.timers.timer()
+        with timer:
+            return await self._wait_event(timer)
+        raise self._timed_out()
+
+    async def _wait_event(self, timer: Timer) -> ClientEvent:
         """Write what the session queued and read until it has an event. Each reply gets
         the deadline of what the session waits for (``Timeouts.of``), from the moment the
-        previous one arrived. Raises :class:`DeliveryFailure` (no reply) for a timeout, a
-        lost connection or a protocol error; the connection is then ``broken``."""
+        previous one arrived, on ``timer`` (entered by the caller, which turns its expiry
+        into :meth:`_timed_out`). Raises :class:`DeliveryFailure` (no reply) for a lost
+        connection or a protocol error; the connection is then ``broken``."""
         session = self.session
         seen = -1
         stage = session.stage or Stage.FINAL
         sending = False
-        timer = self.timers.timer()
         try:
-            with timer:
-                while True:
-                    event = session.next_event()
-                    stage = session.stage or stage
-                    if session.reply_count != seen:  # a reply came: the next one's deadline
-                        seen = session.reply_count
-                        timer.arm(self.timeouts.of(session.wait))
-                    out = session.data_to_send()
-                    if out:
-                        sending = True
-                        await self.stream.send_all(out)
-                        sending = False
-                    if event is not NEED_DATA:
-                        assert isinstance(event, ClientEvent)
-                        return event
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                    session.receive_data(bytes(data))
+            while True:
+                event = session.next_event()
+                stage = session.stage or stage
+                if session.reply_count != seen:  # a reply came: the next one's deadline
+                    seen = session.reply_count
+                    timer.arm(self.timeouts.of(session.wait))
+                out = session.data_to_send()
+                if out:
+                    sending = True
+                    await self.stream.send_all(out)
+                    sending = False
+                if event is not NEED_DATA:
+                    assert isinstance(event, ClientEvent)
+                    return event
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                session.receive_data(bytes(data))
         except RemoteProtocolError as exc:
             self.broken = True
             stage = session.failed_stage or stage
@@ -317,10 +329,19 @@ class OutboundConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.broken = True
             raise DeliveryFailure(stage, f"connection lost during {stage.value}") from exc
+        except trio.Cancelled:  # what a timeout means here, should it be the timer's
+            self._timeout = f"timeout sending {stage.value}" if sending else None
+            self._timeout_stage = stage
+            raise
+
+    def _timed_out(self) -> DeliveryFailure:
+        """The failure for the timer that expired during the last wait (recorded by
+        :meth:`_wait_event` or :meth:`_stream_content`); the connection is ``broken``."""
         self.broken = True
-        if sending:
-            raise DeliveryFailure(stage, f"timeout sending {stage.value}")
-        raise DeliveryFailure(stage, f"timeout waiting for the {stage.value} reply")
+        stage = self._timeout_stage
+        if self._timeout is not None:
+            return DeliveryFailure(stage, self._timeout)
+        return DeliveryFailure(stage, f"timeout waiting for the {stage.value} reply")
 
     async def deliver(self, envelope: Envelope, content: AsyncIterable[bytes]) -> TransactionResult:
         """Run one mail transaction for every recipient of ``envelope``, streaming
@@ -339,10 +360,19 @@ class OutboundConnection:
         reused = self.transactions > 0
         self.session.start_transaction(envelope)
         self.transactions += 1
-        event = await self._next_event()
-        if isinstance(event, SendBody):
-            await self._send_content(content)
-            event = await self._next_event()
+        # One timer for the transaction, re-armed for each wait (its expiry is the failure
+        # of the wait it cut short).
+        timer = self.timers.timer()
+        with timer:
+            event = await self._wait_event(timer)
+            if isinstance(event, SendBody):
+                await self._stream_content(content, timer)
+                event = await self._wait_event(timer)
+            return self._transaction_done(event, reused)
+        raise self._timed_out()
+
+    def _transaction_done(self, event: ClientEvent, reused: bool) -> TransactionResult:
+        """The result of the transaction the session ended with ``event``."""
         if not isinstance(event, TransactionDone):
             raise LocalProtocolError(f"expected the end of the transaction, got {event}")
         result = event.result
@@ -372,29 +402,28 @@ class OutboundConnection:
             raise DeliveryFailure.from_reply(outcome.stage, outcome.reply)
         return outcome.reply
 
-    async def _send_content(self, content: AsyncIterable[bytes]) -> None:
+    async def _stream_content(self, content: AsyncIterable[bytes], timer: Timer) -> None:
         """Stream the content through the session (dot-stuffing), coalescing small pieces,
-        within ``timeouts.data``."""
+        within ``timeouts.data`` on ``timer`` (entered by the caller)."""
         session = self.session
         pending = 0
         # Until the terminator is sent, any failure leaves the session unusable.
         self.broken = True
-        timer = self.timers.timer()
+        timer.arm(self.timeouts.data)
         try:
-            with timer:
-                timer.arm(self.timeouts.data)
-                async for chunk in content:
-                    session.send_body(chunk)
-                    pending += len(chunk)
-                    if pending >= COALESCE_BYTES:
-                        await self.stream.send_all(session.data_to_send())
-                        pending = 0
-                session.end_body()
-                await self.stream.send_all(session.data_to_send())
+            async for chunk in content:
+                session.send_body(chunk)
+                pending += len(chunk)
+                if pending >= COALESCE_BYTES:
+                    await self.stream.send_all(session.data_to_send())
+                    pending = 0
+            session.end_body()
+            await self.stream.send_all(session.data_to_send())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise DeliveryFailure(Stage.BODY, "connection lost while sending the body") from exc
-        if timer.cancelled_caught:
-            raise DeliveryFailure(Stage.BODY, "timeout while sending the body")
+        except trio.Cancelled:  # what a timeout means here, should it be the timer's
+            self._timeout, self._timeout_stage = "timeout while sending the body", Stage.BODY
+            raise
         self.broken = False
 
     async def aclose(self, *, polite: bool = True) -> None:
