@@ -193,6 +193,72 @@ async def test_failing_op_fails_only_its_caller(tmp_path: Path) -> None:
     conn.close()
 
 
+async def test_enqueue_hands_over_without_yielding_when_the_queue_has_room(
+    tmp_path: Path,
+) -> None:
+    # No trip through the scheduler per op: another runnable task does not run in between.
+    conn = connect_writer(tmp_path / "w.sqlite3", "full")
+    writer = GroupCommitWriter(conn, batch_limit=100)
+    ran: list[str] = []
+
+    async def other() -> None:
+        ran.append("other")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        nursery.start_soon(other)
+        pending = await writer.enqueue(lambda c: c.execute("SELECT 1"))
+        assert ran == []
+        await pending.wait()
+        assert ran == ["other"]
+        writer.close()
+    conn.close()
+
+
+async def test_a_cancelled_caller_hands_nothing_over(tmp_path: Path) -> None:
+    conn = connect_writer(tmp_path / "w.sqlite3", "full")
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+    writer = GroupCommitWriter(conn, batch_limit=100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await writer.enqueue(lambda c: c.execute("INSERT INTO t VALUES ('a')"))
+        assert scope.cancelled_caught
+        await writer.submit(lambda c: c.execute("INSERT INTO t VALUES ('b')"))
+        writer.close()
+    assert conn.execute("SELECT k FROM t").fetchall() == [("b",)]
+    assert writer.stats.ops == 1
+    conn.close()
+
+
+async def test_enqueue_waits_for_room_when_the_queue_is_full(tmp_path: Path) -> None:
+    conn = connect_writer(tmp_path / "w.sqlite3", "full")
+    writer = GroupCommitWriter(conn, batch_limit=1)  # a queue of 64
+    gate = threading.Event()
+    handed: list[int] = []
+    all_handed = trio.Event()
+
+    async def hand_over(count: int) -> None:
+        for index in range(count):
+            await writer.enqueue(lambda c: None)
+            handed.append(index)
+        all_handed.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        nursery.start_soon(writer.submit, lambda c: gate.wait(10))
+        await wait_all_tasks_blocked()
+        nursery.start_soon(hand_over, 70)
+        await wait_all_tasks_blocked()
+        assert len(handed) == 64  # the 65th waits for room
+        gate.set()
+        await all_handed.wait()
+        writer.close()
+    assert writer.stats.ops == 71
+    conn.close()
+
+
 def test_savepoint_journals_of_a_group_commit_stay_in_memory(tmp_path: Path) -> None:
     # Each op of a batch runs in a savepoint; with temp_store=FILE sqlite spills its statement
     # journal to a temporary file (about 15 extra writes per message under load).

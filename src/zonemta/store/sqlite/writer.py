@@ -149,8 +149,15 @@ class GroupCommitWriter:
         :class:`StoreError` if the writer is closed.
         """
         pending = Pending(fn)
+        # ``send`` without its schedule point when the queue has room: the caller waits for
+        # the commit next anyway, so yielding here only costs a trip through the scheduler.
+        # A caller already cancelled still hands nothing over.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            await self._send.send(pending)
+            try:
+                self._send.send_nowait(pending)
+            except trio.WouldBlock:
+                await self._send.send(pending)
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise StoreError("the store is closed") from exc
         return pending
