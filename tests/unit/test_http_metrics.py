@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 
 import attrs
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
 from zonemta.engine.bus import Event, EventBus
 from zonemta.engine.delivery.connections import ZoneConnections
 from zonemta.engine.delivery.outcome import ReleaseReason
 from zonemta.engine.ids import QueueIdGenerator
-from zonemta.http.metrics import Metrics, queued_at
+from zonemta.http.metrics import Children, Metrics, queued_at
 from zonemta.store import ZoneCounts
 
 
@@ -145,3 +146,29 @@ def test_releases_are_counted_by_the_code_their_event_carries() -> None:
         sample(metrics, "zonemta_deliveries_released_total", zone="default", reason="something new")
         is None
     )
+
+
+def test_children_are_the_metrics_own_one_per_label_values() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("t", "a test counter", ["a", "b"], registry=registry)
+    children = Children(counter)
+    children("x", "y").inc()
+    children("x", "z").inc(2)
+    children("x", "y").inc()
+    assert children("x", "y") is counter.labels("x", "y")
+    assert registry.get_sample_value("t_total", {"a": "x", "b": "y"}) == 2
+    assert registry.get_sample_value("t_total", {"a": "x", "b": "z"}) == 2
+
+
+def test_queued_messages_and_outcomes_count_across_zones() -> None:
+    metrics = Metrics(zones=["default", "other"], pools={})
+    for index in range(3):
+        metrics.on_event(Event("message.queued", f"m{index}", 1.0))
+    for zone, result in (("default", "delivered"), ("other", "delivered"), ("other", "bounced")):
+        event = Event("delivery", "m", 2.0, seq=1, zone=zone, from_state="sending", to_state=result)
+        metrics.on_event(event)
+    assert sample(metrics, "zonemta_message_push_total", result="success") == 3
+    assert sample(metrics, "zonemta_delivery_status_total", result="delivered", zone="default") == 1
+    assert sample(metrics, "zonemta_delivery_status_total", result="delivered", zone="other") == 1
+    assert sample(metrics, "zonemta_delivery_status_total", result="rejected", zone="other") == 1
+    assert sample(metrics, "zonemta_delivery_status_total", result="rejected", zone="default") == 0

@@ -19,6 +19,7 @@ from zonemta.transport.smtp.client import (
     SMTPClientConnection,
     TransactionPlan,
     TransactionRefusal,
+    check_address,
     plan_transaction,
 )
 from zonemta.transport.smtp.dotstuff import DotStuffer
@@ -603,3 +604,15 @@ def test_fuzz_round_trip(sent: list[Reply], data: st.DataObject) -> None:
     conn = expecting(len(sent))
     assert feed(conn, split_at(wire, cuts)) == sent
     assert conn.pending == 0
+
+
+@pytest.mark.parametrize("unsafe", ["\r", "\n", "\0", "<", ">"])
+def test_an_address_with_a_character_that_breaks_the_command_is_refused(unsafe: str) -> None:
+    for address in (f"a{unsafe}b@x.test", f"{unsafe}a@x.test", f"a@x.test{unsafe}"):
+        with pytest.raises(LocalProtocolError, match="unsafe character in RCPT address"):
+            check_address(address, utf8=True, what="RCPT")
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="\r\n\0<>")))
+def test_an_address_without_them_is_taken_as_it_is(address: str) -> None:
+    assert check_address(address, utf8=True, what="MAIL") is address

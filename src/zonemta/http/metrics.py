@@ -8,7 +8,7 @@ are exposed with a ``_total`` sample suffix (``zonemta_delivery_status_total``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -47,6 +47,26 @@ QUEUE_TIME_BUCKETS = (
 ATTEMPT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 # An attempt starts when the delivery leaves ``locked`` towards the network.
 _ATTEMPT_STARTS = {"resolving", "sending"}
+
+LabelledMetric = TypeVar("LabelledMetric", Counter, Histogram)
+
+
+class Children(Generic[LabelledMetric]):
+    """A labelled metric's children by their label values, each looked up in the metric
+    once: ``labels()`` validates and locks on every call, and an event counts in up to
+    three of them. The children are the metric's own (nothing here removes any)."""
+
+    def __init__(self, metric: LabelledMetric) -> None:
+        self._metric: LabelledMetric = metric
+        self._children: dict[tuple[str, ...], LabelledMetric] = {}
+
+    def __call__(self, *values: str) -> LabelledMetric:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
+
+
 #: The ``reason`` labels a release may carry (its event's ``release`` detail); any other
 #: (an event without one, e.g. from a plugin) counts as ``other``.
 _RELEASE_REASONS = frozenset(reason.value for reason in ReleaseReason)
@@ -221,6 +241,11 @@ class Metrics:
         for kind in ("queued", "deferred"):
             self.queue_size.labels(kind)
         self._attempts: dict[tuple[str, int | None], float] = {}
+        # The children every delivery or queued message counts in, looked up once.
+        self._status = Children(self.delivery_status)
+        self._attempt_time = Children(self.attempt_time)
+        self._queue_time = Children(self.queue_time)
+        self._pushed = self.message_push.labels("success")
 
     def on_event(self, event: Event) -> None:
         """Count one bus event (registered with ``EventBus.add_listener``)."""
@@ -228,7 +253,7 @@ class Metrics:
         if kind == "delivery":
             self._on_delivery(event)
         elif kind == "message.queued":
-            self.message_push.labels("success").inc()
+            self._pushed.inc()
         elif kind == "message.rejected":
             self.message_push.labels("fail").inc()
         elif kind == "message.dropped":
@@ -251,14 +276,14 @@ class Metrics:
                     self.released.labels(event.zone or "", release_reason(event.details)).inc()
             return
         zone = event.zone or ""
-        self.delivery_status.labels(result, zone).inc()
+        self._status(result, zone).inc()
         started = self._attempts.pop(key, None)
         if started is not None:
-            self.attempt_time.labels(zone, result).observe(max(event.time - started, 0.0))
+            self._attempt_time(zone, result).observe(max(event.time - started, 0.0))
         if result != "deferred":
             received = queued_at(event.id)
             if received is not None:
-                self.queue_time.labels(zone, result).observe(max(event.time - received, 0.0))
+                self._queue_time(zone, result).observe(max(event.time - received, 0.0))
 
     def set_queue_sizes(self, counts: Mapping[str, ZoneCounts]) -> None:
         self.queue_size.labels("queued").set(sum(c.active for c in counts.values()))

@@ -52,11 +52,10 @@ class MachineBase(abc.ABC):
     ) -> Transition:
         """Advance and publish at once: the steps of an attempt, which have no effects
         (an outcome's transition goes through the Deliverer and its effect applier)."""
-        if any(
-            not isinstance(effect, LeaseRow) for effect in transition(self._state, trigger).effects
-        ):
+        row = transition(self._state, trigger)
+        if row.effects and not all(isinstance(effect, LeaseRow) for effect in row.effects):
             raise ValueError(f"{trigger.value} has effects: the Deliverer carries them out")
-        row = self.advance(trigger)
+        self._state = row.target
         if trigger in (Trigger.CONNECTED, Trigger.REUSE_CONNECTION):  # plaintext: no version
             version = details.get("tls_version")
             self.tls = f"{version}/{details.get('tls_cipher', '')}" if version else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import re
 
 from zonemta.transport.smtp.client_plan import (
     Extensions,
@@ -340,10 +341,14 @@ def check_hostname(name: str) -> str:
     return name
 
 
+# What could end a MAIL or RCPT command early or break its syntax.
+_UNSAFE_IN_ADDRESS = re.compile("[\r\n\x00<>]")
+
+
 def check_address(address: str, *, utf8: bool, what: str) -> str:
     """Refuse what could end the command early or break its syntax (CR, LF, NUL, <, >), and
     non-ASCII without ``utf8``. Returns ``address``; raises ``LocalProtocolError``."""
-    if any(c in "\r\n\0<>" for c in address):
+    if _UNSAFE_IN_ADDRESS.search(address):
         raise LocalProtocolError(f"unsafe character in {what} address: {address!r}")
     if not utf8 and not address.isascii():
         raise LocalProtocolError(f"non-ASCII {what} address without SMTPUTF8: {address!r}")
