@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from zonemta.engine.bus import Event, EventBus
-from zonemta.engine.delivery.machine import DeliveryMachine
+from zonemta.engine.delivery.machine import EVENT_TEXT, DeliveryMachine
 from zonemta.statemachine import DeliveryState, Trigger
 from zonemta.store import Delivery, RowState
 
@@ -49,3 +49,8 @@ def test_an_outcome_with_effects_is_not_a_step() -> None:
     with pytest.raises(ValueError, match="accepted has effects"):
         delivery.fire(Trigger.ACCEPTED)
     assert delivery.state is DeliveryState.SENDING and len(events) == 2
+
+
+def test_every_state_and_trigger_has_its_value_as_event_text() -> None:
+    for member in (*DeliveryState, *Trigger):
+        assert EVENT_TEXT[member] == member.value

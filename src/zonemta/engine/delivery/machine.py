@@ -18,6 +18,12 @@ from zonemta.statemachine import (
 )
 from zonemta.store import Delivery
 
+# The event text of each state and trigger, read without the Enum ``value`` property (a
+# Python call) three times per event.
+EVENT_TEXT: dict[DeliveryState | Trigger, str] = {
+    member: member.value for member in (*DeliveryState, *Trigger)
+}
+
 
 class MachineBase(abc.ABC):
     """One delivery's current state. :meth:`fire` looks the trigger up in the table
@@ -104,13 +110,13 @@ class DeliveryMachine(MachineBase):
                 seq=self.row.seq,
                 zone=self.row.zone,
                 recipient=self.row.recipient,
-                from_state=row.source.value,
-                to_state=row.target.value,
+                from_state=EVENT_TEXT[row.source],
+                to_state=EVENT_TEXT[row.target],
                 mx=self.mx,
                 local_address=self.local_address,
                 response=response,
                 category=category.value if category is not None else None,
-                details={"trigger": row.trigger.value, **details},
+                details={"trigger": EVENT_TEXT[row.trigger], **details},
             )
         )
 
