@@ -74,9 +74,17 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
         self._shut_wr = False
         self._closed = False
 
+    def _run_is_long(self, waited: bool) -> bool:
+        """Count a finished call in ``_run`` (0 after one that waited, else one more): True
+        when FAIR_RUN calls in a row did not wait, and the caller should yield once."""
+        if waited:
+            self._run = 0
+            return False
+        self._run += 1
+        return self._run >= FAIR_RUN
+
     async def _yield_after_run(self) -> None:
-        """FAIR_RUN calls in a row did not wait: yield once. (Every call counts itself in
-        ``_run`` inline, no coroutine call: 0 when it waited, else one more.)"""
+        """FAIR_RUN calls in a row did not wait: yield once."""
         self._run = 0
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -100,12 +108,8 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise _stream_error(exc) from exc
             break
-        if waited:
-            self._run = 0
-        else:
-            self._run += 1
-            if self._run >= FAIR_RUN:
-                await self._yield_after_run()
+        if self._run_is_long(waited):
+            await self._yield_after_run()
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -130,12 +134,8 @@ class DirectSocketStream(trio.abc.HalfCloseableStream):
             waited = sent < len(data) and await self._send(data, sent)
         finally:
             self._sending = False
-        if waited:
-            self._run = 0
-        else:
-            self._run += 1
-            if self._run >= FAIR_RUN:
-                await self._yield_after_run()
+        if self._run_is_long(waited):
+            await self._yield_after_run()
 
     async def _send(self, data: bytes | bytearray | memoryview, sent: int = 0) -> bool:
         """Send every byte from offset ``sent`` on; True when it had to wait."""
