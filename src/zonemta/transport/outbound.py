@@ -303,15 +303,22 @@ class OutboundConnection:
         connection or a protocol error; the connection is then ``broken``."""
         session = self.session
         seen = -1
-        stage = session.stage or Stage.FINAL
+        waiting = session.waiting()
+        stage = waiting[1] if waiting is not None else Stage.FINAL
         sending = False
         try:
             while True:
                 event = session.next_event()
-                stage = session.stage or stage
+                # What the session waits for changes only with a reply read (the first
+                # pass always reads it).
                 if session.reply_count != seen:  # a reply came: the next one's deadline
                     seen = session.reply_count
-                    timer.arm(self.timeouts.of(session.wait))
+                    waiting = session.waiting()
+                    if waiting is None:
+                        timer.arm_at(trio.current_time() + self.timeouts.command)
+                    else:
+                        stage = waiting[1]
+                        timer.arm_at(trio.current_time() + self.timeouts.of(waiting[0]))
                 out = session.data_to_send()
                 if out:
                     sending = True
@@ -343,9 +350,12 @@ class OutboundConnection:
             return DeliveryFailure(stage, self._timeout)
         return DeliveryFailure(stage, f"timeout waiting for the {stage.value} reply")
 
-    async def deliver(self, envelope: Envelope, content: AsyncIterable[bytes]) -> TransactionResult:
+    async def deliver(
+        self, envelope: Envelope, content: AsyncIterable[bytes] | tuple[bytes, ...]
+    ) -> TransactionResult:
         """Run one mail transaction for every recipient of ``envelope``, streaming
-        ``content`` (CRLF line endings, not dot-stuffed) when at least one is accepted.
+        ``content`` (CRLF line endings, not dot-stuffed; an async iterable, or a tuple of the
+        chunks when they are all in memory) when at least one is accepted.
 
         Returns one :class:`RecipientOutcome` per recipient: accepted, or refused (at MAIL,
         RCPT, DATA or the end of data) with the reply; a message the server cannot take
@@ -402,7 +412,9 @@ class OutboundConnection:
             raise DeliveryFailure.from_reply(outcome.stage, outcome.reply)
         return outcome.reply
 
-    async def _stream_content(self, content: AsyncIterable[bytes], timer: Timer) -> None:
+    async def _stream_content(
+        self, content: AsyncIterable[bytes] | tuple[bytes, ...], timer: Timer
+    ) -> None:
         """Stream the content through the session (dot-stuffing), coalescing small pieces,
         within ``timeouts.data`` on ``timer`` (entered by the caller)."""
         session = self.session
@@ -411,12 +423,20 @@ class OutboundConnection:
         self.broken = True
         timer.arm(self.timeouts.data)
         try:
-            async for chunk in content:
-                session.send_body(chunk)
-                pending += len(chunk)
-                if pending >= COALESCE_BYTES:
-                    await self.stream.send_all(session.data_to_send())
-                    pending = 0
+            if isinstance(content, tuple):
+                for chunk in content:
+                    session.send_body(chunk)
+                    pending += len(chunk)
+                    if pending >= COALESCE_BYTES:
+                        await self.stream.send_all(session.data_to_send())
+                        pending = 0
+            else:
+                async for chunk in content:
+                    session.send_body(chunk)
+                    pending += len(chunk)
+                    if pending >= COALESCE_BYTES:
+                        await self.stream.send_all(session.data_to_send())
+                        pending = 0
             session.end_body()
             await self.stream.send_all(session.data_to_send())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

@@ -34,7 +34,7 @@ class Timer:
     passes, the ``with`` block is cancelled (and absorbs the cancellation) and
     :attr:`expired` is true."""
 
-    __slots__ = ("_cancelled", "_expired", "_wheel", "deadline", "scope")
+    __slots__ = ("_cancelled", "_expired", "_scoped", "_wheel", "deadline", "scope")
 
     def __init__(self, wheel: TimerWheel) -> None:
         self._wheel = wheel
@@ -42,6 +42,7 @@ class Timer:
         self.deadline = math.inf
         self._expired = False
         self._cancelled = False
+        self._scoped = False  # the scope has a deadline of its own (armed without a wheel)
 
     def __enter__(self) -> Timer:
         self.scope.__enter__()
@@ -55,7 +56,8 @@ class Timer:
         traceback: TracebackType | None,
     ) -> bool:
         self._wheel._timers.discard(self)
-        self._note_own_deadline()
+        if self._scoped:  # else the scope's deadline is infinite: nothing to note
+            self._note_own_deadline()
         return self.scope.__exit__(exc_type, exc, traceback)
 
     def _note_own_deadline(self) -> None:
@@ -74,17 +76,20 @@ class Timer:
         wheel = self._wheel
         if not wheel.running:
             self.scope.deadline = deadline
+            self._scoped = True
             return
-        if self.scope.deadline != math.inf:  # armed before the wheel ran
+        if self._scoped:  # armed before the wheel ran
             self.scope.deadline = math.inf
+            self._scoped = False
         if deadline < wheel._next:
             wheel._wake_at(deadline)
 
     def disarm(self) -> None:
         self.deadline = math.inf
-        if self.scope.deadline != math.inf:
+        if self._scoped:
             self._note_own_deadline()
             self.scope.deadline = math.inf
+            self._scoped = False
 
     def expire(self) -> None:
         """Expire now (what the wheel does once the deadline has passed)."""

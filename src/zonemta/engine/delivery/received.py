@@ -9,6 +9,24 @@ from zonemta.store import Delivery, MessageRecord
 
 __all__ = ["received_header"]
 
+# The date of the last whole second formatted: (second, text). Messages received in the same
+# second share it; a timestamp whose fraction could round up to the next second (by
+# datetime's microsecond rounding) is formatted as before.
+_last_date: tuple[int, str] = (-1, "")
+_ROUNDS_UP = 0.999999  # well below the half microsecond that rounds up
+
+
+def _date(timestamp: float) -> str:
+    """``format_datetime`` of ``timestamp`` in UTC (RFC 5322 date), once per second."""
+    global _last_date
+    second = int(timestamp)
+    if second == _last_date[0] and timestamp - second < _ROUNDS_UP:
+        return _last_date[1]
+    text = format_datetime(datetime.fromtimestamp(timestamp, UTC))
+    if timestamp >= 0 and timestamp - second < _ROUNDS_UP:
+        _last_date = (second, text)
+    return text
+
 
 def received_header(
     message: MessageRecord, row: Delivery, hostname: str, *, single: bool = True
@@ -21,7 +39,7 @@ def received_header(
     client = meta.client_address
     transtype = meta.transtype or "ESMTP"
     user = meta.user
-    when = format_datetime(datetime.fromtimestamp(message.received_at, UTC))
+    when = _date(message.received_at)
     parts = [f"Received: from {helo} ([{client}])" if client else f"Received: from {helo}"]
     if user:
         parts.append(f"\t(Authenticated sender: {user})")

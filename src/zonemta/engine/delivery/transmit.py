@@ -58,6 +58,24 @@ log = logging.getLogger(__name__)
 BodySource = Callable[[], AsyncIterator[bytes]]
 
 
+class BodyBytes:
+    """A :data:`BodySource` whose body is already in memory (a delivery process gets small
+    bodies in the attempt itself): sent without an async iterator per message."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __call__(self) -> AsyncIterator[bytes]:
+        return _one(self.data)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
+
+
 @attrs.frozen
 class ZoneRoute:
     """How a zone sends: smart host or MX, from which address, with which name."""
@@ -496,6 +514,9 @@ class Sender:
             body_8bit=message.meta.body_8bit,
             smtputf8=message.meta.smtputf8,
         )
+        if type(body) is BodyBytes:  # the whole content at hand: no async iteration
+            data = body.data
+            return await connection.deliver(envelope, (head, data) if data else (head,))
         return await connection.deliver(envelope, self._content(head, body))
 
     async def _content(self, head: bytes, body: BodySource) -> AsyncIterator[bytes]:

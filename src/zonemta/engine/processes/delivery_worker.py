@@ -26,7 +26,7 @@ from zonemta.dkim.signer import load_signer
 from zonemta.engine.bounces.classifier import BounceClassifier
 from zonemta.engine.delivery.machine import MachineBase
 from zonemta.engine.delivery.retry import RetryPolicy
-from zonemta.engine.delivery.transmit import Sender
+from zonemta.engine.delivery.transmit import BodyBytes, Sender
 from zonemta.engine.delivery.zones import DomainPolicy, SourceAddresses
 from zonemta.engine.engine import (
     delivery_timeouts,
@@ -181,7 +181,7 @@ class Worker:
                 outcomes = await sender.transmit(
                     machines,
                     attempt.message,
-                    (lambda: _one(body)) if body is not None else (lambda: self._pull(rid)),
+                    BodyBytes(body) if body is not None else (lambda: self._pull(rid)),
                 )
             except Exception as exc:  # never lose a delivery to a bug: defer it
                 row = attempt.rows[0]
@@ -227,11 +227,6 @@ class Worker:
 
 def _figures(sender: Sender) -> tuple[int, int]:
     return (sender.connections.reuses, sender.connections.open_connections)
-
-
-async def _one(body: bytes) -> AsyncIterator[bytes]:
-    if body:
-        yield body
 
 
 async def run(fd: int) -> None:

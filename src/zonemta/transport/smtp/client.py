@@ -58,6 +58,13 @@ MAX_REPLY_LINES = 512
 
 _CR = 0x0D
 
+# Single-line replies already parsed, by their line (without the line ending): the same few
+# ("250 2.0.0 Ok", "354 ...") come back in every transaction, and a Reply is immutable.
+# Only lines that parsed without error are kept, so a hit is exactly what parsing would
+# give; the cache is emptied when full (replies carrying a queue id never repeat).
+_PARSED: dict[bytes, Reply] = {}
+PARSED_CACHE_SIZE = 512
+
 
 class NEED_DATA:
     """Sentinel returned by ``next_reply`` (the class itself) when more bytes are needed."""
@@ -143,42 +150,46 @@ class SMTPClientConnection:
         if self._error is not None:
             raise self._error
         try:
-            return self._next_reply()
-        except RemoteProtocolError as exc:
-            self._error = exc
-            raise
-
-    def _next_reply(self) -> Reply | type[NEED_DATA]:
-        buffer = self._buffer
-        while True:
-            if buffer and not self._expected:
-                raise RemoteProtocolError(f"unsolicited reply data: {bytes(buffer[:80])!r}")
-            end = buffer.find(b"\n", self._scanned)
-            if end < 0:
-                self._scanned = len(buffer)
-                # One byte of slack: a CR at the end may belong to the line ending.
-                if self._scanned > MAX_REPLY_LINE_LENGTH + 1:
+            buffer = self._buffer
+            while True:
+                if buffer and not self._expected:
+                    raise RemoteProtocolError(f"unsolicited reply data: {bytes(buffer[:80])!r}")
+                end = buffer.find(b"\n", self._scanned)
+                if end < 0:
+                    self._scanned = len(buffer)
+                    # One byte of slack: a CR at the end may belong to the line ending.
+                    if self._scanned > MAX_REPLY_LINE_LENGTH + 1:
+                        raise RemoteProtocolError(
+                            f"reply line longer than {MAX_REPLY_LINE_LENGTH} octets"
+                        )
+                    if self._eof:
+                        if buffer or self._lines:
+                            raise RemoteProtocolError("connection closed in the middle of a reply")
+                        if self._expected:
+                            raise RemoteProtocolError(
+                                f"connection closed while waiting for the reply to "
+                                f"{self._expected[0].value}"
+                            )
+                    return NEED_DATA
+                line_end = end - 1 if end > 0 and buffer[end - 1] == _CR else end
+                if line_end > MAX_REPLY_LINE_LENGTH:
                     raise RemoteProtocolError(
                         f"reply line longer than {MAX_REPLY_LINE_LENGTH} octets"
                     )
-                if self._eof:
-                    if buffer or self._lines:
-                        raise RemoteProtocolError("connection closed in the middle of a reply")
-                    if self._expected:
-                        raise RemoteProtocolError(
-                            f"connection closed while waiting for the reply to "
-                            f"{self._expected[0].value}"
-                        )
-                return NEED_DATA
-            line_end = end - 1 if end > 0 and buffer[end - 1] == _CR else end
-            if line_end > MAX_REPLY_LINE_LENGTH:
-                raise RemoteProtocolError(f"reply line longer than {MAX_REPLY_LINE_LENGTH} octets")
-            line = bytes(buffer[:line_end])
-            del buffer[: end + 1]
-            self._scanned = 0
-            reply = self._take_line(line)
-            if reply is not None:
-                return reply
+                line = bytes(buffer[:line_end])
+                del buffer[: end + 1]
+                self._scanned = 0
+                if self._code is None:  # not within a multi-line reply: maybe seen before
+                    reply = _PARSED.get(line)
+                    if reply is not None:
+                        self._last = (self._expected.popleft(), reply)
+                        return reply
+                reply = self._take_line(line)
+                if reply is not None:
+                    return reply
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
 
     def _take_line(self, line: bytes) -> Reply | None:
         """Add one reply line (without its line ending); return the reply it completes."""
@@ -202,6 +213,10 @@ class SMTPClientConnection:
             reply = Reply.from_lines(code, self._lines)
         except ValueError as exc:
             raise RemoteProtocolError(f"unusable reply: {exc}") from exc
+        if self._code is None:  # a single-line reply: the next one like it is looked up
+            if len(_PARSED) >= PARSED_CACHE_SIZE:
+                _PARSED.clear()
+            _PARSED[line] = reply
         self._lines = []
         self._code = None
         command = self._expected.popleft()

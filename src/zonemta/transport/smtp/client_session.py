@@ -96,7 +96,8 @@ class SMTPClientSession:
         self._tls = False
         self._tx: TransactionProgress | None = None
         self._stuffer: DotStuffer | None = None
-        self._replies = 0
+        # Replies read so far: a driver starts a new reply deadline when it changes.
+        self.reply_count = 0
         self._eof = False
         self._error: RemoteProtocolError | None = None
         self._failed_at: Stage | None = None
@@ -133,15 +134,10 @@ class SMTPClientSession:
         return self._state is S.CLOSED
 
     @property
-    def reply_count(self) -> int:
-        """Replies read so far: a driver starts a new reply deadline when it changes."""
-        return self._replies
-
-    @property
     def stage(self) -> Stage | None:
         """The step the session waits on (the reply due, or BODY while the driver sends the
         content); None when idle, closed or waiting for the TLS handshake."""
-        waits = self._waits()
+        waits = self.waiting()
         return waits[1] if waits is not None else None
 
     @property
@@ -152,10 +148,12 @@ class SMTPClientSession:
     @property
     def wait(self) -> Wait | None:
         """The RFC 5321 4.5.3.2 timeout that applies now; None when nothing is awaited."""
-        waits = self._waits()
+        waits = self.waiting()
         return waits[0] if waits is not None else None
 
-    def _waits(self) -> tuple[Wait, Stage] | None:
+    def waiting(self) -> tuple[Wait, Stage] | None:
+        """``(wait, stage)`` in one call (what a driver reads after each reply); None when
+        nothing is awaited."""
         if self._state is S.TRANSACTION and self._tx is not None and self._tx.due:
             stage = self._tx.due[0]
             return TRANSACTION_WAITS[stage], stage
@@ -176,8 +174,13 @@ class SMTPClientSession:
 
     def data_to_send(self) -> bytes:
         """The bytes queued so far (commands, content), in order; empty when none."""
-        out = b"".join(self._out)
-        self._out.clear()
+        queued = self._out
+        if not queued:
+            return b""
+        out = queued[0]
+        if len(queued) > 1 or type(out) is not bytes:
+            out = b"".join(queued)
+        queued.clear()
         return out
 
     def next_event(self) -> ClientEvent | type[NEED_DATA]:
@@ -205,7 +208,7 @@ class SMTPClientSession:
                 reply = self._conn.next_reply()
                 if not isinstance(reply, Reply):
                     return NEED_DATA
-                self._replies += 1
+                self.reply_count += 1
                 event = _ON_REPLY[self._state](self, reply)
                 if event is not None:
                     return event
@@ -353,7 +356,9 @@ class SMTPClientSession:
         return TlsRefused(reply)
 
     def _on_transaction(self, reply: Reply) -> ClientEvent | None:
-        tx = self._transaction()
+        tx = self._tx
+        if tx is None:
+            tx = self._transaction()  # raises
         trigger = tx.on_reply(reply, self._out)
         if trigger is T.CLOSE:
             return self._done(T.CLOSE, reply)

@@ -64,6 +64,11 @@ class Reply:
         return " ".join(line.strip() for line in self.lines).strip()
 
     def __str__(self) -> str:
+        return self._text_form
+
+    @functools.cached_property
+    def _text_form(self) -> str:
+        # Built once per reply: a client parses the same few replies again and again.
         parts = [str(self.code)]
         if self.enhanced:
             parts.append(self.enhanced)
