@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from trio.testing import wait_all_tasks_blocked
 
 from tests.store_contract import ZONE, StoreContract, big_body, body_of, put, rcpts, record
 from zonemta.store import FixedRoute, MessageMeta, StoreError
 from zonemta.store.sqlite import GroupCommitWriter, SqliteStore, open_sqlite_store, ops, readers
 from zonemta.store.sqlite.schema import DB_FILENAME, connect_writer
+from zonemta.store.sqlite.writer import Pending
 
 CHUNK = 16 * 1024
 
@@ -455,3 +458,105 @@ async def test_a_large_body_is_deleted_in_slices_after_its_last_delivery(tmp_pat
         finally:
             conn.close()
         assert left == 0
+
+
+class _OpFailed(Exception):
+    """An op's own refusal (as LeaseLost is)."""
+
+
+def _make_op(kind: str, key: str) -> Callable[[sqlite3.Connection], object]:
+    """A write op of the kind the equivalence test draws: one that commits and returns a
+    value, one that writes then hits a constraint, one that writes then refuses."""
+
+    def op(conn: sqlite3.Connection) -> object:
+        conn.execute("UPDATE n SET v = v + 1")
+        if kind == "ok":
+            conn.execute("INSERT OR REPLACE INTO t VALUES (?)", (key,))
+            return conn.execute("SELECT v FROM n").fetchone()[0]
+        if kind == "constraint":
+            conn.execute("INSERT INTO t VALUES (?), (?)", (f"dup{key}", f"dup{key}"))
+        raise _OpFailed(key)
+
+    return op
+
+
+def _run_batch_both_ways(
+    tmp_path: Path, kinds: list[str]
+) -> list[tuple[list[object], list[tuple[object, ...]]]]:
+    """The writer's batch (optimistic first) and the careful path alone (a savepoint per
+    op), each on its own database: each op's outcome and what was committed."""
+    runs = []
+    for careful in (False, True):
+        conn = connect_writer(tmp_path / f"eq{careful}.sqlite3", "normal")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY)")
+        conn.execute("CREATE TABLE IF NOT EXISTS n (v INTEGER)")
+        conn.execute("DELETE FROM t")
+        conn.execute("DELETE FROM n")
+        conn.execute("INSERT INTO n VALUES (0)")
+        writer = GroupCommitWriter(conn, batch_limit=100)
+        batch: list[Pending[object]] = [
+            Pending(_make_op(kind, str(i))) for i, kind in enumerate(kinds)
+        ]
+        if careful:
+            rest = list(batch)
+            while rest:
+                rest = writer._run_transaction(conn, rest)
+        else:
+            writer._run_batch(list(batch))
+        outcomes: list[object] = []
+        for pending in batch:
+            assert pending.settled
+            error = pending._error
+            outcomes.append(("error", type(error), str(error)) if error else pending._value)
+        state = conn.execute("SELECT k FROM t ORDER BY k").fetchall()
+        state += conn.execute("SELECT v FROM n").fetchall()
+        assert not conn.in_transaction
+        conn.close()
+        runs.append((outcomes, state))
+    return runs
+
+
+@given(st.lists(st.sampled_from(["ok", "ok", "ok", "constraint", "refused"]), max_size=8))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_a_batch_ends_as_it_does_with_a_savepoint_per_op(tmp_path: Path, kinds: list[str]) -> None:
+    # The savepoint-free first try of a batch must give every op the outcome (value or
+    # error) and leave the database as the careful path does: nothing of a failed op, every
+    # other op's write once (the counter counts the ops that committed).
+    optimistic, careful = _run_batch_both_ways(tmp_path, kinds)
+    assert optimistic == careful
+
+
+def test_a_clean_batch_runs_without_savepoints(tmp_path: Path) -> None:
+    conn = connect_writer(tmp_path / "w.sqlite3", "normal")
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY)")
+    writer = GroupCommitWriter(conn, batch_limit=100)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    batch: list[Pending[object]] = [
+        Pending(lambda c, k=k: c.execute("INSERT INTO t VALUES (?)", (k,)).rowcount) for k in "abc"
+    ]
+    writer._run_batch(batch)
+    conn.set_trace_callback(None)
+    assert [p._value for p in batch] == [1, 1, 1]
+    assert not any("SAVEPOINT" in sql or "RELEASE" in sql for sql in statements)
+    assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+    conn.close()
+
+
+async def test_completing_the_last_delivery_of_a_message_without_its_row(
+    store: SqliteStore,
+) -> None:
+    # complete()'s one-statement removal of the message misses when the message row is
+    # already gone; the rest of its chunks still go, as before.
+    await put(store, "gone")
+    (row,) = await store.lease(ZONE, owner="me", now=1e12, lease_until=2e12, limit=10)
+    assert raw_rows(store.path, "SELECT count(*) FROM chunks WHERE message_id = 'gone'") == [(1,)]
+    conn = sqlite3.connect(store.path / DB_FILENAME)
+    conn.execute("DELETE FROM messages WHERE id = 'gone'")
+    conn.commit()
+    conn.close()
+    await store.complete(row.key, owner="me")
+    assert raw_rows(store.path, "SELECT * FROM chunks WHERE message_id = 'gone'") == []
+    assert raw_rows(store.path, "SELECT * FROM deliveries WHERE message_id = 'gone'") == []

@@ -180,13 +180,27 @@ def complete(key: DeliveryKey, owner: str, conn: sqlite3.Connection) -> bool:
     """Remove a finished row, and its message and body if it was the last one. Raises
     :class:`LeaseLost` if ``owner`` does not hold the row. True when a large body's chunks
     remain to be deleted in slices (:func:`delete_chunk_slice`)."""
-    cur = conn.execute(f"DELETE FROM deliveries WHERE {_HELD}", (key.message_id, key.seq, owner))
+    message_id = key.message_id
+    cur = conn.execute(f"DELETE FROM deliveries WHERE {_HELD}", (message_id, key.seq, owner))
     if cur.rowcount != 1:
         raise LeaseLost(f"delivery {key} is not leased by {owner}")
+    # The message row goes with its last delivery, in one statement that says how many
+    # chunks the body has (the common case: a message of one recipient).
+    deleted = conn.execute(_DELETE_LAST_MESSAGE, (message_id, message_id)).fetchall()
+    if deleted:
+        return _delete_chunks(message_id, deleted[0][0], conn)
     remaining = conn.execute(
-        "SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1", (key.message_id,)
+        "SELECT 1 FROM deliveries WHERE message_id = ? LIMIT 1", (message_id,)
     ).fetchone()
-    return remaining is None and _delete_message(key.message_id, conn)
+    return remaining is None and _delete_message(message_id, conn)
+
+
+#: Deletes the message row when no delivery of it is left; returns its chunk_count.
+_DELETE_LAST_MESSAGE = (
+    "DELETE FROM messages WHERE id = ?"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE message_id = ?)"
+    " RETURNING chunk_count"
+)
 
 
 def recover_leases(owner: str, conn: sqlite3.Connection) -> int:
@@ -308,7 +322,13 @@ def _delete_message(message_id: str, conn: sqlite3.Connection) -> bool:
     now, invisible to readers, and :func:`delete_chunk_slice` takes them in turns)."""
     row = conn.execute("SELECT chunk_count FROM messages WHERE id = ?", (message_id,)).fetchone()
     conn.execute("DELETE FROM messages WHERE id = ?", (message_id,))
-    if row is not None and row[0] <= CHUNK_SLICE:
+    return _delete_chunks(message_id, None if row is None else row[0], conn)
+
+
+def _delete_chunks(message_id: str, chunk_count: int | None, conn: sqlite3.Connection) -> bool:
+    """The body part of :func:`_delete_message`, once the message row is gone
+    (``chunk_count``: the row's, None when there was no row)."""
+    if chunk_count is not None and chunk_count <= CHUNK_SLICE:
         conn.execute("DELETE FROM chunks WHERE message_id = ?", (message_id,))
         return False
     return delete_chunk_slice(message_id, CHUNK_SLICE, conn) == CHUNK_SLICE

@@ -50,6 +50,10 @@ from zonemta.store.sqlite.body import SqliteBodyWriter
 from zonemta.store.sqlite.schema import DB_FILENAME, Durability, connect_writer
 from zonemta.store.sqlite.writer import GroupCommitWriter, WriterStats
 
+#: How the meta column is written: ``json.dumps(document, separators=(",", ":"))``, with
+#: the encoder made once instead of for every message.
+_META_JSON: Final = json.JSONEncoder(separators=(",", ":"))
+
 #: Bytes a body reader fetches per thread call (whole chunks, at least one).
 READ_BYTES_PER_CALL: Final = 512 * 1024
 
@@ -208,7 +212,7 @@ class SqliteStore(Store):
             if body.message_id != message.id:
                 raise ValueError(f"body {body.message_id} is not the body of {message.id}")
             try:
-                meta_json = json.dumps(meta_to_document(message.meta), separators=(",", ":"))
+                meta_json = _META_JSON.encode(meta_to_document(message.meta))
             except (TypeError, ValueError) as exc:
                 raise StoreError(f"meta of {message.id} is not JSON: {exc}") from exc
             tail, stored = body.begin_commit()

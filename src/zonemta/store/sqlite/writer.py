@@ -229,11 +229,52 @@ class GroupCommitWriter:
 
     def _run_batch(self, batch: list[Pending[Any]]) -> None:
         """Worker thread: the batch's ops, in as few transactions as their errors allow
-        (one, unless an op's error rolled the whole transaction back)."""
+        (one, unless an op's error rolled the whole transaction back).
+
+        The batch first runs without savepoints (two statements fewer per op). If one of
+        several ops raises, nothing of the transaction is kept: it is rolled back whole and
+        the batch runs again the careful way (:meth:`_run_transaction`, a savepoint per op),
+        which gives each op the outcome it has there. Ops only touch the database, so
+        running one again after a rollback is running it once (as when sqlite rolls a
+        transaction back itself)."""
         conn = self._conn
         assert conn is not None
+        if self._run_optimistic(conn, batch):
+            return
         while batch:
             batch = self._run_transaction(conn, batch)
+
+    def _run_optimistic(self, conn: sqlite3.Connection, batch: list[Pending[Any]]) -> bool:
+        """One transaction, no savepoints. True when the batch is settled: every op ran and
+        COMMIT returned, or COMMIT failed (every op fails, as in :meth:`_run_transaction`),
+        or the one op of the batch raised. False when an op of several raised: nothing was
+        kept and the outcomes are reset, for the batch to run again with savepoints."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return False  # the careful path meets (and reports) the same error
+        for pending in batch:
+            try:
+                pending.set_value(pending.fn(conn))
+            except Exception as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                if len(batch) == 1:
+                    pending.set_error(as_store_error(exc))
+                    return True
+                for other in batch:
+                    other.reset()
+                return False
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            for pending in batch:
+                pending.set_error(as_store_error(exc))
+        return True
 
     def _run_transaction(
         self, conn: sqlite3.Connection, batch: list[Pending[Any]]
