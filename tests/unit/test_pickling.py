@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import copyreg
+import enum
+import inspect
+import io
 import pickle
+import pickletools
 
 import attrs
 import pytest
@@ -11,8 +16,8 @@ from zonemta.engine.bus import Event
 from zonemta.engine.delivery.outcome import Outcome, ReleaseReason
 from zonemta.engine.processes import frames
 from zonemta.engine.processes.pipe import Frame
-from zonemta.pickling import pickle_by_fields
-from zonemta.statemachine import FailureCategory, Trigger
+from zonemta.pickling import pickle_by_fields, pickle_members_by_name
+from zonemta.statemachine import DeliveryState, FailureCategory, Trigger
 from zonemta.store import Delivery, MessageRecord, NewDelivery, RowState
 from zonemta.store.meta import FixedRoute, MessageMeta
 
@@ -83,3 +88,68 @@ def test_a_commit_and_its_records_survive_the_pipe() -> None:
         copy = pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
         assert copy == obj
     assert isinstance(commit, Frame)
+
+
+FRAME_ENUMS = (DeliveryState, Trigger, FailureCategory, ReleaseReason, RowState)
+
+
+@pytest.mark.parametrize("cls", FRAME_ENUMS, ids=lambda cls: cls.__name__)
+def test_frame_enums_pickle_as_references_to_their_members(cls: type[enum.Enum]) -> None:
+    # frames.py registers them: a member is a global (no call of the class to load it).
+    for member in cls:
+        data = pickle.dumps(member, protocol=pickle.HIGHEST_PROTOCOL)
+        assert pickle.loads(data) is member
+        ops = {op.name for op, _arg, _pos in pickletools.genops(data)}
+        assert "STACK_GLOBAL" in ops
+        assert "REDUCE" not in ops
+        assert f"{cls.__qualname__}.{member.name}".encode() in data
+
+
+@pytest.mark.parametrize("cls", FRAME_ENUMS, ids=lambda cls: cls.__name__)
+def test_enum_pickles_of_either_kind_load_the_same_member(cls: type[enum.Enum]) -> None:
+    # A pickle made the default way (the class called with the value: what a process
+    # without the registration sends) loads the same member as one made by name.
+    for member in cls:
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.dispatch_table = {}  # not copyreg's: the enum's own __reduce_ex__
+        pickler.dump(member)
+        default = buffer.getvalue()
+        assert "REDUCE" in {op.name for op, _arg, _pos in pickletools.genops(default)}
+        assert pickle.loads(default) is member
+        by_name = pickle.dumps(member, protocol=pickle.HIGHEST_PROTOCOL)
+        assert pickle.loads(by_name) is member
+
+
+def test_pickle_members_by_name_registers_a_c_reducer() -> None:
+    class Colour(enum.Enum):
+        RED = "red"
+
+    globals()["Colour"] = Colour  # a global, as the registered classes are
+    Colour.__qualname__ = "Colour"
+    try:
+        pickle_members_by_name(Colour)
+        data = pickle.dumps(Colour.RED, protocol=pickle.HIGHEST_PROTOCOL)
+        assert b"Colour.RED" in data
+        assert pickle.loads(data) is Colour.RED
+        reducer = copyreg.dispatch_table[Colour]
+        assert not inspect.isfunction(reducer)  # a bound dict method: no Python frame
+    finally:
+        copyreg.dispatch_table.pop(Colour, None)
+        del globals()["Colour"]
+
+
+def test_a_frame_with_enums_round_trips() -> None:
+    frame = frames.Done(
+        7,
+        (
+            frames.RowOutcome(
+                Outcome(Trigger.TRANSIENT_FAILURE, "451 later", FailureCategory.HTTP), "mx", None
+            ),
+            frames.RowOutcome(
+                Outcome(Trigger.RELEASE, "back", None, ReleaseReason.WARMUP), None, None
+            ),
+        ),
+        {},
+    )
+    assert pickle.loads(pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)) == frame

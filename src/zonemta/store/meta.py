@@ -84,10 +84,13 @@ class MessageMeta:
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_copy_extra)
 
     def __attrs_post_init__(self) -> None:
-        clash = sorted(set(self.extra) & STORED_KEYS)
-        if clash:
-            raise ValueError(f"extra meta keys shadow fields: {', '.join(clash)}")
-        if any(type(seq) is not int or seq < 0 for seq in self.routes):
+        # Most metas have neither (one is built for every message received and unpickled
+        # for every message relayed): no checks to run then.
+        if self.extra:
+            clash = sorted(set(self.extra) & STORED_KEYS)
+            if clash:
+                raise ValueError(f"extra meta keys shadow fields: {', '.join(clash)}")
+        if self.routes and any(type(seq) is not int or seq < 0 for seq in self.routes):
             raise ValueError("routes are keyed by delivery seq (an int >= 0)")
 
 

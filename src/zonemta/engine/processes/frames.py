@@ -13,11 +13,11 @@ from typing import Any
 import attrs
 
 from zonemta.engine.bus import Event
-from zonemta.engine.delivery.outcome import Outcome
+from zonemta.engine.delivery.outcome import Outcome, ReleaseReason
 from zonemta.engine.processes.pipe import Frame
-from zonemta.pickling import pickle_by_fields
-from zonemta.statemachine import DeliveryState, Trigger
-from zonemta.store import Delivery, MessageRecord, NewDelivery
+from zonemta.pickling import pickle_by_fields, pickle_members_by_name
+from zonemta.statemachine import DeliveryState, FailureCategory, Trigger
+from zonemta.store import Delivery, MessageRecord, NewDelivery, RowState
 
 __all__ = [
     "Abort",
@@ -42,6 +42,10 @@ __all__ = [
     "Stats",
     "Stop",
 ]
+
+# The enums in frames (a row's state, a machine's state, a trigger, an outcome's category
+# and release reason) cross the pipe as references to their members.
+pickle_members_by_name(DeliveryState, Trigger, FailureCategory, ReleaseReason, RowState)
 
 # {zone: (connection reuses, open connections)} of a delivery process's pools.
 PoolCounts = Mapping[str, tuple[int, int]]
