@@ -234,9 +234,21 @@ def released(row: Delivery, reason_code: ReleaseReason, text: str | None = None)
     return Outcome(release_trigger(row.attempts), response, release=reason_code)
 
 
+#: The line :func:`log_outcome` writes (``log.info`` arguments).
+OUTCOME_FORMAT = "%s.%03x %s to=<%s> zone=%s mx=%s tls=%s response=%r"
+
+# (pathname, lineno, funcName) of the records log_outcome makes: logging's findCaller
+# gives the same answer for every call, so it is asked once.
+_outcome_caller: tuple[str, int, str] | None = None
+
+
 def log_outcome(row: Delivery, machine: DeliveryMachine, outcome: Outcome) -> None:
-    log.info(
-        "%s.%03x %s to=<%s> zone=%s mx=%s tls=%s response=%r",
+    """``log.info(OUTCOME_FORMAT, ...)`` without its search of the stack for the caller
+    (the same record: it is made and handled as ``Logger._log`` does it)."""
+    global _outcome_caller
+    if not log.isEnabledFor(logging.INFO):
+        return
+    args = (
         row.message_id,
         row.seq,
         machine.state.value.upper(),
@@ -246,3 +258,9 @@ def log_outcome(row: Delivery, machine: DeliveryMachine, outcome: Outcome) -> No
         machine.tls or "-",
         outcome.response,
     )
+    caller = _outcome_caller
+    if caller is None:
+        fn, lno, func, _stack = log.findCaller()
+        caller = _outcome_caller = (fn, lno, func)
+    fn, lno, func = caller
+    log.handle(log.makeRecord(log.name, logging.INFO, fn, lno, OUTCOME_FORMAT, args, None, func))
