@@ -34,6 +34,19 @@ _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}\Z")
 _GENERAL_TAG = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]\Z")
 _BODY_VALUES = frozenset({"7BIT", "8BITMIME"})
 
+# The usual argument: ``FROM:<local@domain>`` / ``TO:<local@domain>``, ASCII dot-atom local
+# part of at most MAX_LOCAL_PART characters, plain labels of at most MAX_LABEL, no source
+# route, no parameters. What it matches the full parse accepts as it is, with no
+# parameters; anything else (and a domain over MAX_DOMAIN) goes through the full parse.
+_SIMPLE_ADDRESS = (
+    r" *<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}"  # the local part: _LOCAL_ASCII
+    r"@(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63})>"  # the domain's labels: _LABEL
+)
+_SIMPLE_MAIL = re.compile(r"[Ff][Rr][Oo][Mm]:" + _SIMPLE_ADDRESS, re.ASCII)
+_SIMPLE_RCPT = re.compile(r"[Tt][Oo]:" + _SIMPLE_ADDRESS, re.ASCII)
+# With local part and "@" at most this long, the domain is within MAX_DOMAIN.
+_SIMPLE_MAX = MAX_DOMAIN + 1
+
 
 class Refusal(Exception):
     """An argument the server refuses; ``reply`` is what the peer gets."""
@@ -49,6 +62,16 @@ def parse_mail_from(arg: str, *, max_size: int) -> tuple[str, dict[str, str | No
     The address is "" for ``<>``. Handles SIZE (552 5.3.4 when over ``max_size`` > 0), BODY and
     SMTPUTF8; other parameters get 555. Raises :class:`Refusal`.
     """
+    simple = _SIMPLE_MAIL.fullmatch(arg)
+    if simple is not None:
+        address = simple[1]
+        if len(address) <= _SIMPLE_MAX:
+            return address, {}
+    return _parse_mail_from(arg, max_size=max_size)
+
+
+def _parse_mail_from(arg: str, *, max_size: int) -> tuple[str, dict[str, str | None]]:
+    """:func:`parse_mail_from` without its fast path."""
     path, rest = _split_path(arg, "FROM", replies.MAIL_SYNTAX)
     params = _parse_params(rest)
     utf8 = "SMTPUTF8" in params
@@ -79,6 +102,16 @@ def parse_rcpt_to(arg: str, *, utf8: bool) -> tuple[str, dict[str, str | None]]:
     accepted (RFC 5321 4.5.1). We advertise no RCPT parameters, so any gets 555.
     Raises :class:`Refusal`.
     """
+    simple = _SIMPLE_RCPT.fullmatch(arg)
+    if simple is not None:
+        address = simple[1]
+        if len(address) <= _SIMPLE_MAX:
+            return address, {}
+    return _parse_rcpt_to(arg, utf8=utf8)
+
+
+def _parse_rcpt_to(arg: str, *, utf8: bool) -> tuple[str, dict[str, str | None]]:
+    """:func:`parse_rcpt_to` without its fast path."""
     path, rest = _split_path(arg, "TO", replies.RCPT_SYNTAX)
     params = _parse_params(rest)
     if not path:
