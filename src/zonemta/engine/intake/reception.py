@@ -110,7 +110,8 @@ class Reception:
         # intake announces its messages itself).
         self._small: list[bytes] | None = [] if intake.announces else None
         self._small_size = 0
-        self._bodyhash = RelaxedBodyHasher()  # DKIM bh=, computed as the body streams in
+        # DKIM bh=, computed as the body streams in (only when a key may sign it)
+        self._bodyhash = RelaxedBodyHasher() if intake.body_hash else None
         self._hook_reply: Reply | None = None  # a body hook failed
 
     @property
@@ -126,7 +127,8 @@ class Reception:
                 self._small.append(data)
             else:
                 self._small = None
-        self._bodyhash.update(data)
+        if self._bodyhash is not None:
+            self._bodyhash.update(data)
         if self._intake.hooks.body and self._hook_reply is None:
             await self._run_body_hooks(data)
         await self._body.write(data)
@@ -221,10 +223,9 @@ class Reception:
                 self._intake.publish_dropped(self, exc.reason)
                 return self.id
         self._done = True
+        body_hash = self._bodyhash.b64digest() if self._bodyhash is not None else ""
         try:
-            return await self._intake._commit(
-                self, headers, self._body, self._body_8bit, self._bodyhash.b64digest()
-            )
+            return await self._intake._commit(self, headers, self._body, self._body_8bit, body_hash)
         except BaseException:
             await self._body.abort()
             raise
@@ -282,6 +283,7 @@ class Intake:
         headers: HeaderPolicy | None = None,
         hooks: Hooks | None = None,
         announces: bool = True,
+        body_hash: bool = True,
     ) -> None:
         self.store = store
         self.router = router
@@ -295,6 +297,10 @@ class Intake:
         # False in an intake process: the relay announces what it commits for it (with the
         # body it received), so this intake neither announces nor keeps small bodies.
         self.announces = announces
+        # Whether to compute the DKIM body hash (``dkim_bh``) of what it receives: only the
+        # signer reads it, and a message stored without one is sent unsigned. False only
+        # where no key can sign (``[dkim]`` off or without keys).
+        self.body_hash = body_hash
 
     def publish_dropped(self, reception: Reception, reason: str) -> None:
         """A hook dropped the message: accepted, nothing stored."""

@@ -41,6 +41,7 @@ from zonemta.transport.smtp.server_auth import SaslExchange
 from zonemta.transport.smtp.server_commands import HANDLERS, CommandHandlers
 from zonemta.transport.smtp.server_data import DataDecoder
 from zonemta.transport.smtp.server_events import (
+    DATA_END,
     NEED_DATA,
     Auth,
     ConnectionClosed,
@@ -61,11 +62,11 @@ from zonemta.transport.smtp.server_parse import Refusal
 from zonemta.transport.smtp.server_settings import ServerSettings
 from zonemta.transport.smtp.server_states import (
     NOT_IMPLEMENTED_VERBS,
+    SEQUENCE_REFUSALS,
     TRANSITIONS,
     VERBS,
     SessionState,
     Trigger,
-    sequence_refusal,
     transition,
 )
 
@@ -101,6 +102,7 @@ class SMTPServerConnection(CommandHandlers):
         """Queue the 220 greeting; the session waits for HELO/EHLO."""
         self._settings = settings
         self._state = SessionState.CONNECTED
+        self.closed = False  # after QUIT, close_with, EOF or a fatal peer error (see _move)
         self._inbox: deque[bytes] = deque()
         self._line_buf = bytearray()
         self._scanned = 0  # bytes of _line_buf already searched for LF
@@ -132,11 +134,6 @@ class SMTPServerConnection(CommandHandlers):
     def authenticated(self) -> bool:
         """True after an ``Auth`` event was answered 235 (until STARTTLS resets the session)."""
         return self._authenticated
-
-    @property
-    def closed(self) -> bool:
-        """True after QUIT, ``close_with``, EOF or a fatal peer error."""
-        return self._state is SessionState.CLOSED
 
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes from the peer; ``b""`` means EOF. Bytes after close are dropped.
@@ -182,6 +179,8 @@ class SMTPServerConnection(CommandHandlers):
                 event = self._data_event()
             elif state is SessionState.AUTH:
                 event = self._auth_event()
+            elif not self._inbox and not self._line_buf:  # no command line to read
+                return self._closed_by_eof() if self._eof else NEED_DATA
             else:
                 event = self._command_event()
             if event is not None:
@@ -222,6 +221,21 @@ class SMTPServerConnection(CommandHandlers):
         if code == 421:
             self._move(Trigger.CLOSE)
 
+    def respond_queued(self, wire: bytes) -> None:
+        """Accept the pending DataEnd with a one-line 250 reply given in wire form (``250 ``,
+        the text, CRLF): what ``respond`` does with a 250, for a reply that differs for every
+        message (no :class:`Reply` built for it). Raises ``LocalProtocolError`` when no
+        DataEnd is pending or for anything but such a line."""
+        if type(self._pending) is not DataEnd:
+            raise LocalProtocolError("respond_queued() without a pending DataEnd")
+        if not wire.startswith(b"250 ") or wire.find(b"\n") != len(wire) - 1 or wire[-2] != 13:
+            raise LocalProtocolError(f"not a one-line 250 reply: {wire!r}")
+        self._pending = None
+        self._out.append(wire)
+        self._errors = 0  # the cap counts errors "without delivering mail"
+        self._end_transaction()
+        self._move(Trigger.DATA_DONE)
+
     def close_with(self, reply: Reply) -> None:
         """Queue ``reply`` (e.g. 421 on timeout or shutdown) and close the session.
 
@@ -252,7 +266,10 @@ class SMTPServerConnection(CommandHandlers):
 
     def _move(self, trigger: Trigger) -> None:
         state = TRANSITIONS.get((self._state, trigger))
-        self._state = state if state is not None else transition(self._state, trigger)
+        if state is None:
+            state = transition(self._state, trigger)
+        self._state = state
+        self.closed = state is SessionState.CLOSED
 
     def _close(self) -> None:
         self._pending = None
@@ -326,7 +343,7 @@ class SMTPServerConnection(CommandHandlers):
             )
             self._reply(refusal)
             return None
-        refused = sequence_refusal(self._state, verb)
+        refused = SEQUENCE_REFUSALS[self._state][verb]  # sequence_refusal(), inlined
         if refused is not None:
             self._reply(refused)
             return None
@@ -364,7 +381,7 @@ class SMTPServerConnection(CommandHandlers):
                 self._end_transaction()
                 self._move(Trigger.DATA_DONE)
                 return None
-            self._pending = event = DataEnd()
+            self._pending = event = DATA_END
             return event
         while True:
             if self._line_buf:

@@ -20,8 +20,8 @@ from zonemta.transport.smtp.reply import Reply
 from zonemta.transport.smtp.server_auth import Challenge, Credentials, SaslExchange
 from zonemta.transport.smtp.server_data import DataDecoder
 from zonemta.transport.smtp.server_events import (
+    DATA_START,
     Auth,
-    DataStart,
     Event,
     Helo,
     MailFrom,
@@ -111,7 +111,7 @@ class CommandHandlers:
         self._decoder = DataDecoder(settings.max_size, settings.max_header_size, after_crlf=crlf)
         self._move(Trigger.DATA)
         self._reply(replies.START_DATA)
-        return DataStart()
+        return DATA_START
 
     def _on_rset(self, arg: str, _crlf: bool) -> Event | None:
         if arg:

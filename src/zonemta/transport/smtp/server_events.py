@@ -102,6 +102,12 @@ class DataEnd(Event):
     """POLICY. The terminator CRLF.CRLF was seen: store the message, then respond()."""
 
 
+# The events without fields are all equal: the server hands out one of each that comes
+# with every message instead of a new one.
+DATA_START = DataStart()
+DATA_END = DataEnd()
+
+
 @attrs.frozen
 class Rset(Event):
     """RSET: transaction cleared, 250 queued."""

@@ -151,6 +151,12 @@ COMMAND_TABLE: Mapping[Verb, tuple[Reply | None, Reply | None, Reply | None, Rep
 }
 # fmt: on
 _COLUMN = {state: index for index, state in enumerate(COMMAND_STATES)}
+# COMMAND_TABLE by state, then verb: what sequence_refusal answers, in two dict lookups
+# without a call (the server reads commands in COMMAND_STATES only).
+SEQUENCE_REFUSALS: dict[SessionState, dict[Verb, Reply | None]] = {
+    state: {verb: row[column] for verb, row in COMMAND_TABLE.items()}
+    for state, column in _COLUMN.items()
+}
 
 
 def sequence_refusal(state: SessionState, verb: Verb) -> Reply | None:
