@@ -15,6 +15,13 @@ is two Python calls (``EnumType.__call__``, ``Enum.__new__``) per member, and a 
 several (a row's state, a trigger, a category). With :func:`pickle_members_by_name` a member
 pickles as the global it is (``Trigger.DELIVERED``), which unpickling finds without a Python
 call; the pickler finds that name through a dict (a C call).
+
+A class or member named in a pickle costs the pickler an import and a lookup to check the
+name, and the unpickler an import and a lookup to find it: about 1.5 µs each way, and a
+frame names several (the frame, its records, their enums). :func:`register_extension_codes`
+gives each of them an extension code (``copyreg.add_extension``): the pickle holds a
+number, which the unpickler looks up in a dict. Both ends must register the same codes: they
+do it when they import the frames' module (the same installation on both ends).
 """
 
 from __future__ import annotations
@@ -22,12 +29,12 @@ from __future__ import annotations
 import copyreg
 import enum
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["pickle_by_fields", "pickle_members_by_name"]
+__all__ = ["pickle_by_fields", "pickle_members_by_name", "register_extension_codes"]
 
 T = TypeVar("T")
 
@@ -62,3 +69,20 @@ def pickle_members_by_name(*classes: type[enum.Enum]) -> None:
     for cls in classes:
         names = {member: f"{cls.__qualname__}.{member.name}" for member in cls}
         copyreg.pickle(cls, names.__getitem__)
+
+
+def register_extension_codes(first: int, named: Iterable[type | enum.Enum]) -> list[int]:
+    """Give each class (by ``module``, ``qualname``) and enum member (by its class's module
+    and ``Class.MEMBER``: register its class with :func:`pickle_members_by_name`) the next
+    extension code from ``first``, in order; returns the codes. The same list in the same
+    order gives the same codes; registering them again changes nothing."""
+    codes = []
+    for code, obj in enumerate(named, start=first):
+        if isinstance(obj, enum.Enum):
+            cls = type(obj)
+            module, name = cls.__module__, f"{cls.__qualname__}.{obj.name}"
+        else:
+            module, name = obj.__module__, obj.__qualname__
+        copyreg.add_extension(module, name, code)
+        codes.append(code)
+    return codes

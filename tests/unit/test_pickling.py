@@ -16,7 +16,7 @@ from zonemta.engine.bus import Event
 from zonemta.engine.delivery.outcome import Outcome, ReleaseReason
 from zonemta.engine.processes import frames
 from zonemta.engine.processes.pipe import Frame
-from zonemta.pickling import pickle_by_fields, pickle_members_by_name
+from zonemta.pickling import pickle_by_fields, pickle_members_by_name, register_extension_codes
 from zonemta.statemachine import DeliveryState, FailureCategory, Trigger
 from zonemta.store import Delivery, MessageRecord, NewDelivery, RowState
 from zonemta.store.meta import FixedRoute, MessageMeta
@@ -100,9 +100,19 @@ def test_frame_enums_pickle_as_references_to_their_members(cls: type[enum.Enum])
         data = pickle.dumps(member, protocol=pickle.HIGHEST_PROTOCOL)
         assert pickle.loads(data) is member
         ops = {op.name for op, _arg, _pos in pickletools.genops(data)}
+        assert "REDUCE" not in ops
+        assert ops & {"EXT1", "EXT2", "EXT4"}  # its extension code (frames.EXTENDED)
+        saved = dict(copyreg._extension_registry)  # type: ignore[attr-defined]
+        copyreg._extension_registry.clear()  # type: ignore[attr-defined]
+        try:  # without the code: the member's global name
+            data = pickle.dumps(member, protocol=pickle.HIGHEST_PROTOCOL)
+        finally:
+            copyreg._extension_registry.update(saved)  # type: ignore[attr-defined]
+        ops = {op.name for op, _arg, _pos in pickletools.genops(data)}
         assert "STACK_GLOBAL" in ops
         assert "REDUCE" not in ops
         assert f"{cls.__qualname__}.{member.name}".encode() in data
+        assert pickle.loads(data) is member
 
 
 @pytest.mark.parametrize("cls", FRAME_ENUMS, ids=lambda cls: cls.__name__)
@@ -153,3 +163,69 @@ def test_a_frame_with_enums_round_trips() -> None:
         {},
     )
     assert pickle.loads(pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)) == frame
+
+
+def _opcodes(data: bytes) -> set[str]:
+    return {op.name for op, _arg, _pos in pickletools.genops(data)}
+
+
+@pytest.mark.parametrize("named", frames.EXTENDED, ids=repr)
+def test_what_frames_name_pickles_as_an_extension_code(named: object) -> None:
+    data = pickle.dumps(named, protocol=pickle.HIGHEST_PROTOCOL)
+    assert pickle.loads(data) is named
+    assert _opcodes(data) & {"EXT1", "EXT2", "EXT4"}
+    assert not _opcodes(data) & {"STACK_GLOBAL", "GLOBAL"}  # no module or name in it
+
+
+def test_extension_codes_are_one_per_name_and_registering_again_is_harmless() -> None:
+    keys = [
+        (type(o).__module__, f"{type(o).__qualname__}.{o.name}")
+        if isinstance(o, enum.Enum)
+        else (o.__module__, o.__qualname__)
+        for o in frames.EXTENDED
+    ]
+    assert len(set(keys)) == len(keys)
+    codes = [copyreg._extension_registry[key] for key in keys]  # type: ignore[attr-defined]
+    assert codes == list(range(frames.EXTENSION_BASE, frames.EXTENSION_BASE + len(keys)))
+    assert codes[-1] <= 0xFFFF  # two-byte codes (EXT2)
+    assert register_extension_codes(frames.EXTENSION_BASE, frames.EXTENDED) == codes
+
+
+def test_a_frame_pickled_without_extension_codes_loads_the_same() -> None:
+    # What a process without the codes sends (names, not numbers) still loads.
+    frame = frames.Attempt(
+        3,
+        "default",
+        (
+            Delivery(
+                "m1",
+                0,
+                "a@b.test",
+                "b.test",
+                "default",
+                RowState.LOCKED,
+                0,
+                1.0,
+                1.0,
+                None,
+                None,
+                "me",
+                2.0,
+            ),
+        ),
+        MessageRecord("m1", "s@a.test", b"Subject: x\r\n", 3, 1.0, MessageMeta(helo="h")),
+        b"abc",
+        {"b.test": frozenset({"10.0.0.1"})},
+        (DeliveryState.QUEUED,),
+    )
+    with_codes = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    saved = dict(copyreg._extension_registry)  # type: ignore[attr-defined]
+    copyreg._extension_registry.clear()  # type: ignore[attr-defined]
+    try:
+        by_name = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        copyreg._extension_registry.update(saved)  # type: ignore[attr-defined]
+    assert "STACK_GLOBAL" in _opcodes(by_name)
+    assert "STACK_GLOBAL" not in _opcodes(with_codes)
+    assert pickle.loads(by_name) == pickle.loads(with_codes) == frame
+    assert len(with_codes) < len(by_name)

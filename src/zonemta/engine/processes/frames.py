@@ -7,6 +7,7 @@ numbers a delivery attempt, or an intake call that the relay answers with :class
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,9 +16,17 @@ import attrs
 from zonemta.engine.bus import Event
 from zonemta.engine.delivery.outcome import Outcome, ReleaseReason
 from zonemta.engine.processes.pipe import Frame
-from zonemta.pickling import pickle_by_fields, pickle_members_by_name
+from zonemta.pickling import pickle_by_fields, pickle_members_by_name, register_extension_codes
 from zonemta.statemachine import DeliveryState, FailureCategory, Trigger
-from zonemta.store import Delivery, MessageRecord, NewDelivery, RowState
+from zonemta.store import (
+    Delivery,
+    DeliveryKey,
+    FixedRoute,
+    MessageMeta,
+    MessageRecord,
+    NewDelivery,
+    RowState,
+)
 
 __all__ = [
     "Abort",
@@ -46,6 +55,7 @@ __all__ = [
 # The enums in frames (a row's state, a machine's state, a trigger, an outcome's category
 # and release reason) cross the pipe as references to their members.
 pickle_members_by_name(DeliveryState, Trigger, FailureCategory, ReleaseReason, RowState)
+# (and each class and member a frame names has an extension code: EXTENDED, at the end)
 
 # {zone: (connection reuses, open connections)} of a delivery process's pools.
 PoolCounts = Mapping[str, tuple[int, int]]
@@ -277,3 +287,48 @@ class Stop(Frame):
     seconds, then exit."""
 
     grace: float
+
+
+# -- extension codes -------------------------------------------------------------------------
+
+#: The first of the extension codes of what frames carry (codes from 256 are not assigned
+#: by Python; EXT2 takes codes up to 65535).
+EXTENSION_BASE = 0x5A00
+
+_FRAME_ENUMS = (DeliveryState, Trigger, FailureCategory, ReleaseReason, RowState)
+
+#: What frames name, in a fixed order: each is pickled as its extension code (see
+#: ``zonemta/pickling.py``). Append only: both ends of the pipe derive the codes from it.
+EXTENDED: tuple[type | enum.Enum, ...] = (
+    Init,
+    Ready,
+    Attempt,
+    Chunk,
+    Cancel,
+    Fired,
+    More,
+    RowOutcome,
+    Done,
+    Stats,
+    Admit,
+    Leave,
+    Joined,
+    IntakeGrant,
+    Body,
+    Abort,
+    Commit,
+    Forward,
+    Reply,
+    Stop,
+    Delivery,
+    DeliveryKey,
+    MessageRecord,
+    MessageMeta,
+    FixedRoute,
+    NewDelivery,
+    Outcome,
+    Event,
+    *(member for cls in _FRAME_ENUMS for member in cls),
+)
+
+register_extension_codes(EXTENSION_BASE, EXTENDED)
