@@ -121,7 +121,13 @@ class DeliveryProcess(ChildProcess):
         if pipe is None:
             return None
         rid = next(self._ids)
-        send, receive = trio.open_memory_channel[More | Done | _Lost](math.inf)
+        # Not open_memory_channel[...](): calling the subscripted generic costs typing's
+        # alias machinery a dozen Python calls per attempt.
+        channel: tuple[
+            trio.MemorySendChannel[More | Done | _Lost],
+            trio.MemoryReceiveChannel[More | Done | _Lost],
+        ] = trio.open_memory_channel(math.inf)
+        send, receive = channel
         pending = _Pending(machines, send)
         self._pending[rid] = pending
         body = messages.cached_body(message.id) if message.body_size else b""
