@@ -4,6 +4,12 @@ A connection holds one token of the zone's :class:`trio.CapacityLimiter` from th
 is opened until it is closed, whether it is carrying a message or waiting idle for the next
 one to the same destination. When the zone is full and an idle connection to some other
 destination exists, that idle connection is closed to make room.
+
+A checkout that must wait is woken alone, in order, when something it may use comes back:
+the first waiter for the destination of a connection checked in (else the first waiter,
+who may close it to make room), the first waiter when a token is given back. Waking every
+waiter for each connection checked in cost each message a wake-up of every other waiting
+attempt, all but one of which went back to sleep.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ class ZoneConnections:
         self.throttle = throttle
         self.reuses = 0
         self._idle: OrderedDict[int, _Idle] = OrderedDict()
-        self._changed = trio.Event()
+        # Checkouts waiting for a connection or a token, in the order they began to wait.
+        self._waiting: dict[trio.Event, PoolKey] = {}
         self._closer: trio.Nursery | None = None
         self.timers = TimerWheel()  # the reply and data timeouts of the zone's connections
 
@@ -101,7 +108,14 @@ class ZoneConnections:
                 _, oldest = self._idle.popitem(last=False)
                 self._discard(oldest.slot)
                 continue
-            await self._changed.wait()
+            wake = trio.Event()
+            self._waiting[wake] = key
+            try:
+                await wake.wait()
+            except BaseException:
+                if self._waiting.pop(wake, None) is None:
+                    self._notify()  # woken, but leaving: the next waiter may use it
+                raise
 
     def _take_idle(self, key: PoolKey) -> Slot | None:
         now = trio.current_time()
@@ -116,9 +130,22 @@ class ZoneConnections:
                 return idle.slot
         return None
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def _notify(self, key: PoolKey | None = None) -> None:
+        """Wake the first waiter for ``key`` (a connection to it is idle), else the first
+        waiter."""
+        waiting = self._waiting
+        if not waiting:
+            return
+        chosen = None
+        if key is not None:
+            for wake, wanted in waiting.items():
+                if wanted == key:
+                    chosen = wake
+                    break
+        if chosen is None:
+            chosen = next(iter(waiting))
+        del waiting[chosen]
+        chosen.set()
 
     def checkin(self, slot: Slot) -> None:
         """Return a slot after use; a healthy connection waits idle for the next message."""
@@ -132,7 +159,7 @@ class ZoneConnections:
             # The throttle stays with the slot: it paces this connection.
             slot.reused = False
             self._idle[id(slot)] = _Idle(slot, trio.current_time())
-            self._notify()
+            self._notify(slot.key)
             return
         self._discard(slot)
 

@@ -379,7 +379,8 @@ class Sender:
             machine.mx = slot.connection.mx
             machine.fire(Trigger.REUSE_CONNECTION, **slot.connection.tls_details)
             try:
-                await self._throttle(slot)
+                if slot.throttle is not None:
+                    await self._throttle(slot)
                 return await self._send(slot.connection, message, body, machine)
             except DeliveryFailure as exc:
                 if exc.reply is not None or exc.stage not in (Stage.MAIL, Stage.RCPT, Stage.DATA):

@@ -59,6 +59,7 @@ from zonemta.transport.smtp.client_events import (
 from zonemta.transport.smtp.client_plan import Extensions
 from zonemta.transport.smtp.client_states import (
     TRANSACTION_WAITS,
+    TRANSITIONS,
     WAITS,
     ClientState,
     ClientTrigger,
@@ -305,7 +306,8 @@ class SMTPClientSession:
     # --- replies, per state --------------------------------------------------------------
 
     def _move(self, trigger: ClientTrigger) -> None:
-        self._state = transition(self._state, trigger)
+        state = TRANSITIONS.get((self._state, trigger))
+        self._state = state if state is not None else transition(self._state, trigger)
         if self._state is S.CLOSED:
             self._tx = None
             self._stuffer = None
