@@ -132,3 +132,23 @@ async def test_the_scheduler_holds_a_suspended_domain_until_expiry(
     started = {domain: t for t, domain in deliverer.started}
     assert started["free.test"] == pytest.approx(0, abs=1.5)
     assert started["held.test"] == pytest.approx(120, abs=1.5)
+
+
+async def test_holding_and_held_sources_with_no_entries_and_with_some(
+    store: SqliteStore, mock_clock: trio.testing.MockClock
+) -> None:
+    # Without entries both answer at once (None, {}); with entries they look.
+    jump_when_idle(mock_clock)
+    await queue(store, ["a@a.test"])
+    suspensions = Suspensions(store, bus=EventBus(), clock=trio.current_time)
+    (row,) = await store.deliveries_of("m1")
+    assert suspensions.holding(row) is None
+    assert suspensions.held_sources() == {}
+    source = await suspensions.add(source="127.0.0.2", who="ops")
+    held = await suspensions.add(domain="a.test", who="ops")
+    assert suspensions.held_sources() == {"127.0.0.2": source}
+    assert suspensions.holding(row) == held
+    await suspensions.remove(held.id)
+    await suspensions.remove(source.id)
+    assert suspensions.holding(row) is None
+    assert suspensions.held_sources() == {}

@@ -119,11 +119,15 @@ class Suspensions:
 
     def held_sources(self) -> dict[str, Suspension]:
         """Local addresses taken out of every pool."""
+        if not self._entries:  # the usual case, asked for every attempt
+            return {}
         return {e.source: e for e in self._active() if e.source is not None}
 
     def holding(self, row: Delivery) -> Suspension | None:
         """The entry that holds delivery ``row`` (its domain, its domain's site, its zone or
         its message), if one does."""
+        if not self._entries:  # the usual case, asked for every delivery
+            return None
         site = self.site_of(row.domain)
         for entry in self._active():
             if entry.holds(row.zone, row.domain, row.message_id) or (
