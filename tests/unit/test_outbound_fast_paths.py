@@ -21,15 +21,19 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.test_connections import connection
 from tests.unit.test_smtp_client_outbound import greeted
 from tests.unit.test_smtp_pair import BODY, FOUR, Delivered, ServerPeer, accept_all
 from zonemta.engine.delivery import received
 from zonemta.engine.delivery.transmit import BodyBytes
+from zonemta.transport.outbound import Timeouts
 from zonemta.transport.smtp import client as client_module
 from zonemta.transport.smtp.client import NEED_DATA, SMTPClientConnection
+from zonemta.transport.smtp.client_events import Wait
 from zonemta.transport.smtp.client_session import SMTPClientSession
 from zonemta.transport.smtp.errors import RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
+from zonemta.transport.timers import TimerWheel
 
 # Lines a server might send, well formed or not.
 reply_lines = st.one_of(
@@ -159,3 +163,23 @@ async def test_body_bytes_is_a_body_source() -> None:
 
     assert await chunks(BodyBytes(b"abc\r\n")) == [b"abc\r\n"]
     assert await chunks(BodyBytes(b"")) == []
+
+
+def test_the_seconds_of_each_wait_follow_the_timeouts() -> None:
+    conn = connection()
+    for timeouts in (Timeouts(), Timeouts(connect=1, greeting=2, command=3, data=4)):
+        conn.timeouts = timeouts
+        assert conn.timeouts is timeouts
+        for wait in [*Wait, None]:
+            assert conn._seconds[wait] == timeouts.of(wait)
+
+
+async def test_the_wheel_tells_trio_time(autojump_clock: trio.testing.MockClock) -> None:
+    wheel = TimerWheel()
+    assert wheel.now() == trio.current_time()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(wheel.run)
+        await trio.sleep(5)
+        assert wheel.now() == trio.current_time() and wheel.now is not trio.current_time
+        nursery.cancel_scope.cancel()
+    assert wheel.now is trio.current_time

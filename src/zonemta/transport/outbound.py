@@ -35,6 +35,7 @@ from zonemta.transport.smtp.client_events import (
     TransactionDone,
     TransactionResult,
     UpgradeTLS,
+    Wait,
 )
 from zonemta.transport.smtp.client_session import NEED_DATA, SMTPClientSession
 from zonemta.transport.smtp.errors import LocalProtocolError, RemoteProtocolError
@@ -99,7 +100,7 @@ class OutboundConnection:
         self.port = port
         self.mx = mx
         self.local_address = local_address
-        self.timeouts = timeouts
+        self.timeouts = timeouts  # (also sets _seconds)
         self.timers = timers  # runs the deadlines of every wait (timers.py)
         self.extensions = smtp.Extensions()
         self.tls = False
@@ -115,6 +116,18 @@ class OutboundConnection:
         # timer's): a timeout text, or None for "waiting for the reply" (_timed_out).
         self._timeout: str | None = None
         self._timeout_stage = Stage.FINAL
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._timeouts
+
+    @timeouts.setter
+    def timeouts(self, timeouts: Timeouts) -> None:
+        self._timeouts = timeouts
+        # The seconds of each wait the session names (None: nothing awaited), looked up
+        # after every reply.
+        self._seconds: dict[Wait | None, float] = {wait: timeouts.of(wait) for wait in Wait}
+        self._seconds[None] = timeouts.of(None)
 
     @classmethod
     async def connect(
@@ -302,6 +315,7 @@ class OutboundConnection:
         into :meth:`_timed_out`). Raises :class:`DeliveryFailure` (no reply) for a lost
         connection or a protocol error; the connection is then ``broken``."""
         session = self.session
+        seconds, now = self._seconds, self.timers.now
         seen = -1
         waiting = session.waiting()
         stage = waiting[1] if waiting is not None else Stage.FINAL
@@ -315,10 +329,10 @@ class OutboundConnection:
                     seen = session.reply_count
                     waiting = session.waiting()
                     if waiting is None:
-                        timer.arm_at(trio.current_time() + self.timeouts.command)
+                        timer.arm_at(now() + seconds[None])
                     else:
                         stage = waiting[1]
-                        timer.arm_at(trio.current_time() + self.timeouts.of(waiting[0]))
+                        timer.arm_at(now() + seconds[waiting[0]])
                 out = session.data_to_send()
                 if out:
                     sending = True

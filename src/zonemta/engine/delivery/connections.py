@@ -118,7 +118,7 @@ class ZoneConnections:
                 raise
 
     def _take_idle(self, key: PoolKey) -> Slot | None:
-        now = trio.current_time()
+        now = self.timers.now()
         for ident, idle in self._idle.items():
             if idle.slot.key == key:
                 del self._idle[ident]
@@ -158,7 +158,7 @@ class ZoneConnections:
         ):
             # The throttle stays with the slot: it paces this connection.
             slot.reused = False
-            self._idle[id(slot)] = _Idle(slot, trio.current_time())
+            self._idle[id(slot)] = _Idle(slot, self.timers.now())
             self._notify(slot.key)
             return
         self._discard(slot)

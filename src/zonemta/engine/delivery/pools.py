@@ -61,10 +61,16 @@ class AddressPool:
             raise PoolError("no usable address in the pool")
         self.entries = tuple(usable)
         self._weights = weights(self.entries)
+        # The only address with a share, when there is one: it wins whatever the hash says.
+        shared = [e for e, w in zip(self.entries, self._weights, strict=True) if w > 0]
+        self._single = shared[0] if len(shared) == 1 else None
 
     def choose(self, key: str, *, disabled: Collection[str] = ()) -> PoolAddress | None:
         """The address for delivery ``key``, skipping ``disabled`` addresses; None when every
         address with a share is disabled."""
+        single = self._single
+        if single is not None:  # no hash to compute: its score beats -inf
+            return None if single.address in disabled else single
         best: PoolAddress | None = None
         best_score = -math.inf
         for entry, weight in zip(self.entries, self._weights, strict=True):
