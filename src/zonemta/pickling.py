@@ -71,11 +71,14 @@ def pickle_members_by_name(*classes: type[enum.Enum]) -> None:
         copyreg.pickle(cls, names.__getitem__)
 
 
-def register_extension_codes(first: int, named: Iterable[type | enum.Enum]) -> list[int]:
-    """Give each class (by ``module``, ``qualname``) and enum member (by its class's module
-    and ``Class.MEMBER``: register its class with :func:`pickle_members_by_name`) the next
-    extension code from ``first``, in order; returns the codes. The same list in the same
-    order gives the same codes; registering them again changes nothing."""
+def register_extension_codes(
+    first: int, named: Iterable[type | enum.Enum | Callable[..., Any]]
+) -> list[int]:
+    """Give each class or function (by ``module``, ``qualname``) and enum member (by its
+    class's module and ``Class.MEMBER``; register its class with
+    :func:`pickle_members_by_name`) the next extension code from ``first``, in order;
+    returns the codes. The same list in the same order gives the same codes; registering
+    them again changes nothing."""
     codes = []
     for code, obj in enumerate(named, start=first):
         if isinstance(obj, enum.Enum):

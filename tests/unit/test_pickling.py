@@ -11,6 +11,8 @@ import pickletools
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zonemta.engine.bus import Event
 from zonemta.engine.delivery.outcome import Outcome, ReleaseReason
@@ -229,3 +231,74 @@ def test_a_frame_pickled_without_extension_codes_loads_the_same() -> None:
     assert "STACK_GLOBAL" not in _opcodes(with_codes)
     assert pickle.loads(by_name) == pickle.loads(with_codes) == frame
     assert len(with_codes) < len(by_name)
+
+
+_text = st.text(max_size=12)
+_opt_text = st.none() | _text
+_times = st.floats(allow_nan=False, allow_infinity=False, width=64)
+_rows = st.builds(
+    Delivery,
+    message_id=st.just("m1"),
+    seq=st.integers(0, 999),
+    recipient=_text,
+    domain=_text,
+    zone=st.just("default"),
+    state=st.sampled_from(RowState),
+    attempts=st.integers(0, 50),
+    created=_times,
+    next_attempt=_times,
+    first_failure=st.none() | _times,
+    last_response=_opt_text,
+    lease_owner=_opt_text,
+    lease_until=st.none() | _times,
+    delay_notified=st.booleans(),
+)
+_metas = st.builds(
+    MessageMeta,
+    interface=_text,
+    client_address=_text,
+    helo=_text,
+    transtype=_text,
+    body_8bit=st.booleans(),
+    smtputf8=st.booleans(),
+    user=_opt_text,
+    dkim_bh=_text,
+    routes=st.dictionaries(
+        st.integers(0, 99), st.builds(FixedRoute, mx=_text.map(lambda t: "mx" + t)), max_size=2
+    ),
+    extra=st.dictionaries(_text.map(lambda t: "x-" + t), st.integers() | _text, max_size=2),
+)
+
+
+@given(
+    rows=st.lists(_rows, min_size=1, max_size=3),
+    meta=_metas,
+    body=st.none() | st.binary(max_size=64),
+    blacklisted=st.dictionaries(_text, st.frozensets(_text, max_size=2), max_size=2),
+    states=st.data(),
+)
+def test_an_attempt_pickles_as_plain_values_and_loads_equal(
+    rows: list[Delivery],
+    meta: MessageMeta,
+    body: bytes | None,
+    blacklisted: dict[str, frozenset[str]],
+    states: st.DataObject,
+) -> None:
+    message = MessageRecord("m1", "s@a.test", b"Subject: x\r\n", 9, 5.0, meta)
+    drawn = states.draw(
+        st.lists(st.sampled_from(DeliveryState), min_size=len(rows), max_size=len(rows))
+    )
+    frame = frames.Attempt(7, "default", tuple(rows), message, body, blacklisted, tuple(drawn))
+    data = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+    loaded = pickle.loads(data)
+    assert loaded == frame
+    assert type(loaded) is frames.Attempt
+    assert all(type(row) is Delivery for row in loaded.rows)
+    assert [row.state for row in loaded.rows] == [row.state for row in rows]
+    assert loaded.states == tuple(drawn)
+    assert loaded.message.meta == meta
+    # Names in it: the function that rebuilds the attempt, and FixedRoute if there are
+    # routes (by their extension codes).
+    names = [op for op, _a, _p in pickletools.genops(data) if op.name.startswith("EXT")]
+    assert len(names) == 1 + len(meta.routes)
+    assert not _opcodes(data) & {"STACK_GLOBAL", "GLOBAL"}
