@@ -435,7 +435,7 @@ class OutboundConnection:
         pending = 0
         # Until the terminator is sent, any failure leaves the session unusable.
         self.broken = True
-        timer.arm(self.timeouts.data)
+        timer.arm(self._timeouts.data)
         try:
             if isinstance(content, tuple):
                 for chunk in content:

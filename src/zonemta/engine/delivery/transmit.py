@@ -510,7 +510,7 @@ class Sender:
         head = received + signatures + headers + b"\r\n"
         envelope = Envelope(
             mail_from=message.mail_from,
-            recipients=tuple(r.recipient for r in rows),
+            recipients=tuple([r.recipient for r in rows]),
             size=len(head) + message.body_size,
             body_8bit=message.meta.body_8bit,
             smtputf8=message.meta.smtputf8,

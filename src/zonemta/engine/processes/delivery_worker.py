@@ -193,8 +193,10 @@ class Worker:
             finally:
                 del self._scopes[rid]
             done = tuple(
-                RowOutcome(outcome, m.mx, m.local_address)
-                for m, outcome in zip(machines, outcomes, strict=True)
+                [
+                    RowOutcome(outcome, m.mx, m.local_address)
+                    for m, outcome in zip(machines, outcomes, strict=True)
+                ]
             )
             self.pipe.send(Done(rid, done, {zone: _figures(sender)}))
 

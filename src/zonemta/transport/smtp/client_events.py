@@ -80,8 +80,9 @@ RFC5321_TIMEOUTS: Mapping[Wait, float] = {
 def _recipients(_instance: object, _attribute: object, value: tuple[str, ...]) -> None:
     if not isinstance(value, tuple) or not value:
         raise LocalProtocolError("an envelope needs a non-empty tuple of recipients")
-    if not all(isinstance(address, str) and address for address in value):
-        raise LocalProtocolError(f"empty recipient address in {value!r}")
+    for address in value:
+        if not isinstance(address, str) or not address:
+            raise LocalProtocolError(f"empty recipient address in {value!r}")
 
 
 def _size(_instance: object, _attribute: object, value: int) -> None:

@@ -156,7 +156,9 @@ class TransactionProgress:
     def any_accepted(self) -> bool:
         """MAIL and at least one RCPT were accepted."""
         mail = self.mail
-        return mail is not None and mail.is_positive and any(r.is_positive for r in self.rcpt)
+        if mail is None or not 200 <= mail.code < 300:  # Reply.is_positive, without a call
+            return False
+        return any([200 <= reply.code < 300 for reply in self.rcpt])
 
     def result(self) -> TransactionResult:
         """One outcome per recipient from the replies read (see RecipientOutcome.stage).
@@ -166,7 +168,7 @@ class TransactionProgress:
         mail = self.mail
         if mail is None:
             raise LocalProtocolError("a transaction ended before its MAIL reply")
-        outcomes = tuple(self._outcome(i, mail) for i in range(len(self.envelope.recipients)))
+        outcomes = tuple([self._outcome(i, mail) for i in range(len(self.envelope.recipients))])
         return TransactionResult(self.envelope, outcomes, mail, self.data, self.final)
 
     def _outcome(self, index: int, mail: Reply) -> RecipientOutcome:
