@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zonemta.conf import config_from_dict
 from zonemta.dkim.bodyhash import relaxed_body_hash
@@ -269,3 +271,111 @@ def test_with_nothing_buffered_a_command_state_needs_data_or_sees_the_end() -> N
 def test_the_events_without_fields_are_shared_and_equal_to_new_ones() -> None:
     assert smtp.DataStart() == DATA_START and isinstance(DATA_START, smtp.DataStart)
     assert smtp.DataEnd() == DATA_END and isinstance(DATA_END, smtp.DataEnd)
+
+
+def test_the_relay_networks_answer_is_remembered_per_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zonemta.inbound import listener
+    from zonemta.inbound.interfaces import interface_settings
+    from zonemta.transport.interface import in_networks
+
+    config = config_from_dict({"smtp": {"feeder": {"relay_networks": ["192.0.2.0/24"]}}})
+    settings = interface_settings(config, "feeder")
+    link, _ = _link()
+    service = listener.SmtpInterfaceService(settings, build_intake(config, link))
+    monkeypatch.setattr(listener, "RELAY_ALLOWED_CACHE", 3)
+    addresses = ["192.0.2.7", "198.51.100.1", "::ffff:192.0.2.9", "127.0.0.1", "nonsense", ""]
+    for _ in range(2):
+        for address in addresses:
+            assert service.relay_allowed(address) is in_networks(address, settings.relay_networks)
+            assert len(service._relay_allowed) <= 3
+
+
+class _KeepBody(_Body):
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = b""
+
+    async def write(self, chunk: bytes) -> None:
+        await super().write(chunk)
+        self.data += chunk
+
+
+class _KeepStore(_Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[_KeepBody] = []
+
+    def new_body(self, message_id: str) -> BodyWriter:
+        self.bodies.append(_KeepBody())
+        return self.bodies[-1]
+
+
+def _reference_split(chunks: list[bytes], max_header: int) -> tuple[bytes | None, bytes, bytes]:
+    """What Reception.feed did before its first-chunk shortcut: (headers or None, body
+    written, head left over)."""
+    from zonemta.engine.intake.reception import is_header_block, split_header_block
+
+    head = bytearray()
+    headers: bytes | None = None
+    body = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if headers is None:
+            head += chunk
+            split = split_header_block(bytes(head))
+            if split is None:
+                if len(head) > max_header:
+                    headers = b""
+                    body += bytes(head)
+                    head.clear()
+                continue
+            block, rest = split
+            head.clear()
+            if is_header_block(block):
+                headers = block
+                body += rest
+            else:
+                headers = b""
+                body += block + b"\r\n" + rest
+        else:
+            body += chunk
+    return headers, body, bytes(head)
+
+
+_PIECES = [b"Subject: x\r\n", b"\r\n", b"body line\r\n", b"not a header\r\n", b" folded\r\n", b"X"]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=12),
+    st.lists(st.integers(1, 40), max_size=8),
+    st.sampled_from([8, 30, 1024]),
+)
+async def test_reception_splits_the_header_block_as_before_in_any_chunking(
+    pieces: list[bytes], cuts: list[int], max_header: int
+) -> None:
+    content = b"".join(pieces)
+    chunks, start = [], 0
+    for cut in cuts:
+        chunks.append(content[start : start + cut])
+        start += cut
+    chunks.append(content[start:])
+    store = _KeepStore()
+    intake = Intake(
+        store,
+        Router(config_from_dict({})),
+        EventBus(),
+        ids=QueueIdGenerator(time.time),
+        clock=time.time,
+        body_hash=False,
+    )
+    reception = intake.begin(Envelope("a@b.test", ("c@d.test",), "feeder"), max_header=max_header)
+    for chunk in chunks:
+        await reception.feed(chunk)
+    headers, body, head = _reference_split(chunks, max_header)
+    assert reception._headers == headers
+    assert store.bodies[0].data == body
+    assert bytes(reception._head) == head

@@ -57,6 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 4096  # per listening socket (the kernel caps it at net.core.somaxconn)
+RELAY_ALLOWED_CACHE = 4096  # client addresses whose relay_networks answer is remembered
 
 
 class PrefixedStream(trio.abc.Stream):
@@ -116,6 +117,18 @@ class SmtpInterfaceService:
         self._sessions_nursery: trio.Nursery | None = None
         self._live: set[SmtpSession] = set()
         self.timers = TimerWheel()  # the sessions' idle and data timeouts
+        self._relay_allowed: dict[str, bool] = {}  # client address -> in relay_networks
+
+    def relay_allowed(self, address: str) -> bool:
+        """Whether ``address`` is in the interface's ``relay_networks`` (remembered per
+        address: a session asks once, and clients come back)."""
+        allowed = self._relay_allowed.get(address)
+        if allowed is None:
+            if len(self._relay_allowed) >= RELAY_ALLOWED_CACHE:
+                self._relay_allowed.clear()
+            allowed = in_networks(address, self.settings.relay_networks)
+            self._relay_allowed[address] = allowed
+        return allowed
 
     @property
     def active(self) -> int:

@@ -17,7 +17,6 @@ import trio
 from zonemta.engine.hooks import HookFailed, SessionInfo, run_checks
 from zonemta.engine.intake.reception import Envelope, IntakeRejected, Reception
 from zonemta.store import StoreError, StoreFull
-from zonemta.transport.interface import in_networks
 from zonemta.transport.smtp import server as smtp
 from zonemta.transport.smtp.errors import RemoteProtocolError
 from zonemta.transport.smtp.reply import Reply
@@ -66,7 +65,7 @@ class SmtpSession:
         self.stream = stream
         self.protocol = smtp.SMTPServerConnection(service.settings.server)
         self.client_address = client_address
-        self.relay_allowed = in_networks(client_address, self.settings.relay_networks)
+        self.relay_allowed = service.relay_allowed(client_address)
         self.helo = ""
         self.extended = False
         self.user: str | None = None

@@ -153,17 +153,24 @@ class Reception:
             self._body_8bit = True
         try:
             if self._headers is None:
-                self._head += chunk
-                split = split_header_block(bytes(self._head))
+                head = self._head
+                if head:
+                    head += chunk
+                    content = bytes(head)
+                else:  # the usual first chunk: looked at as it is, not copied twice
+                    content = chunk
+                split = split_header_block(content)
                 if split is None:
-                    if len(self._head) > self._max_header:
+                    if len(content) > self._max_header:
                         # No header block end within the limit: it is all body.
                         self._headers = b""
-                        await self._write_body(bytes(self._head))
-                        self._head.clear()
+                        await self._write_body(content)
+                        head.clear()
+                    elif not head:
+                        head += chunk
                     return
                 headers, rest = split
-                self._head.clear()
+                head.clear()
                 if is_header_block(headers):
                     self._headers = headers
                     if rest:
