@@ -109,13 +109,32 @@ class SmtpSession:
     async def serve(self) -> None:
         try:
             with self.timer, trio.CancelScope() as self._guard:
-                while not self.protocol.closed:
-                    event = self.protocol.next_event()
-                    if event is smtp.NEED_DATA:
-                        if not await self._receive():
-                            break
+                protocol, timer, service = self.protocol, self.timer, self.service
+                idle_timeout = self.settings.idle_timeout
+                while not protocol.closed:
+                    event = protocol.next_event()
+                    if event is not smtp.NEED_DATA:
+                        await self._dispatch(event)
                         continue
-                    await self._dispatch(event)
+                    # Send what is queued, then read more, within the idle and data
+                    # timeouts (the timer cancels this block). Here, not in a coroutine
+                    # of its own: this runs several times per message.
+                    out = protocol.data_to_send()
+                    if out:
+                        await self.stream.send_all(out)
+                    if service._closing and self.reception is None:
+                        self._close_with(REPLY_SHUTDOWN)
+                        break
+                    idle_deadline = self._now() + idle_timeout
+                    data_deadline = self._data_deadline
+                    timer.arm_at(idle_deadline if idle_deadline < data_deadline else data_deadline)
+                    self._reading = True
+                    try:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                    finally:
+                        self._reading = False
+                    timer.disarm()
+                    protocol.receive_data(data if type(data) is bytes else bytes(data))
                 await self._flush()
             if self.timer.cancelled_caught:  # timed out, or interrupted by a shutdown
                 self._close_with(REPLY_SHUTDOWN if self.service._closing else REPLY_IDLE_TIMEOUT)
@@ -136,29 +155,6 @@ class SmtpSession:
         out = self.protocol.data_to_send()
         if out:
             await self.stream.send_all(out)
-
-    async def _receive(self) -> bool:
-        """Send what is queued, then read more (within the idle and data timeouts: the
-        timer cancels the session's loop). False when the session is over."""
-        out = self.protocol.data_to_send()  # _flush(), without a coroutine call
-        if out:
-            await self.stream.send_all(out)
-        if self.service._closing and self.reception is None:
-            self._close_with(REPLY_SHUTDOWN)
-            await self._flush()
-            return False
-        timer = self.timer
-        idle_deadline = self._now() + self.settings.idle_timeout
-        data_deadline = self._data_deadline
-        timer.arm_at(idle_deadline if idle_deadline < data_deadline else data_deadline)
-        self._reading = True
-        try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        finally:
-            self._reading = False
-        timer.disarm()
-        self.protocol.receive_data(data if type(data) is bytes else bytes(data))
-        return True
 
     def _close_with(self, reply: Reply) -> None:
         if not self.protocol.closed:
