@@ -560,3 +560,52 @@ async def test_completing_the_last_delivery_of_a_message_without_its_row(
     await store.complete(row.key, owner="me")
     assert raw_rows(store.path, "SELECT * FROM chunks WHERE message_id = 'gone'") == []
     assert raw_rows(store.path, "SELECT * FROM deliveries WHERE message_id = 'gone'") == []
+
+
+async def test_a_pending_op_wakes_every_waiter_and_lets_a_cancelled_one_go() -> None:
+    pending: Pending[int] = Pending(lambda conn: 1)
+    woken: list[object] = []
+
+    async def waiter(name: str) -> None:
+        woken.append((name, await pending.wait()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter, "a")
+        nursery.start_soon(waiter, "b")
+        nursery.start_soon(waiter, "c")
+        cancelled = trio.CancelScope()
+
+        async def cancelled_waiter() -> None:
+            with cancelled:
+                await pending.wait()
+            woken.append(("cancelled", cancelled.cancelled_caught))
+
+        nursery.start_soon(cancelled_waiter)
+        await wait_all_tasks_blocked()
+        cancelled.cancel()
+        await wait_all_tasks_blocked()
+        assert woken == [("cancelled", True)]
+        pending.set_value(5)
+        pending.finish()
+        pending.finish()  # a second finish changes nothing
+    assert sorted(woken, key=str) == sorted(
+        [("cancelled", True), ("a", 5), ("b", 5), ("c", 5)], key=str
+    )
+    assert await pending.wait() == 5  # after the fact: at once (a checkpoint)
+
+
+async def test_a_pending_op_never_run_fails_its_waiter() -> None:
+    pending: Pending[int] = Pending(lambda conn: 1)
+    async with trio.open_nursery() as nursery:
+        failures: list[BaseException] = []
+
+        async def waiter() -> None:
+            try:
+                await pending.wait()
+            except StoreError as exc:
+                failures.append(exc)
+
+        nursery.start_soon(waiter)
+        await wait_all_tasks_blocked()
+        pending.finish()
+    assert len(failures) == 1 and "stopped before" in str(failures[0])

@@ -60,17 +60,21 @@ def as_store_error(exc: BaseException) -> BaseException:
 
 
 class Pending(Generic[T]):
-    """One op handed to the writer, and the slot its outcome lands in."""
+    """One op handed to the writer, and the slot its outcome lands in.
 
-    __slots__ = ("_done", "_error", "_value", "fn")
+    Its waiters park themselves (``wait_task_rescheduled``) and :meth:`finish` reschedules
+    them: what a ``trio.Event`` would do, without making one per op."""
+
+    __slots__ = ("_error", "_finished", "_value", "_waiters", "fn")
 
     def __init__(self, fn: WriteOp[T]) -> None:
         self.fn = fn
         self._value: T = _UNSET
         self._error: BaseException | None = None
-        self._done = trio.Event()
+        self._finished = False
+        self._waiters: list[trio.lowlevel.Task] | None = None
 
-    # Called from the writer's worker thread (before _done is set, so no race with readers).
+    # Called from the writer's worker thread (before finish, so no race with readers).
     def set_value(self, value: T) -> None:
         self._value = value
 
@@ -92,15 +96,35 @@ class Pending(Generic[T]):
         return self._error is not None or self._value is not _UNSET
 
     def finish(self) -> None:
-        """Wake the waiter (trio thread). An op that never ran fails as 'store closed'."""
+        """Wake the waiters (trio thread). An op that never ran fails as 'store closed'."""
+        if self._finished:
+            return
         if not self.settled:
             self._error = StoreError("the store's writer stopped before this write ran")
-        self._done.set()
+        self._finished = True
+        waiters, self._waiters = self._waiters, None
+        if waiters:
+            for task in waiters:
+                trio.lowlevel.reschedule(task)
 
     async def wait(self) -> T:
         """The op's result once its batch committed. Raises what the op raised (sqlite errors
         as :class:`StoreError`), or StoreError if the batch could not commit."""
-        await self._done.wait()
+        if self._finished:
+            await trio.lowlevel.checkpoint()
+        else:
+            task = trio.lowlevel.current_task()
+            waiters = self._waiters
+            if waiters is None:
+                waiters = self._waiters = []
+            waiters.append(task)
+
+            def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+                # Not finished yet (finish reschedules its waiters, which are not aborted).
+                waiters.remove(task)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
         if self._error is not None:
             raise self._error
         return self._value
