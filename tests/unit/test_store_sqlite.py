@@ -609,3 +609,29 @@ async def test_a_pending_op_never_run_fails_its_waiter() -> None:
         await wait_all_tasks_blocked()
         pending.finish()
     assert len(failures) == 1 and "stopped before" in str(failures[0])
+
+
+def test_row_to_delivery_reads_every_state_as_the_enum_does() -> None:
+    from zonemta.store import RowState
+    from zonemta.store.sqlite.schema import row_to_delivery
+
+    base = ("m1", 1, "a@b.test", "b.test", "default", None, 0, 1.0, 2.0, None, None, "o", 3.0, 0)
+    for state in RowState:
+        row = (*base[:5], state.value, *base[6:])
+        assert row_to_delivery(row).state is RowState(state.value)
+    with pytest.raises(ValueError, match="not a valid RowState"):
+        row_to_delivery((*base[:5], "bogus", *base[6:]))
+
+
+async def test_lease_returns_rows_by_next_attempt_then_message_then_seq(
+    store: SqliteStore,
+) -> None:
+    await put(store, "m2", rcpts(("a@x.test", ZONE, 5.0), ("b@x.test", ZONE, 5.0)))
+    await put(store, "m1", rcpts(("c@x.test", ZONE, 5.0), ("d@x.test", ZONE, 4.0)))
+    rows = await store.lease(ZONE, owner="me", now=10.0, lease_until=100.0, limit=10)
+    assert [(r.next_attempt, r.message_id, r.seq) for r in rows] == [
+        (4.0, "m1", 1),
+        (5.0, "m1", 0),
+        (5.0, "m2", 0),
+        (5.0, "m2", 1),
+    ]

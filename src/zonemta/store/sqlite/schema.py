@@ -181,6 +181,10 @@ def connect_reader(db_path: Path) -> sqlite3.Connection:
     return conn
 
 
+#: RowState by stored value: a dict lookup instead of calling the Enum (two Python calls).
+_ROW_STATE_BY_VALUE: dict[object, RowState] = {state.value: state for state in RowState}
+
+
 def row_to_delivery(row: tuple[Any, ...]) -> Delivery:
     """Build a :class:`Delivery` from a row selected with :data:`DELIVERY_COLUMNS`."""
     (
@@ -199,13 +203,16 @@ def row_to_delivery(row: tuple[Any, ...]) -> Delivery:
         lease_until,
         delay_notified,
     ) = row
+    row_state = _ROW_STATE_BY_VALUE.get(state)
+    if row_state is None:
+        row_state = RowState(state)  # raises ValueError, as it did for every row
     return Delivery(
         message_id=str(message_id),
         seq=int(seq),
         recipient=str(recipient),
         domain=str(domain),
         zone=str(zone),
-        state=RowState(state),
+        state=row_state,
         attempts=int(attempts),
         created=float(created),
         next_attempt=float(next_attempt),
