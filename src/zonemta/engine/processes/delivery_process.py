@@ -16,7 +16,7 @@ dies is started again; the attempts it had are deferred as a temporary failure.
 from __future__ import annotations
 
 import logging
-import math
+from collections import deque
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from itertools import count
 
@@ -79,10 +79,47 @@ class _Lost:
     """The process is gone (put in the inbox of each attempt it had)."""
 
 
+class _Inbox:
+    """The frames of one attempt, from the reader to the attempt's task: an unbounded
+    queue with one receiver, as a memory channel of ``math.inf`` would be, without making
+    a channel pair per attempt (about twenty Python calls, trio's generics among them)."""
+
+    __slots__ = ("_frames", "_receiver")
+
+    def __init__(self) -> None:
+        self._frames: deque[More | Done | _Lost] = deque()
+        self._receiver: trio.lowlevel.Task | None = None
+
+    def send_nowait(self, frame: More | Done | _Lost) -> None:
+        self._frames.append(frame)
+        receiver = self._receiver
+        if receiver is not None:
+            self._receiver = None
+            trio.lowlevel.reschedule(receiver)
+
+    async def receive(self) -> More | Done | _Lost:
+        """The next frame (a checkpoint, as a channel's ``receive``)."""
+        if self._frames:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            frame = self._frames.popleft()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return frame
+        if self._receiver is not None:
+            raise trio.BusyResourceError("another task is receiving from this inbox")
+        self._receiver = trio.lowlevel.current_task()
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            self._receiver = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        return self._frames.popleft()
+
+
 @attrs.define(eq=False)
 class _Pending:
     machines: Sequence[DeliveryMachine]
-    inbox: trio.MemorySendChannel[More | Done | _Lost]  # from the reader
+    inbox: _Inbox  # from the reader
     outcomes: list[Outcome] | None = None
 
 
@@ -121,14 +158,8 @@ class DeliveryProcess(ChildProcess):
         if pipe is None:
             return None
         rid = next(self._ids)
-        # Not open_memory_channel[...](): calling the subscripted generic costs typing's
-        # alias machinery a dozen Python calls per attempt.
-        channel: tuple[
-            trio.MemorySendChannel[More | Done | _Lost],
-            trio.MemoryReceiveChannel[More | Done | _Lost],
-        ] = trio.open_memory_channel(math.inf)
-        send, receive = channel
-        pending = _Pending(machines, send)
+        inbox = _Inbox()
+        pending = _Pending(machines, inbox)
         self._pending[rid] = pending
         body = messages.cached_body(message.id) if message.body_size else b""
         disabled = {row.domain: self.blacklist.disabled_for(row.domain) for row in rows}
@@ -136,7 +167,8 @@ class DeliveryProcess(ChildProcess):
         pipe.send(Attempt(rid, rows[0].zone, rows, message, body, disabled, states))
         streams: dict[int, AsyncGenerator[bytes, None]] = {}  # body readers, by stream
         try:
-            async for frame in receive:
+            while True:
+                frame = await inbox.receive()
                 if not isinstance(frame, More):  # Done or _Lost
                     break
                 chunks = streams.get(frame.stream)
