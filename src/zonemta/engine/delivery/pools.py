@@ -63,12 +63,12 @@ class AddressPool:
         self._weights = weights(self.entries)
         # The only address with a share, when there is one: it wins whatever the hash says.
         shared = [e for e, w in zip(self.entries, self._weights, strict=True) if w > 0]
-        self._single = shared[0] if len(shared) == 1 else None
+        self.single = shared[0] if len(shared) == 1 else None
 
     def choose(self, key: str, *, disabled: Collection[str] = ()) -> PoolAddress | None:
         """The address for delivery ``key``, skipping ``disabled`` addresses; None when every
         address with a share is disabled."""
-        single = self._single
+        single = self.single
         if single is not None:  # no hash to compute: its score beats -inf
             return None if single.address in disabled else single
         best: PoolAddress | None = None

@@ -348,6 +348,16 @@ class Sender:
         """The local address for deliveries that go together (one transaction): chosen by
         the first one's key, so a delivery alone keeps its address across retries, and
         never one that any of their domains disables or blacklisted."""
+        pool = self.sources.pool
+        if ipv6 is None and pool.single is not None:
+            # One address with a share: SourceAddresses.choose gives it unless blacklisted
+            # (disabled_addresses are ignored when they would leave nothing): no hash, no sets.
+            single = pool.single
+            if self.blacklist is not None:
+                for row in rows:
+                    if single.address in self.blacklist.disabled_for(row.domain):
+                        return None
+            return single
         domains = {row.domain for row in rows}
         excluded: set[str] = set()
         blacklisted: set[str] = set()
