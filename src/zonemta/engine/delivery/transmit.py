@@ -185,6 +185,11 @@ class Sender:
         internal error); an exception of the ``fetch`` or ``before_connect`` hooks
         propagates, and the caller defers the deliveries."""
         rows = [machine.row for machine in machines]
+        if len(machines) == 1:  # one delivery: one part, for one host
+            prepared = await self._prepare(machines[0], message, body, rows)
+            if isinstance(prepared, Outcome):
+                return [prepared]
+            return await self._send_part(machines, rows, message, body, *prepared, [0])
         outcomes: dict[int, Outcome] = {}
         # (local address, fixed MX) -> the deliveries that go that way, in one transaction
         parts: dict[object, tuple[tuple[PoolAddress, str | None], list[int]]] = {}
@@ -205,15 +210,9 @@ class Sender:
 
         async def send_parts(host_parts: list[tuple[PoolAddress, str | None, list[int]]]) -> None:
             for source, fixed_mx, indexes in host_parts:
-                group = MachineGroup([machines[i] for i in indexes], rows)
-                try:
-                    sent = await self._transmit_on(group, message, body, source, fixed_mx)
-                except Exception as exc:  # a plugin's or our bug: this part only is deferred
-                    log.exception("delivery %s.%03x failed unexpectedly", message.id, group.row.seq)
-                    error = f"internal error: {exc!r}"
-                    sent = [
-                        self.temporary(rows[i], error, FailureCategory.INTERNAL) for i in indexes
-                    ]
+                sent = await self._send_part(
+                    machines, rows, message, body, source, fixed_mx, indexes
+                )
                 outcomes.update(zip(indexes, sent, strict=True))
 
         if len(by_host) == 1:
@@ -226,6 +225,25 @@ class Sender:
             except BaseExceptionGroup as group:  # only cancellation gets out of send_parts
                 raise first_leaf(group) from None  # the plain trio.Cancelled callers handle
         return [outcomes[index] for index in range(len(machines))]
+
+    async def _send_part(
+        self,
+        machines: Sequence[MachineBase],
+        rows: list[Delivery],
+        message: MessageRecord,
+        body: BodySource,
+        source: PoolAddress,
+        fixed_mx: str | None,
+        indexes: list[int],
+    ) -> list[Outcome]:
+        """One part's transaction: the outcomes of the machines at ``indexes``."""
+        group = MachineGroup([machines[i] for i in indexes], rows)
+        try:
+            return await self._transmit_on(group, message, body, source, fixed_mx)
+        except Exception as exc:  # a plugin's or our bug: this part only is deferred
+            log.exception("delivery %s.%03x failed unexpectedly", message.id, group.row.seq)
+            error = f"internal error: {exc!r}"
+            return [self.temporary(rows[i], error, FailureCategory.INTERNAL) for i in indexes]
 
     async def _prepare(
         self,
