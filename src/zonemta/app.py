@@ -111,6 +111,9 @@ class Relay:
             on_stored=self.engine.messages.put,
             headers=HeaderPolicy.from_config(config.headers, config.hostname),
             hooks=self.hooks,
+            # The DKIM body hash only where a key may sign; a message queued without one is
+            # hashed when it goes out if a key applies by then (transmit.body_hash_of).
+            body_hash=config.dkim.enabled and bool(config.dkim.keys),
         )
         self.engine.bounces.notices.attach(self.intake)  # DSNs are queued through the intake
         self.interfaces = [

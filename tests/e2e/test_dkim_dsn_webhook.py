@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import dkim
+import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
@@ -25,7 +26,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from tests.support.http import HttpRecorder, http_server
 from tests.support.mx import MxController, Received, _Handler
 from tests.support.mx import TestMx as PlainTestMx
-from tests.support.relay import collect_until, relay_config, running_relay, submit_async
+from tests.support.relay import (
+    api_url,
+    collect_until,
+    relay_config,
+    running_relay,
+    submit_async,
+)
 from zonemta.conf import DkimAlgorithm, DkimKey
 from zonemta.dkim import dns_record, load_key
 from zonemta.engine.bus import Event
@@ -222,6 +229,45 @@ async def test_relayed_messages_verify_with_dkimpy(
     assert b"\r\nDate: " in head and b"\r\nMessage-ID: <" in head
     signed = head.split(b"h=", 1)[1].split(b";", 1)[0].replace(b"\r\n", b"").replace(b" ", b"")
     assert {b"date", b"message-id", b"from", b"subject", b"to"} <= set(signed.split(b":"))
+
+
+async def test_messages_queued_while_signing_was_off_are_signed_once_keys_exist(
+    tmp_path: Path, mx: TestMx, dkim_keys: dict[str, dict[str, str]]
+) -> None:
+    """The intake hashes bodies only where a key may sign; a message accepted without a
+    hash is hashed when it goes out, so turning DKIM on signs what was already queued
+    (a small body delivered from memory and a big one streamed from the store)."""
+    small = b"From: sender@origin.test\r\nTo: small@one.test\r\n\r\nhello  there \t\r\n"
+    big = b"From: sender@origin.test\r\nTo: big@one.test\r\n\r\n" + big_body(2)
+    queue = tmp_path / "q"
+    async with running_relay(relay_config(queue, zones=smart_hosts(mx))) as (relay, info):
+        async with httpx.AsyncClient(base_url=api_url(info)) as client:
+            response = await client.post("/suspend", json={"domain": "one.test", "for": "1h"})
+            assert response.status_code == 201, response.text
+            hold = response.json()["suspension"]["id"]
+        port = info.smtp_ports["feeder"]
+        ids = [
+            await submit_async(port, "sender@origin.test", ["small@one.test"], small),
+            await submit_async(port, "sender@origin.test", ["big@one.test"], big),
+        ]
+        for message_id in ids:
+            record = await relay.store.get_message(message_id)
+            assert record is not None and record.meta.dkim_bh == ""  # no key: not hashed
+    assert mx.received() == []
+    config = relay_config(queue, zones=smart_hosts(mx), dkim={"keys": dkim_keys})
+    async with running_relay(config) as (relay, info):
+        events = relay.bus.subscribe()
+        async with httpx.AsyncClient(base_url=api_url(info)) as client:
+            response = await client.delete(f"/suspend/{hold}")
+            assert response.status_code == 200, response.text
+        seen = await collect_until(events, lambda ev: len(terminal_in("default")(ev)) == 2)
+    assert {e.to_state for e in terminal_in("default")(seen)} == {"delivered"}
+    dnsfunc = dnsfunc_for(dkim_keys)
+    for recipient, submitted in (("small@one.test", small), ("big@one.test", big)):
+        [got] = mx.for_recipient(recipient)
+        assert got.content.count(b"DKIM-Signature:") == 2
+        assert dkim.verify(got.content, dnsfunc=dnsfunc), recipient
+        assert got.content.endswith(submitted.split(b"\r\n\r\n", 1)[1])
 
 
 # ------------------------------------------------------------------ DSNs and webhook

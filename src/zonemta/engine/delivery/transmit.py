@@ -15,6 +15,7 @@ from typing import Protocol
 import attrs
 import trio
 
+from zonemta.dkim.bodyhash import RelaxedBodyHasher, relaxed_body_hash
 from zonemta.dkim.signer import DkimSigner
 from zonemta.engine.bounces.classifier import BounceClassifier
 from zonemta.engine.delivery.connections import Slot, ZoneConnections
@@ -69,6 +70,18 @@ class BodyBytes:
 
     def __call__(self) -> AsyncIterator[bytes]:
         return _one(self.data)
+
+
+async def body_hash_of(body: BodySource) -> str:
+    """The DKIM body hash (relaxed, sha256, base64) of a stored body, for a message queued
+    without one: the intake hashes only where a key may sign, so a message accepted while
+    signing was off is hashed here if a key applies when it goes out."""
+    if type(body) is BodyBytes:
+        return relaxed_body_hash(body.data)
+    hasher = RelaxedBodyHasher()
+    async for chunk in body():
+        hasher.update(chunk)
+    return hasher.b64digest()
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
@@ -528,12 +541,13 @@ class Sender:
             if outgoing.headers.changed:
                 headers, cache_key = outgoing.headers.to_bytes(), ""
         signatures = b""
-        if self.signer is not None:  # over the final header block, Received excepted
-            signatures = self.signer.sign(
-                headers,
-                body_hash=message.meta.dkim_bh,
-                mail_from=message.mail_from,
-                cache_key=cache_key,
+        signer = self.signer
+        if signer is not None:  # over the final header block, Received excepted
+            body_hash = message.meta.dkim_bh
+            if not body_hash and signer.keys_for(headers, message.mail_from):
+                body_hash = await body_hash_of(body)  # queued while no key could sign
+            signatures = signer.sign(
+                headers, body_hash=body_hash, mail_from=message.mail_from, cache_key=cache_key
             )
         head = received + signatures + headers + b"\r\n"
         envelope = Envelope(
