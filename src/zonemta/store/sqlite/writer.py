@@ -59,6 +59,14 @@ def as_store_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any, after an error (one from the rollback itself
+    would only hide the first)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 class Pending(Generic[T]):
     """One op handed to the writer, and the slot its outcome lands in.
 
@@ -281,9 +289,7 @@ class GroupCommitWriter:
             try:
                 pending.set_value(pending.fn(conn))
             except Exception as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
+                _rollback(conn)
                 if len(batch) == 1:
                     pending.set_error(as_store_error(exc))
                     return True
@@ -293,9 +299,7 @@ class GroupCommitWriter:
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            _rollback(conn)
             for pending in batch:
                 pending.set_error(as_store_error(exc))
         return True
@@ -328,9 +332,7 @@ class GroupCommitWriter:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The transaction itself failed (disk full, I/O error, ...): nothing committed.
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            _rollback(conn)
             for pending in batch:
                 if not pending.failed:  # an op that failed on its own keeps its error
                     pending.set_error(as_store_error(exc))
