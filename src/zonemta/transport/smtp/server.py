@@ -214,10 +214,7 @@ class SMTPServerConnection(CommandHandlers):
             self._authenticated = positive
             self._move(Trigger.AUTH_DONE)
         else:
-            if positive:
-                self._errors = 0  # the cap counts errors "without delivering mail"
-            self._end_transaction()
-            self._move(Trigger.DATA_DONE)
+            self._data_done(positive)
         if code == 421:
             self._move(Trigger.CLOSE)
 
@@ -232,7 +229,12 @@ class SMTPServerConnection(CommandHandlers):
             raise LocalProtocolError(f"not a one-line 250 reply: {wire!r}")
         self._pending = None
         self._out.append(wire)
-        self._errors = 0  # the cap counts errors "without delivering mail"
+        self._data_done(True)
+
+    def _data_done(self, accepted: bool) -> None:
+        """The answer to DataEnd is queued: the transaction is over."""
+        if accepted:
+            self._errors = 0  # the cap counts errors "without delivering mail"
         self._end_transaction()
         self._move(Trigger.DATA_DONE)
 

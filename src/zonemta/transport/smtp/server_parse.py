@@ -48,6 +48,15 @@ _SIMPLE_RCPT = re.compile(r"[Tt][Oo]:" + _SIMPLE_ADDRESS, re.ASCII)
 _SIMPLE_MAX = MAX_DOMAIN + 1
 
 
+def _simple_address(pattern: re.Pattern[str], arg: str) -> str | None:
+    """The address of a usual argument (``_SIMPLE_MAIL``/``_SIMPLE_RCPT``), or None when
+    ``arg`` needs the full parse."""
+    simple = pattern.fullmatch(arg)
+    if simple is None or len(simple[1]) > _SIMPLE_MAX:
+        return None
+    return simple[1]
+
+
 class Refusal(Exception):
     """An argument the server refuses; ``reply`` is what the peer gets."""
 
@@ -62,11 +71,9 @@ def parse_mail_from(arg: str, *, max_size: int) -> tuple[str, dict[str, str | No
     The address is "" for ``<>``. Handles SIZE (552 5.3.4 when over ``max_size`` > 0), BODY and
     SMTPUTF8; other parameters get 555. Raises :class:`Refusal`.
     """
-    simple = _SIMPLE_MAIL.fullmatch(arg)
-    if simple is not None:
-        address = simple[1]
-        if len(address) <= _SIMPLE_MAX:
-            return address, {}
+    address = _simple_address(_SIMPLE_MAIL, arg)
+    if address is not None:
+        return address, {}
     return _parse_mail_from(arg, max_size=max_size)
 
 
@@ -102,11 +109,9 @@ def parse_rcpt_to(arg: str, *, utf8: bool) -> tuple[str, dict[str, str | None]]:
     accepted (RFC 5321 4.5.1). We advertise no RCPT parameters, so any gets 555.
     Raises :class:`Refusal`.
     """
-    simple = _SIMPLE_RCPT.fullmatch(arg)
-    if simple is not None:
-        address = simple[1]
-        if len(address) <= _SIMPLE_MAX:
-            return address, {}
+    address = _simple_address(_SIMPLE_RCPT, arg)
+    if address is not None:
+        return address, {}
     return _parse_rcpt_to(arg, utf8=utf8)
 
 

@@ -151,8 +151,8 @@ COMMAND_TABLE: Mapping[Verb, tuple[Reply | None, Reply | None, Reply | None, Rep
 }
 # fmt: on
 _COLUMN = {state: index for index, state in enumerate(COMMAND_STATES)}
-# COMMAND_TABLE by state, then verb: what sequence_refusal answers, in two dict lookups
-# without a call (the server reads commands in COMMAND_STATES only).
+# COMMAND_TABLE by state, then verb: what sequence_refusal answers (the server looks it up
+# itself, in two dict lookups without a call: it reads commands in COMMAND_STATES only).
 SEQUENCE_REFUSALS: dict[SessionState, dict[Verb, Reply | None]] = {
     state: {verb: row[column] for verb, row in COMMAND_TABLE.items()}
     for state, column in _COLUMN.items()
@@ -164,7 +164,7 @@ def sequence_refusal(state: SessionState, verb: Verb) -> Reply | None:
 
     Raises ``LocalProtocolError`` when ``state`` is not one in which commands are read.
     """
-    column = _COLUMN.get(state)
-    if column is None:
+    refusals = SEQUENCE_REFUSALS.get(state)
+    if refusals is None:
         raise LocalProtocolError(f"no SMTP command is read in state {state.name} ({verb.name})")
-    return COMMAND_TABLE[verb][column]
+    return refusals[verb]
