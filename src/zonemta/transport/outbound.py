@@ -437,13 +437,9 @@ class OutboundConnection:
         self.broken = True
         timer.arm(self._timeouts.data)
         try:
-            if isinstance(content, tuple):
+            if isinstance(content, tuple):  # in memory (a body of at most 64 KiB): sent at once
                 for chunk in content:
                     session.send_body(chunk)
-                    pending += len(chunk)
-                    if pending >= COALESCE_BYTES:
-                        await self.stream.send_all(session.data_to_send())
-                        pending = 0
             else:
                 async for chunk in content:
                     session.send_body(chunk)

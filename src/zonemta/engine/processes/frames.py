@@ -55,7 +55,8 @@ __all__ = [
 
 # The enums in frames (a row's state, a machine's state, a trigger, an outcome's category
 # and release reason) cross the pipe as references to their members.
-pickle_members_by_name(DeliveryState, Trigger, FailureCategory, ReleaseReason, RowState)
+_FRAME_ENUMS = (DeliveryState, Trigger, FailureCategory, ReleaseReason, RowState)
+pickle_members_by_name(*_FRAME_ENUMS)
 # (and each class and member a frame names has an extension code: EXTENDED, at the end)
 
 # {zone: (connection reuses, open connections)} of a delivery process's pools.
@@ -361,8 +362,6 @@ class Stop(Frame):
 #: The first of the extension codes of what frames carry (codes from 256 are not assigned
 #: by Python; EXT2 takes codes up to 65535).
 EXTENSION_BASE = 0x5A00
-
-_FRAME_ENUMS = (DeliveryState, Trigger, FailureCategory, ReleaseReason, RowState)
 
 #: What frames name, in a fixed order: each is pickled as its extension code (see
 #: ``zonemta/pickling.py``). Append only: both ends of the pipe derive the codes from it.
